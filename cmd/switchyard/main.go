@@ -1,0 +1,208 @@
+// Command switchyard is a kube-proxy replacement: it watches Services and EndpointSlices
+// and programs the node's kernel (iptables or IPVS) so Service traffic reaches endpoints.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/switchyard/switchyard/config"
+	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/proxier"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "v0.1.0-dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	parsed, err := config.Parse(args, os.Stderr)
+	var usage *config.UsageError
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		return 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(os.Stderr, "switchyard: %v\nRun 'switchyard --help' for usage.\n", err)
+		return 2
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "switchyard: %v\n", err)
+		return 2
+	}
+	if parsed.Version {
+		fmt.Println("switchyard", version)
+		return 0
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	logger := klog.Background()
+	if err := serve(ctx, parsed.Config, logger); err != nil {
+		logger.Error(err, "switchyard failed")
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
+	if cfg.Mode == config.ModeIPVS {
+		return errors.New("--proxy-mode=ipvs is not available in this build yet; use --proxy-mode=iptables")
+	}
+	flavor, err := iptables.DetectFlavor(ctx)
+	if err != nil {
+		return err
+	}
+	ipt, err := iptables.New(flavor, false)
+	if err != nil {
+		return err
+	}
+	if cfg.Cleanup {
+		if err := iptables.Cleanup(ctx, ipt); err != nil {
+			return err
+		}
+		logger.Info("Removed all switchyard rules", "mode", cfg.Mode, "flavor", flavor)
+		return nil
+	}
+	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
+	tuneNode(cfg, logger)
+
+	restConfig, err := clientcmd.BuildConfigFromFlags(cfg.Master, cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("building client configuration from --master/--kubeconfig: %w", err)
+	}
+	restConfig.UserAgent = "switchyard/" + version
+	client, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxier.NewMetrics(reg, cfg.Mode)
+	clk := clock.RealClock{}
+	health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
+
+	renderCfg := iptables.RenderConfig{
+		MasqueradeAll:  cfg.MasqueradeAll,
+		MasqueradeMark: fmt.Sprintf("%#08x", uint32(1)<<cfg.MasqueradeBit),
+		NodeName:       cfg.NodeName,
+	}
+	for _, c := range cfg.ClusterCIDRs {
+		if c.Addr().Is4() {
+			renderCfg.ClusterCIDR = c
+		}
+	}
+	if !renderCfg.ClusterCIDR.IsValid() && !cfg.MasqueradeAll {
+		logger.Info("No --cluster-cidr for IPv4 and no --masquerade-all: traffic to cluster IPs is not masqueraded")
+	}
+	backend := iptables.NewBackend(ipt, renderCfg, reg, logger)
+	p := proxier.New(proxier.Options{
+		Backend:       backend,
+		Family:        proxier.IPv4,
+		NodeName:      cfg.NodeName,
+		MinSyncPeriod: cfg.MinSyncPeriod,
+		SyncPeriod:    cfg.SyncPeriod,
+		Metrics:       metrics,
+		Health:        health,
+		Clock:         clk,
+		Logger:        logger,
+	})
+
+	metricsMux := http.NewServeMux()
+	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	metricsMux.Handle("/healthz", health)
+	metricsMux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, cfg.Mode) })
+	healthMux := http.NewServeMux()
+	healthMux.Handle("/healthz", health)
+	healthMux.Handle("/livez", health)
+	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
+	listen(ctx, "healthz", cfg.HealthzBindAddress, healthMux, logger)
+
+	go p.Run(ctx)
+	if err := p.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	<-ctx.Done()
+	// Rules stay in place on shutdown: traffic keeps flowing while switchyard restarts or
+	// is upgraded, and the next instance adopts them.
+	logger.Info("Shutting down; rules are left in place")
+	return nil
+}
+
+// listen serves handler on addr until ctx ends. Like kube-proxy, a server that cannot bind
+// is logged and retried rather than stopping the proxy: traffic matters more than metrics.
+func listen(ctx context.Context, name, addr string, handler http.Handler, logger klog.Logger) {
+	if addr == "" {
+		return
+	}
+	srv := &http.Server{Addr: addr, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	go func() {
+		for ctx.Err() == nil {
+			ln, err := net.Listen("tcp", addr)
+			if err == nil {
+				logger.Info("Serving", "server", name, "address", ln.Addr().String())
+				err = srv.Serve(ln)
+			}
+			if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
+				return
+			}
+			logger.Error(err, "Server failed; retrying in 5s", "server", name, "address", addr)
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}()
+}
+
+// tuneNode applies the process and kernel settings kube-proxy applies. Each is best
+// effort: inside a container or a network namespace some are read-only, which must not
+// stop the proxy.
+func tuneNode(cfg config.Config, logger klog.Logger) {
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(int(cfg.OOMScoreAdj))), 0); err != nil {
+		logger.Info("Could not set oom_score_adj", "value", cfg.OOMScoreAdj, "err", err)
+	}
+	if cfg.ConntrackMaxPerCore == 0 {
+		return // 0 means: leave the conntrack table size alone
+	}
+	want := max(int(cfg.ConntrackMaxPerCore)*runtime.NumCPU(), int(cfg.ConntrackMin))
+	const path = "/proc/sys/net/netfilter/nf_conntrack_max"
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		logger.Info("Could not read nf_conntrack_max", "err", err)
+		return
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(string(cur))); err == nil && n >= want {
+		return // never lower a limit someone raised
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0); err != nil {
+		logger.Info("Could not raise nf_conntrack_max", "value", want, "err", err)
+	}
+}

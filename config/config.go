@@ -1,0 +1,491 @@
+// Package config turns switchyard's command line and its optional KubeProxyConfiguration
+// file into one validated Config. Flags keep kube-proxy's names and meanings so an
+// operator's existing DaemonSet arguments work unchanged; like kube-proxy, values from the
+// file are the base and flags given explicitly override them.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
+	"sigs.k8s.io/yaml"
+)
+
+// Proxy modes.
+const (
+	ModeIPTables = "iptables"
+	ModeIPVS     = "ipvs"
+)
+
+// ValidModes lists the values --proxy-mode accepts.
+var ValidModes = []string{ModeIPTables, ModeIPVS}
+
+// Config is the resolved configuration switchyard runs with.
+type Config struct {
+	Mode             string
+	Kubeconfig       string
+	Master           string
+	NodeName         string
+	ClusterCIDRs     []netip.Prefix
+	MasqueradeAll    bool
+	MasqueradeBit    int32
+	SyncPeriod       time.Duration
+	MinSyncPeriod    time.Duration
+	ConfigSyncPeriod time.Duration
+	// MetricsBindAddress and HealthzBindAddress are host:port; empty disables the server.
+	MetricsBindAddress string
+	HealthzBindAddress string
+	ServiceProxyName   string
+	// ConntrackMaxPerCore and ConntrackMin size nf_conntrack_max; a per-core value of 0
+	// leaves the kernel's limit alone.
+	ConntrackMaxPerCore int32
+	ConntrackMin        int32
+	OOMScoreAdj         int32
+	NodePortAddresses   []string
+	IPVSScheduler       string
+	IPVSStrictARP       bool
+	// Cleanup asks to remove everything switchyard owns on the node and exit.
+	Cleanup bool
+}
+
+// Defaults are kube-proxy's defaults for the same settings.
+func Defaults() Config {
+	return Config{
+		Mode:                ModeIPTables,
+		MasqueradeBit:       14,
+		SyncPeriod:          30 * time.Second,
+		MinSyncPeriod:       time.Second,
+		ConfigSyncPeriod:    15 * time.Minute,
+		MetricsBindAddress:  "127.0.0.1:10249",
+		HealthzBindAddress:  "0.0.0.0:10256",
+		ConntrackMaxPerCore: 32768,
+		ConntrackMin:        131072,
+		OOMScoreAdj:         -999,
+		IPVSScheduler:       "rr",
+	}
+}
+
+// UsageError is a problem with the command line or configuration file: the process
+// should print it and exit with status 2.
+type UsageError struct{ Errs []error }
+
+func (e *UsageError) Error() string {
+	msgs := make([]string, len(e.Errs))
+	for i, err := range e.Errs {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// InvalidValue reports one bad setting: where it came from, what it was, what is allowed.
+type InvalidValue struct {
+	Where   string // "--proxy-mode" or "mode (in /etc/switchyard/config.yaml)"
+	Value   string
+	Allowed string
+}
+
+func (e *InvalidValue) Error() string {
+	return fmt.Sprintf("invalid value %q for %s: %s", e.Value, e.Where, e.Allowed)
+}
+
+// Parsed is the outcome of parsing a command line.
+type Parsed struct {
+	Config Config
+	// Version is set when --version was given: print it and exit.
+	Version bool
+}
+
+// Parse reads the command line (without the program name) and, when --config names one,
+// the configuration file. All problems found are returned together in a *UsageError.
+func Parse(args []string, output io.Writer) (*Parsed, error) {
+	fs := pflag.NewFlagSet("switchyard", pflag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.SortFlags = false
+	f := bindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, err
+		}
+		return nil, &UsageError{Errs: []error{err}}
+	}
+	if fs.NArg() > 0 {
+		return nil, &UsageError{Errs: []error{fmt.Errorf("unexpected arguments %q: switchyard takes only flags", fs.Args())}}
+	}
+	if f.version {
+		return &Parsed{Version: true}, nil
+	}
+
+	cfg := Defaults()
+	var errs []error
+	if f.configFile != "" {
+		file, err := loadFile(f.configFile)
+		if err != nil {
+			return nil, &UsageError{Errs: []error{err}}
+		}
+		errs = append(errs, applyFile(&cfg, file, f.configFile)...)
+	}
+	errs = append(errs, applyFlags(&cfg, fs, f)...)
+	if cfg.NodeName == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--hostname-override not given and the hostname is unknown: %w", err))
+		}
+		cfg.NodeName = strings.ToLower(strings.TrimSpace(host))
+	}
+	if cfg.MinSyncPeriod > cfg.SyncPeriod {
+		errs = append(errs, fmt.Errorf("--min-sync-period (%s) must not exceed --sync-period (%s)", cfg.MinSyncPeriod, cfg.SyncPeriod))
+	}
+	if len(errs) > 0 {
+		return nil, &UsageError{Errs: errs}
+	}
+	return &Parsed{Config: cfg}, nil
+}
+
+// flagValues holds what the flags were set to, before merging with the file.
+type flagValues struct {
+	configFile, mode, kubeconfig, master, hostname, clusterCIDR           string
+	metricsAddr, healthzAddr, proxyName, ipvsScheduler                    string
+	masqAll, version, cleanup, strictARP                                  bool
+	syncPeriod, minSyncPeriod, configSyncPeriod                           time.Duration
+	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj               int32
+	nodePortAddresses                                                     []string
+	conntrackTCPEstablished, conntrackTCPCloseWait, conntrackUDP          time.Duration
+	bindAddress, featureGates, conntrackUDPStream, iptablesLocalhostPorts string
+}
+
+func bindFlags(fs *pflag.FlagSet) *flagValues {
+	d := Defaults()
+	f := &flagValues{}
+	fs.StringVar(&f.configFile, "config", "", "The path to a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1). Flags given explicitly override its values.")
+	fs.StringVar(&f.mode, "proxy-mode", d.Mode, "Which proxy mode to use: "+strings.Join(ValidModes, " or ")+".")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; in-cluster configuration is used when empty.")
+	fs.StringVar(&f.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
+	fs.StringVar(&f.hostname, "hostname-override", "", "If non-empty, use this string as this node's name instead of the hostname.")
+	fs.StringVar(&f.clusterCIDR, "cluster-cidr", "", "The CIDR range(s) of the pods in the cluster, comma-separated (one per IP family). Traffic to a Service from outside it is masqueraded.")
+	fs.BoolVar(&f.masqAll, "masquerade-all", false, "SNAT all traffic sent via Service cluster IPs.")
+	fs.Int32Var(&f.masqBit, "iptables-masquerade-bit", d.MasqueradeBit, "The bit of the fwmark space that marks packets to be masqueraded, in [0, 31].")
+	fs.DurationVar(&f.syncPeriod, "sync-period", d.SyncPeriod, "How often all rules are fully refreshed (e.g. '5s', '1m'). Must be greater than 0.")
+	fs.DurationVar(&f.minSyncPeriod, "min-sync-period", d.MinSyncPeriod, "The minimum period between rule resyncs (e.g. '5s', '1m'); 0 resyncs on every change.")
+	fs.DurationVar(&f.syncPeriod, "iptables-sync-period", d.SyncPeriod, "Deprecated alias of --sync-period.")
+	fs.DurationVar(&f.minSyncPeriod, "iptables-min-sync-period", d.MinSyncPeriod, "Deprecated alias of --min-sync-period.")
+	fs.DurationVar(&f.syncPeriod, "ipvs-sync-period", d.SyncPeriod, "Deprecated alias of --sync-period.")
+	fs.DurationVar(&f.minSyncPeriod, "ipvs-min-sync-period", d.MinSyncPeriod, "Deprecated alias of --min-sync-period.")
+	fs.DurationVar(&f.configSyncPeriod, "config-sync-period", d.ConfigSyncPeriod, "How often configuration from the apiserver is refreshed. Must be greater than 0.")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", d.MetricsBindAddress, "The IP address and port for the metrics server to serve on; empty disables it.")
+	fs.StringVar(&f.healthzAddr, "healthz-bind-address", d.HealthzBindAddress, "The IP address and port for the health check server to serve on; empty disables it.")
+	fs.StringVar(&f.proxyName, "service-proxy-name", "", "Serve only Services labelled service.kubernetes.io/service-proxy-name=<this>; by default only Services without the label.")
+	fs.Int32Var(&f.conntrackMaxPerCore, "conntrack-max-per-core", d.ConntrackMaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
+	fs.Int32Var(&f.conntrackMin, "conntrack-min", d.ConntrackMin, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core.")
+	fs.DurationVar(&f.conntrackTCPEstablished, "conntrack-tcp-timeout-established", 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
+	fs.DurationVar(&f.conntrackTCPCloseWait, "conntrack-tcp-timeout-close-wait", 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
+	fs.DurationVar(&f.conntrackUDP, "conntrack-udp-timeout", 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
+	fs.StringVar(&f.conntrackUDPStream, "conntrack-udp-timeout-stream", "", "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
+	fs.Int32Var(&f.oomScoreAdj, "oom-score-adj", d.OOMScoreAdj, "The oom-score-adj value for the switchyard process, in [-1000, 1000].")
+	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "CIDRs or 'primary' selecting the node addresses NodePorts listen on.")
+	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
+	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
+	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility; it only hints the node's IP family.")
+	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
+	fs.StringVar(&f.iptablesLocalhostPorts, "iptables-localhost-nodeports", "", "Accepted for kube-proxy compatibility.")
+	fs.BoolVar(&f.cleanup, "cleanup", false, "Remove everything switchyard owns on this node and exit.")
+	fs.BoolVar(&f.version, "version", false, "Print the version and exit.")
+	for _, alias := range []string{"iptables-sync-period", "iptables-min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period"} {
+		_ = fs.MarkHidden(alias)
+	}
+
+	// -v and --vmodule come from klog, as in every Kubernetes component.
+	goflags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(goflags)
+	for _, name := range []string{"v", "vmodule"} {
+		fs.AddGoFlag(goflags.Lookup(name))
+	}
+	return f
+}
+
+// applyFlags overrides cfg with every flag the user set explicitly.
+func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues) []error {
+	var errs []error
+	set := func(names ...string) bool {
+		for _, n := range names {
+			if fs.Changed(n) {
+				return true
+			}
+		}
+		return false
+	}
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if set("proxy-mode") {
+		cfg.Mode = f.mode
+		check(validateMode(f.mode, "--proxy-mode"))
+	}
+	if set("kubeconfig") {
+		cfg.Kubeconfig = f.kubeconfig
+	}
+	if set("master") {
+		cfg.Master = f.master
+	}
+	if set("hostname-override") {
+		cfg.NodeName = strings.ToLower(strings.TrimSpace(f.hostname))
+		if cfg.NodeName == "" {
+			errs = append(errs, &InvalidValue{Where: "--hostname-override", Value: f.hostname, Allowed: "must not be blank"})
+		}
+	}
+	if set("cluster-cidr") {
+		var err error
+		cfg.ClusterCIDRs, err = parseCIDRs(f.clusterCIDR, "--cluster-cidr")
+		check(err)
+	}
+	if set("masquerade-all") {
+		cfg.MasqueradeAll = f.masqAll
+	}
+	if set("iptables-masquerade-bit") {
+		cfg.MasqueradeBit = f.masqBit
+		check(inRange(int64(f.masqBit), 0, 31, "--iptables-masquerade-bit"))
+	}
+	if set("sync-period", "iptables-sync-period", "ipvs-sync-period") {
+		cfg.SyncPeriod = f.syncPeriod
+		check(positive(f.syncPeriod, "--sync-period"))
+	}
+	if set("min-sync-period", "iptables-min-sync-period", "ipvs-min-sync-period") {
+		cfg.MinSyncPeriod = f.minSyncPeriod
+		check(nonNegative(f.minSyncPeriod, "--min-sync-period"))
+	}
+	if set("config-sync-period") {
+		cfg.ConfigSyncPeriod = f.configSyncPeriod
+		check(positive(f.configSyncPeriod, "--config-sync-period"))
+	}
+	if set("metrics-bind-address") {
+		cfg.MetricsBindAddress = f.metricsAddr
+		check(validateHostPort(f.metricsAddr, "--metrics-bind-address"))
+	}
+	if set("healthz-bind-address") {
+		cfg.HealthzBindAddress = f.healthzAddr
+		check(validateHostPort(f.healthzAddr, "--healthz-bind-address"))
+	}
+	if set("service-proxy-name") {
+		cfg.ServiceProxyName = f.proxyName
+	}
+	if set("conntrack-max-per-core") {
+		cfg.ConntrackMaxPerCore = f.conntrackMaxPerCore
+		check(inRange(int64(f.conntrackMaxPerCore), 0, 1<<31-1, "--conntrack-max-per-core"))
+	}
+	if set("conntrack-min") {
+		cfg.ConntrackMin = f.conntrackMin
+		check(inRange(int64(f.conntrackMin), 0, 1<<31-1, "--conntrack-min"))
+	}
+	if set("oom-score-adj") {
+		cfg.OOMScoreAdj = f.oomScoreAdj
+		check(inRange(int64(f.oomScoreAdj), -1000, 1000, "--oom-score-adj"))
+	}
+	if set("nodeport-addresses") {
+		cfg.NodePortAddresses = f.nodePortAddresses
+		check(validateNodePortAddresses(f.nodePortAddresses, "--nodeport-addresses"))
+	}
+	if set("ipvs-scheduler") {
+		cfg.IPVSScheduler = f.ipvsScheduler
+	}
+	if set("ipvs-strict-arp") {
+		cfg.IPVSStrictARP = f.strictARP
+	}
+	cfg.Cleanup = f.cleanup
+	return errs
+}
+
+// loadFile reads a KubeProxyConfiguration strictly: an unknown or misspelled field is an
+// error rather than a silently ignored setting.
+func loadFile(path string) (*kpv1alpha1.KubeProxyConfiguration, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: reading %s: %w", path, err)
+	}
+	var file kpv1alpha1.KubeProxyConfiguration
+	if err := yaml.UnmarshalStrict(data, &file); err != nil {
+		return nil, fmt.Errorf("--config: %s: %w", path, err)
+	}
+	want := kpv1alpha1.SchemeGroupVersion.String()
+	if file.APIVersion != want || file.Kind != "KubeProxyConfiguration" {
+		return nil, fmt.Errorf("--config: %s: apiVersion %q, kind %q: want apiVersion %q, kind \"KubeProxyConfiguration\"", path, file.APIVersion, file.Kind, want)
+	}
+	return &file, nil
+}
+
+// applyFile overrides cfg with every setting the file gives (non-zero values).
+func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string) []error {
+	var errs []error
+	where := func(field string) string { return fmt.Sprintf("%s (in %s)", field, path) }
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if file.Mode != "" {
+		cfg.Mode = string(file.Mode)
+		check(validateMode(cfg.Mode, where("mode")))
+	}
+	if file.ClientConnection.Kubeconfig != "" {
+		cfg.Kubeconfig = file.ClientConnection.Kubeconfig
+	}
+	if file.HostnameOverride != "" {
+		cfg.NodeName = strings.ToLower(strings.TrimSpace(file.HostnameOverride))
+	}
+	if file.ClusterCIDR != "" {
+		var err error
+		cfg.ClusterCIDRs, err = parseCIDRs(file.ClusterCIDR, where("clusterCIDR"))
+		check(err)
+	}
+	if file.MetricsBindAddress != "" {
+		cfg.MetricsBindAddress = file.MetricsBindAddress
+		check(validateHostPort(file.MetricsBindAddress, where("metricsBindAddress")))
+	}
+	if file.HealthzBindAddress != "" {
+		cfg.HealthzBindAddress = file.HealthzBindAddress
+		check(validateHostPort(file.HealthzBindAddress, where("healthzBindAddress")))
+	}
+	// The sync periods live under the section of the mode in use, as in kube-proxy.
+	var sync, minSync time.Duration
+	var section string
+	switch cfg.Mode {
+	case ModeIPVS:
+		sync, minSync, section = file.IPVS.SyncPeriod.Duration, file.IPVS.MinSyncPeriod.Duration, "ipvs"
+	default:
+		sync, minSync, section = file.IPTables.SyncPeriod.Duration, file.IPTables.MinSyncPeriod.Duration, "iptables"
+	}
+	if sync != 0 {
+		cfg.SyncPeriod = sync
+		check(positive(sync, where(section+".syncPeriod")))
+	}
+	if minSync != 0 {
+		cfg.MinSyncPeriod = minSync
+		check(nonNegative(minSync, where(section+".minSyncPeriod")))
+	}
+	if file.ConfigSyncPeriod.Duration != 0 {
+		cfg.ConfigSyncPeriod = file.ConfigSyncPeriod.Duration
+		check(positive(cfg.ConfigSyncPeriod, where("configSyncPeriod")))
+	}
+	if file.IPTables.MasqueradeAll {
+		cfg.MasqueradeAll = true
+	}
+	if b := file.IPTables.MasqueradeBit; b != nil {
+		cfg.MasqueradeBit = *b
+		check(inRange(int64(*b), 0, 31, where("iptables.masqueradeBit")))
+	}
+	if file.IPVS.Scheduler != "" {
+		cfg.IPVSScheduler = file.IPVS.Scheduler
+	}
+	if file.IPVS.StrictARP {
+		cfg.IPVSStrictARP = true
+	}
+	if v := file.Conntrack.MaxPerCore; v != nil {
+		cfg.ConntrackMaxPerCore = *v
+		check(inRange(int64(*v), 0, 1<<31-1, where("conntrack.maxPerCore")))
+	}
+	if v := file.Conntrack.Min; v != nil {
+		cfg.ConntrackMin = *v
+		check(inRange(int64(*v), 0, 1<<31-1, where("conntrack.min")))
+	}
+	if v := file.OOMScoreAdj; v != nil {
+		cfg.OOMScoreAdj = *v
+		check(inRange(int64(*v), -1000, 1000, where("oomScoreAdj")))
+	}
+	if len(file.NodePortAddresses) > 0 {
+		cfg.NodePortAddresses = file.NodePortAddresses
+		check(validateNodePortAddresses(file.NodePortAddresses, where("nodePortAddresses")))
+	}
+	return errs
+}
+
+func validateMode(mode, where string) error {
+	for _, m := range ValidModes {
+		if mode == m {
+			return nil
+		}
+	}
+	return &InvalidValue{Where: where, Value: mode, Allowed: "valid proxy modes are " + strings.Join(ValidModes, ", ")}
+}
+
+func parseCIDRs(s, where string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	families := map[bool]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, &InvalidValue{Where: where, Value: s, Allowed: "must be a comma-separated list of CIDRs such as 10.244.0.0/16,fd00:10:244::/56"}
+		}
+		if families[p.Addr().Is4()] {
+			return nil, &InvalidValue{Where: where, Value: s, Allowed: "at most one CIDR per IP family"}
+		}
+		families[p.Addr().Is4()] = true
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func validateHostPort(s, where string) error {
+	if s == "" {
+		return nil // disabled
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err == nil {
+		var n int
+		n, err = strconv.Atoi(port)
+		if err == nil && (n < 0 || n > 65535) {
+			err = errors.New("port out of range")
+		}
+	}
+	if err == nil && host != "" {
+		_, err = netip.ParseAddr(host)
+	}
+	if err != nil {
+		return &InvalidValue{Where: where, Value: s, Allowed: "must be IP:port, such as 0.0.0.0:10256 or [::]:10256, or empty to disable"}
+	}
+	return nil
+}
+
+func validateNodePortAddresses(values []string, where string) error {
+	for _, v := range values {
+		if v == "primary" {
+			continue
+		}
+		if _, err := netip.ParsePrefix(v); err != nil {
+			return &InvalidValue{Where: where, Value: v, Allowed: "must be CIDRs (such as 192.168.0.0/16) or \"primary\""}
+		}
+	}
+	return nil
+}
+
+func positive(d time.Duration, where string) error {
+	if d <= 0 {
+		return &InvalidValue{Where: where, Value: d.String(), Allowed: "must be greater than 0"}
+	}
+	return nil
+}
+
+func nonNegative(d time.Duration, where string) error {
+	if d < 0 {
+		return &InvalidValue{Where: where, Value: d.String(), Allowed: "must be 0 or greater"}
+	}
+	return nil
+}
+
+func inRange(v, lo, hi int64, where string) error {
+	if v < lo || v > hi {
+		return &InvalidValue{Where: where, Value: strconv.FormatInt(v, 10), Allowed: fmt.Sprintf("must be between %d and %d", lo, hi)}
+	}
+	return nil
+}

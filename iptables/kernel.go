@@ -1,0 +1,215 @@
+// Package iptables is the iptables backend: nat-table chains that DNAT Service traffic to
+// endpoints, and filter-table rules that reject traffic to Services without endpoints. It
+// also holds the iptables helpers other modes need.
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"time"
+
+	goiptables "github.com/coreos/go-iptables/iptables"
+)
+
+// Flavor is the iptables implementation the node uses. Both program the same tables with
+// the same syntax, but rules written with one are invisible to the other, so a proxy must
+// use whichever the rest of the node (kubelet, CNI plugins) uses.
+type Flavor string
+
+// The two flavors shipped by iptables 1.8.
+const (
+	Nft    Flavor = "nft"
+	Legacy Flavor = "legacy"
+)
+
+// Table is an iptables table.
+type Table string
+
+// The tables this backend writes.
+const (
+	TableNAT    Table = "nat"
+	TableFilter Table = "filter"
+)
+
+// Interface is the backend's whole boundary to the kernel's iptables.
+type Interface interface {
+	// Restore applies an iptables-restore input without flushing the tables it names, so
+	// only the chains it declares are rewritten.
+	//
+	// Equivalent to: `iptables-restore --noflush`
+	Restore(ctx context.Context, data []byte) error
+	// ListChains lists the chains of a table.
+	//
+	// Equivalent to: `iptables-save -t TABLE | grep ^:`
+	ListChains(ctx context.Context, table Table) ([]string, error)
+	// EnsureRule inserts a rule at the top of a chain unless it is already there.
+	//
+	// Equivalent to: `iptables -C ... || iptables -I CHAIN 1 ...`
+	EnsureRule(table Table, chain string, rule ...string) error
+	// DeleteRule deletes a rule if it exists.
+	DeleteRule(table Table, chain string, rule ...string) error
+	// Flavor tells which iptables implementation this is.
+	Flavor() Flavor
+}
+
+// lockWait is how long a command waits for the xtables lock held by another program
+// before failing (the sync is then retried).
+const lockWait = 5 * time.Second
+
+type runner struct {
+	flavor  Flavor
+	ipv6    bool
+	restore string
+	save    string
+	single  *goiptables.IPTables
+}
+
+// New returns the Interface for one flavor and IP family.
+func New(flavor Flavor, ipv6 bool) (Interface, error) {
+	base := "iptables"
+	proto := goiptables.ProtocolIPv4
+	if ipv6 {
+		base, proto = "ip6tables", goiptables.ProtocolIPv6
+	}
+	r := &runner{flavor: flavor, ipv6: ipv6}
+	var err error
+	if r.restore, err = exec.LookPath(fmt.Sprintf("%s-%s-restore", base, flavor)); err != nil {
+		return nil, fmt.Errorf("iptables %s flavor: %w (install the iptables package)", flavor, err)
+	}
+	if r.save, err = exec.LookPath(fmt.Sprintf("%s-%s-save", base, flavor)); err != nil {
+		return nil, fmt.Errorf("iptables %s flavor: %w (install the iptables package)", flavor, err)
+	}
+	single, err := exec.LookPath(fmt.Sprintf("%s-%s", base, flavor))
+	if err != nil {
+		return nil, fmt.Errorf("iptables %s flavor: %w (install the iptables package)", flavor, err)
+	}
+	if r.single, err = goiptables.New(goiptables.IPFamily(proto), goiptables.Path(single), goiptables.Timeout(int(lockWait.Seconds()))); err != nil {
+		return nil, fmt.Errorf("iptables %s flavor: %w", flavor, err)
+	}
+	return r, nil
+}
+
+func (r *runner) Flavor() Flavor { return r.flavor }
+
+func (r *runner) Restore(ctx context.Context, data []byte) error {
+	// --wait makes a legacy restore queue behind other writers instead of failing at once;
+	// the nft flavor accepts and ignores it.
+	cmd := exec.CommandContext(ctx, r.restore, "--noflush", "--wait", fmt.Sprint(int(lockWait.Seconds())))
+	cmd.Stdin = bytes.NewReader(data)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return &RestoreError{Err: err, Stderr: strings.TrimSpace(stderr.String()), Input: data}
+	}
+	return nil
+}
+
+func (r *runner) ListChains(ctx context.Context, table Table) ([]string, error) {
+	out, err := exec.CommandContext(ctx, r.save, "-t", string(table)).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("%s -t %s: %w: %s", r.save, table, err, bytes.TrimSpace(ee.Stderr))
+		}
+		return nil, fmt.Errorf("%s -t %s: %w", r.save, table, err)
+	}
+	var chains []string
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if line := sc.Text(); strings.HasPrefix(line, ":") {
+			if name, _, ok := strings.Cut(line[1:], " "); ok {
+				chains = append(chains, name)
+			}
+		}
+	}
+	return chains, sc.Err()
+}
+
+func (r *runner) EnsureRule(table Table, chain string, rule ...string) error {
+	if err := r.single.InsertUnique(string(table), chain, 1, rule...); err != nil {
+		return fmt.Errorf("ensuring rule in %s %s: %w", table, chain, err)
+	}
+	return nil
+}
+
+func (r *runner) DeleteRule(table Table, chain string, rule ...string) error {
+	if err := r.single.DeleteIfExists(string(table), chain, rule...); err != nil {
+		return fmt.Errorf("deleting rule from %s %s: %w", table, chain, err)
+	}
+	return nil
+}
+
+// RestoreError is a failed iptables-restore, with the lines around the one it rejected.
+type RestoreError struct {
+	Err    error
+	Stderr string
+	Input  []byte
+}
+
+func (e *RestoreError) Error() string {
+	msg := fmt.Sprintf("iptables-restore: %v: %s", e.Err, e.Stderr)
+	// iptables-restore names the failing line ("line 12 failed"); show its neighbours so
+	// the log says what was wrong without dumping the whole input.
+	var line int
+	if i := strings.Index(e.Stderr, "line "); i >= 0 {
+		fmt.Sscanf(e.Stderr[i:], "line %d", &line)
+	}
+	if line > 0 {
+		lines := strings.Split(string(e.Input), "\n")
+		from, to := max(line-3, 0), min(line+2, len(lines))
+		msg += "\ninput lines around the failure:\n" + strings.Join(lines[from:to], "\n")
+	}
+	return msg
+}
+
+func (e *RestoreError) Unwrap() error { return e.Err }
+
+// DetectFlavor decides which iptables flavor the node uses, the way kube-proxy's image
+// does: the flavor holding kubelet's KUBE-IPTABLES-HINT (or KUBE-KUBELET-CANARY) chain
+// wins; otherwise the one with more rules; nft when both are empty and it is installed.
+func DetectFlavor(ctx context.Context) (Flavor, error) {
+	type seen struct {
+		ok    bool
+		hint  bool
+		rules int
+	}
+	probe := func(f Flavor) seen {
+		save, err := exec.LookPath(fmt.Sprintf("iptables-%s-save", f))
+		if err != nil {
+			return seen{}
+		}
+		out, err := exec.CommandContext(ctx, save).Output()
+		if err != nil {
+			return seen{}
+		}
+		s := seen{ok: true}
+		for _, line := range strings.Split(string(out), "\n") {
+			switch {
+			case strings.HasPrefix(line, ":KUBE-IPTABLES-HINT"), strings.HasPrefix(line, ":KUBE-KUBELET-CANARY"):
+				s.hint = true
+			case strings.HasPrefix(line, "-A "):
+				s.rules++
+			}
+		}
+		return s
+	}
+	nft, legacy := probe(Nft), probe(Legacy)
+	switch {
+	case !nft.ok && !legacy.ok:
+		return "", errors.New("neither iptables-nft-save nor iptables-legacy-save works (install the iptables package)")
+	case nft.hint != legacy.hint:
+		if nft.hint {
+			return Nft, nil
+		}
+		return Legacy, nil
+	case legacy.ok && (!nft.ok || legacy.rules > nft.rules):
+		return Legacy, nil
+	default:
+		return Nft, nil
+	}
+}

@@ -1,0 +1,69 @@
+package proxier
+
+import (
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// Health tracks whether syncs keep succeeding, with kube-proxy's semantics: the proxy is
+// unhealthy when an update was queued (an event arrived, or a periodic resync came due)
+// and no sync has succeeded for longer than the timeout since then. An idle proxy with
+// nothing to do stays healthy.
+type Health struct {
+	clock   clock.PassiveClock
+	timeout time.Duration
+
+	mu          sync.Mutex
+	lastQueued  time.Time
+	lastUpdated time.Time
+}
+
+// NewHealth makes a health tracker; kube-proxy uses twice the sync period as timeout.
+func NewHealth(clk clock.PassiveClock, timeout time.Duration) *Health {
+	return &Health{clock: clk, timeout: timeout}
+}
+
+// QueuedUpdate records that a sync is wanted. Only the first of a run of queued updates
+// counts, so a steady stream of events cannot keep postponing the deadline.
+func (h *Health) QueuedUpdate() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.lastQueued.After(h.lastUpdated) {
+		h.lastQueued = h.clock.Now()
+	}
+}
+
+// Updated records a successful sync.
+func (h *Health) Updated() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastUpdated = h.clock.Now()
+}
+
+// Healthy reports the current verdict and the time of the last successful sync.
+func (h *Health) Healthy() (bool, time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pending := h.lastQueued.After(h.lastUpdated)
+	return !pending || h.clock.Since(h.lastQueued) <= h.timeout, h.lastUpdated
+}
+
+// ServeHTTP answers /healthz and /livez like kube-proxy: 200 when healthy, 503 when not,
+// with a small JSON body either way.
+func (h *Health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	healthy, lastUpdated := h.Healthy()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if !healthy {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(struct {
+		LastUpdated  time.Time `json:"lastUpdated"`
+		CurrentTime  time.Time `json:"currentTime"`
+		NodeEligible bool      `json:"nodeEligible"`
+	}{lastUpdated, h.clock.Now(), true})
+}

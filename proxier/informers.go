@@ -1,0 +1,107 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+)
+
+// LabelServiceProxyName marks a Service as handled by another (or a named) proxy.
+const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+
+// ProxyNameSelector selects the objects this proxy serves: like kube-proxy, only those
+// without a service-proxy-name label, or, when we were given a name, those labelled with
+// it; and never the EndpointSlices of headless Services.
+func ProxyNameSelector(serviceProxyName string) (labels.Selector, error) {
+	var proxyName *labels.Requirement
+	var err error
+	if serviceProxyName == "" {
+		proxyName, err = labels.NewRequirement(LabelServiceProxyName, selection.DoesNotExist, nil)
+	} else {
+		proxyName, err = labels.NewRequirement(LabelServiceProxyName, selection.Equals, []string{serviceProxyName})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("service proxy name %q: %w", serviceProxyName, err)
+	}
+	notHeadless, err := labels.NewRequirement(v1.IsHeadlessService, selection.DoesNotExist, nil)
+	if err != nil {
+		return nil, err
+	}
+	return labels.NewSelector().Add(*proxyName, *notHeadless), nil
+}
+
+// Watch starts informers for Services, EndpointSlices and this Node, feeds their events to
+// the tracker, and marks the Proxier initialized once all three are listed. It returns
+// when the caches have synced (or ctx ends).
+func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName string, resync time.Duration) error {
+	selector, err := ProxyNameSelector(serviceProxyName)
+	if err != nil {
+		return err
+	}
+	objects := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
+	nodes := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", p.opts.NodeName).String()
+		}))
+
+	t := p.tracker
+	m := p.opts.Metrics
+	svcInformer := objects.Core().V1().Services().Informer()
+	if _, err := svcInformer.AddEventHandler(handler(func(s *v1.Service) { t.OnServiceUpdate(s); m.ServiceChangesTotal.Inc(); p.Changed() },
+		func(s *v1.Service) { t.OnServiceDelete(s); m.ServiceChangesTotal.Inc(); p.Changed() })); err != nil {
+		return fmt.Errorf("watching Services: %w", err)
+	}
+	sliceInformer := objects.Discovery().V1().EndpointSlices().Informer()
+	if _, err := sliceInformer.AddEventHandler(handler(func(s *discovery.EndpointSlice) { t.OnEndpointSliceUpdate(s); m.EndpointChangesTotal.Inc(); p.Changed() },
+		func(s *discovery.EndpointSlice) { t.OnEndpointSliceDelete(s); m.EndpointChangesTotal.Inc(); p.Changed() })); err != nil {
+		return fmt.Errorf("watching EndpointSlices: %w", err)
+	}
+	nodeInformer := nodes.Core().V1().Nodes().Informer()
+	if _, err := nodeInformer.AddEventHandler(handler(func(n *v1.Node) {
+		if t.OnNodeUpdate(n) {
+			p.Changed()
+		}
+	}, func(*v1.Node) {})); err != nil {
+		return fmt.Errorf("watching Node %s: %w", p.opts.NodeName, err)
+	}
+
+	objects.Start(ctx.Done())
+	nodes.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
+		return fmt.Errorf("waiting for Service, EndpointSlice and Node caches: %w", ctx.Err())
+	}
+	p.SetInitialized()
+	return nil
+}
+
+// handler adapts typed add/update and delete callbacks to an informer event handler,
+// unwrapping the tombstones informers deliver for deletes they missed.
+func handler[T any](upsert, remove func(T)) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { typed(obj, upsert) },
+		UpdateFunc: func(_, obj any) { typed(obj, upsert) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			typed(obj, remove)
+		},
+	}
+}
+
+func typed[T any](obj any, fn func(T)) {
+	if o, ok := obj.(T); ok {
+		fn(o)
+	}
+}

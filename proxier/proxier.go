@@ -1,0 +1,142 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+)
+
+// Options configures a Proxier.
+type Options struct {
+	Backend  Backend
+	Family   Family
+	NodeName string
+	// MinSyncPeriod bounds how often the backend is synced; SyncPeriod is the period of
+	// the full resync that repairs anything changed behind our back.
+	MinSyncPeriod time.Duration
+	SyncPeriod    time.Duration
+	Metrics       *Metrics
+	Health        *Health
+	Clock         clock.WithTicker
+	Logger        klog.Logger
+}
+
+// Proxier is the control loop: informer events go into its Tracker, its Runner decides
+// when to sync, and each sync hands the desired state and the changed set to the Backend.
+type Proxier struct {
+	opts    Options
+	logger  klog.Logger
+	tracker *Tracker
+	runner  *Runner
+	ctx     context.Context
+
+	// initialized is set once Services, EndpointSlices and the Node are all listed; until
+	// then a sync would program a partial view of the cluster and remove rules of Services
+	// not yet seen.
+	initialized atomic.Bool
+
+	// Owned by the sync goroutine.
+	needFull        bool
+	lastFull        time.Time
+	pendingTriggers []time.Time
+}
+
+// retryMin is the first retry delay after a failed sync; it doubles up to SyncPeriod.
+const retryMin = time.Second
+
+// New makes a Proxier. Call Run to start it and feed it events with the On* methods (or
+// Watch, which wires informers).
+func New(opts Options) *Proxier {
+	p := &Proxier{opts: opts, needFull: true, logger: opts.Logger.WithValues("backend", opts.Backend.Name())}
+	p.tracker = NewTracker(opts.Family, opts.NodeName, func(e FieldError) {
+		opts.Metrics.InvalidObjectFieldsTotal.Inc()
+		p.logger.Error(nil, "Skipping unusable field", "object", e.Object, "field", e.Field, "value", e.Value, "reason", e.Reason)
+	})
+	p.runner = NewRunner(p.sync, opts.MinSyncPeriod, opts.SyncPeriod, retryMin, opts.Clock)
+	return p
+}
+
+// Tracker is the Proxier's change tracker, for event sources.
+func (p *Proxier) Tracker() *Tracker { return p.tracker }
+
+// Changed tells the loop that the tracker holds new events: it queues a sync.
+func (p *Proxier) Changed() {
+	p.opts.Health.QueuedUpdate()
+	p.opts.Metrics.LastQueuedTimestamp.SetToCurrentTime()
+	svc, eps := p.tracker.Pending()
+	p.opts.Metrics.ServiceChangesPending.Set(float64(svc))
+	p.opts.Metrics.EndpointChangesPending.Set(float64(eps))
+	if p.initialized.Load() {
+		p.runner.Run()
+	}
+}
+
+// SetInitialized marks the initial lists as complete and triggers the first (full) sync.
+func (p *Proxier) SetInitialized() {
+	p.initialized.Store(true)
+	p.Changed()
+}
+
+// Run runs the sync loop until ctx is cancelled.
+func (p *Proxier) Run(ctx context.Context) {
+	p.ctx = ctx
+	p.runner.Loop(ctx)
+}
+
+func (p *Proxier) sync() error {
+	if !p.initialized.Load() {
+		return nil
+	}
+	// A sync that is attempted and fails must turn /healthz red even when no events
+	// arrive, so every attempt counts as a queued update.
+	p.opts.Health.QueuedUpdate()
+	start := p.opts.Clock.Now()
+	flushed := p.tracker.Flush()
+	p.opts.Metrics.ServiceChangesPending.Set(0)
+	p.opts.Metrics.EndpointChangesPending.Set(0)
+	p.pendingTriggers = append(p.pendingTriggers, flushed.TriggerTimes...)
+
+	full := p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.opts.SyncPeriod
+	if !full && len(flushed.Changed) == 0 {
+		p.succeeded()
+		return nil
+	}
+	err := p.opts.Backend.Sync(p.ctx, flushed.State, Changes{Full: full, ServicePorts: flushed.Changed})
+	elapsed := p.opts.Clock.Since(start).Seconds()
+	p.opts.Metrics.SyncDuration.Observe(elapsed)
+	if full {
+		p.opts.Metrics.FullSyncDuration.Observe(elapsed)
+	} else {
+		p.opts.Metrics.PartialSyncDuration.Observe(elapsed)
+	}
+	if err != nil {
+		// The changes flushed above are only in the tracker's state now, so the retry
+		// must be a full sync to be sure they reach the kernel.
+		p.needFull = true
+		p.opts.Metrics.SyncFailuresTotal.Inc()
+		p.logger.Error(err, "Sync failed; retrying with a full sync", "full", full, "changedServicePorts", len(flushed.Changed))
+		return fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
+	}
+	p.needFull = false
+	if full {
+		p.lastFull = start
+	}
+	now := p.opts.Clock.Now()
+	for _, t := range p.pendingTriggers {
+		p.opts.Metrics.NetworkProgrammingDuration.Observe(now.Sub(t).Seconds())
+	}
+	p.pendingTriggers = p.pendingTriggers[:0]
+	p.logger.V(2).Info("Sync complete", "full", full, "changedServicePorts", len(flushed.Changed),
+		"servicePorts", len(flushed.State.Services), "elapsed", time.Duration(elapsed*float64(time.Second)))
+	p.succeeded()
+	return nil
+}
+
+func (p *Proxier) succeeded() {
+	p.opts.Health.Updated()
+	p.opts.Metrics.LastSyncTimestamp.SetToCurrentTime()
+}
