@@ -5,7 +5,6 @@
 package proxier
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -23,9 +22,13 @@ type ServicePortName struct {
 	Protocol v1.Protocol
 }
 
-// String renders "namespace/name:port", the form kube-proxy uses in rule comments and logs.
+// String renders "namespace/name:port" ("namespace/name" for an unnamed port), the form
+// kube-proxy uses in rule comments and logs.
 func (n ServicePortName) String() string {
-	return fmt.Sprintf("%s:%s", n.NamespacedName.String(), n.Port)
+	if n.Port == "" {
+		return n.NamespacedName.String()
+	}
+	return n.NamespacedName.String() + ":" + n.Port
 }
 
 // ServicePort is everything a backend needs to know about one port of a Service, for one

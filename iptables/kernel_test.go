@@ -1,0 +1,185 @@
+package iptables
+
+import (
+	"context"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netns"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/proxier"
+)
+
+// inFreshNetns runs fn on a goroutine locked to an OS thread that sits in a new, empty
+// network namespace, so every iptables command fn starts (children inherit the thread's
+// namespace) programs that namespace and never the host's. The namespace disappears when
+// the thread leaves it.
+func inFreshNetns(t *testing.T, fn func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		// The thread is not unlocked: Go then discards it instead of reusing a thread
+		// whose namespace was changed.
+		orig, err := netns.Get()
+		if err != nil {
+			t.Errorf("reading current netns: %v", err)
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			t.Errorf("creating netns (needs root): %v", err)
+			return
+		}
+		defer ns.Close()
+		defer func() { _ = netns.Set(orig) }()
+		fn()
+	}()
+	<-done
+}
+
+func iptablesSave(t *testing.T, flavor Flavor, table Table) string {
+	t.Helper()
+	out, err := exec.Command("iptables-"+string(flavor)+"-save", "-t", string(table)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("iptables-%s-save: %v: %s", flavor, err, out)
+	}
+	return string(out)
+}
+
+func mustRun(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+// TestBackendInKernel programs a real kernel (a private network namespace on the host)
+// through full and partial syncs, with both iptables flavors, and checks the tables hold
+// exactly what the desired state says while rules we do not own are left alone.
+func TestBackendInKernel(t *testing.T) {
+	for _, flavor := range []Flavor{Nft, Legacy} {
+		t.Run(string(flavor), func(t *testing.T) {
+			if _, err := exec.LookPath("iptables-" + string(flavor) + "-restore"); err != nil {
+				t.Fatalf("iptables-%s-restore not found: install the Debian package iptables (make deps)", flavor)
+			}
+			inFreshNetns(t, func() { testBackendInKernel(t, flavor) })
+		})
+	}
+}
+
+func testBackendInKernel(t *testing.T, flavor Flavor) {
+	ctx := context.Background()
+	bin := "iptables-" + string(flavor)
+	// Someone else's rules, which no sync or cleanup may touch.
+	mustRun(t, bin, "-t", "nat", "-N", "KUBE-FOREIGN")
+	mustRun(t, bin, "-t", "nat", "-A", "OUTPUT", "-j", "KUBE-FOREIGN")
+	mustRun(t, bin, "-t", "nat", "-A", "KUBE-FOREIGN", "-d", "192.0.2.99", "-j", "RETURN")
+	// A chain of ours left by an earlier run, which the first full sync must remove.
+	mustRun(t, bin, "-t", "nat", "-N", "SWYD-SEP-LEFTOVER")
+
+	ipt, err := New(flavor, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBackend(ipt, testRenderConfig, prometheus.NewRegistry(), klog.Background())
+	web, empty := spn("default", "web", "http"), spn("default", "empty", "")
+	state := &proxier.State{
+		NodeName: "node-a",
+		Services: map[proxier.ServicePortName]*proxier.ServicePort{
+			web:   clusterIPService(web, "10.96.0.10", 80),
+			empty: clusterIPService(empty, "10.96.0.11", 80),
+		},
+		Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{web: readyEndpoints("10.244.1.2", "10.244.2.3")},
+	}
+	sync := func(full bool, changed ...proxier.ServicePortName) {
+		t.Helper()
+		c := proxier.Changes{Full: full, ServicePorts: map[proxier.ServicePortName]struct{}{}}
+		for _, n := range changed {
+			c.ServicePorts[n] = struct{}{}
+		}
+		if err := b.Sync(ctx, state, c); err != nil {
+			t.Fatalf("sync: %v", err)
+		}
+	}
+	// present lists rules as fragments separated by "|": some line must hold them all
+	// (iptables-save orders a rule's matches its own way).
+	expect := func(step string, table Table, present, absent []string) {
+		t.Helper()
+		dump := iptablesSave(t, flavor, table)
+		for _, p := range present {
+			if !hasLineWithAll(dump, strings.Split(p, "|")) {
+				t.Errorf("%s: %s table lacks %q:\n%s", step, table, p, dump)
+			}
+		}
+		for _, a := range absent {
+			if strings.Contains(dump, a) {
+				t.Errorf("%s: %s table still has %q:\n%s", step, table, a, dump)
+			}
+		}
+	}
+	foreign := []string{":KUBE-FOREIGN", "-A OUTPUT -j KUBE-FOREIGN", "-A KUBE-FOREIGN -d 192.0.2.99/32 -j RETURN"}
+
+	sync(true)
+	oldSEP := endpointChain(web, readyEndpoints("10.244.2.3")[0])
+	expect("full sync", TableNAT, append([]string{
+		"-A PREROUTING -m comment --comment \"switchyard service portals\" -j SWYD-SERVICES",
+		"-A POSTROUTING -m comment --comment \"switchyard postrouting rules\" -j SWYD-POSTROUTING",
+		"-A SWYD-SERVICES -d 10.96.0.10/32 -p tcp|--dport 80 -j " + servicePortChain(web),
+		"-j DNAT --to-destination 10.244.1.2:8080", "-A " + oldSEP,
+	}, foreign...), []string{"SWYD-SEP-LEFTOVER"})
+	expect("full sync", TableFilter, []string{"-A SWYD-SERVICES -d 10.96.0.11/32 -p tcp|\"default/empty has no endpoints\"|--dport 80 -j REJECT",
+		"-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"switchyard service portals\" -j SWYD-SERVICES"}, nil)
+
+	state.Endpoints[web] = readyEndpoints("10.244.1.2", "10.244.3.4")
+	sync(false, web)
+	expect("endpoint replaced", TableNAT, []string{"--to-destination 10.244.3.4:8080"}, []string{oldSEP, "10.244.2.3"})
+
+	state.Endpoints[empty] = readyEndpoints("10.244.5.5")
+	sync(false, empty)
+	expect("endpoints arrive", TableNAT, []string{"-j " + servicePortChain(empty), "--to-destination 10.244.5.5:8080"}, nil)
+	expect("endpoints arrive", TableFilter, nil, []string{"REJECT"})
+
+	delete(state.Services, web)
+	delete(state.Endpoints, web)
+	sync(false, web)
+	expect("service deleted", TableNAT, foreign, []string{servicePortChain(web), "10.96.0.10", "10.244.1.2"})
+
+	// A chain deleted behind our back makes the next partial restore fail (it edits a
+	// dispatch rule that is gone); the full sync that follows repairs everything.
+	mustRun(t, bin, "-t", "nat", "-F", "SWYD-SERVICES")
+	delete(state.Endpoints, empty)
+	if err := b.Sync(ctx, state, proxier.Changes{ServicePorts: map[proxier.ServicePortName]struct{}{empty: {}}}); err == nil {
+		t.Errorf("partial sync over a flushed SWYD-SERVICES succeeded; want an error that triggers a full sync")
+	}
+	sync(true)
+	expect("repaired", TableFilter, []string{"default/empty has no endpoints"}, nil)
+	expect("repaired", TableNAT, foreign, []string{servicePortChain(empty)})
+
+	for range 2 { // idempotent
+		if err := Cleanup(ctx, ipt); err != nil {
+			t.Fatalf("cleanup: %v", err)
+		}
+	}
+	expect("cleanup", TableNAT, foreign, []string{"SWYD-"})
+	expect("cleanup", TableFilter, nil, []string{"SWYD-"})
+}
+
+func hasLineWithAll(dump string, fragments []string) bool {
+	for _, line := range strings.Split(dump, "\n") {
+		all := true
+		for _, f := range fragments {
+			all = all && strings.Contains(line, f)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
