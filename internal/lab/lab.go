@@ -1,0 +1,277 @@
+// Package lab builds a small, self-contained node on the host for end-to-end tests and
+// the demo: a real kube-apiserver, a "node" network namespace where switchyard runs, and
+// "pods" in further namespaces behind veth pairs, each answering HTTP with its own name.
+//
+// Addressing (all in 10.0.0.0/8 ranges nothing else on the host uses):
+//
+//	host  swyd-h0 10.250.0.1/30  <->  swyd-n0 10.250.0.2/30  node   (apiserver link)
+//	node  swyd-s0 10.251.0.1/30  <->  swyd-s1 10.251.0.2/30  sink   (service CIDR route)
+//	node  swyd-pN 10.244.0.1/32  <->  swyd-eth0 10.244.0.1N/32 pod N
+//
+// The node has no default route. Service cluster IPs are routed to the sink namespace,
+// which does not forward, so a packet the rules under test fail to DNAT dies there
+// instead of leaving the machine; pods only have routes back to the node.
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/switchyard/switchyard/internal/testenv"
+)
+
+// Addresses of the lab.
+const (
+	HostLinkIP   = "10.250.0.1"
+	NodeLinkIP   = "10.250.0.2"
+	ServiceCIDR  = "10.96.0.0/16"
+	ClusterCIDR  = "10.244.0.0/16"
+	PodGatewayIP = "10.244.0.1"
+	PodPort      = 8080
+)
+
+// Names of the lab's namespaces and host interface, all with the project's test prefix.
+const (
+	NodeNetns = "swyd-node"
+	SinkNetns = "swyd-sink"
+	hostLink  = "swyd-h0"
+	NodeName  = "swyd-node-a"
+)
+
+// Lab is a running lab. Close it to remove everything it created.
+type Lab struct {
+	Dir          string
+	ControlPlane *testenv.ControlPlane
+	Node         *testenv.Netns
+	Pods         []*Pod
+	agent        string
+	sink         *testenv.Netns
+	procs        []*exec.Cmd
+	proxies      []*exec.Cmd
+}
+
+// Pod is one "pod": a namespace with an HTTP server answering with Name.
+type Pod struct {
+	Name  string
+	IP    string
+	Netns *testenv.Netns
+}
+
+// Options configures Start.
+type Options struct {
+	// Dir is a scratch directory for logs and the control plane's data.
+	Dir string
+	// Pods is the number of pods to create.
+	Pods int
+	// Agent is the path of the labagent binary (hack/labagent).
+	Agent string
+}
+
+// Start builds the lab. On error, whatever was already built is removed.
+func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
+	l := &Lab{Dir: opts.Dir, agent: opts.Agent}
+	defer func() {
+		if err != nil {
+			_ = l.Close()
+		}
+	}()
+	if l.Node, err = testenv.NewNetns(NodeNetns); err != nil {
+		return nil, err
+	}
+	if l.sink, err = testenv.NewNetns(SinkNetns); err != nil {
+		return nil, err
+	}
+	steps := [][]string{}
+	if err = testenv.VethPair(hostLink, "", "swyd-n0", NodeNetns); err != nil {
+		return nil, err
+	}
+	if err = testenv.RunIP("", "addr", "add", HostLinkIP+"/30", "dev", hostLink); err != nil {
+		return nil, err
+	}
+	if err = testenv.VethPair("swyd-s0", NodeNetns, "swyd-s1", SinkNetns); err != nil {
+		return nil, err
+	}
+	steps = append(steps,
+		[]string{NodeNetns, "addr", "add", NodeLinkIP + "/30", "dev", "swyd-n0"},
+		[]string{NodeNetns, "addr", "add", "10.251.0.1/30", "dev", "swyd-s0"},
+		[]string{SinkNetns, "addr", "add", "10.251.0.2/30", "dev", "swyd-s1"},
+		[]string{NodeNetns, "route", "add", ServiceCIDR, "via", "10.251.0.2", "dev", "swyd-s0"},
+	)
+	for i := 1; i <= opts.Pods; i++ {
+		pod := &Pod{Name: fmt.Sprintf("pod-%d", i), IP: fmt.Sprintf("10.244.0.%d", 10+i)}
+		if pod.Netns, err = testenv.NewNetns(fmt.Sprintf("swyd-pod-%d", i)); err != nil {
+			return nil, err
+		}
+		l.Pods = append(l.Pods, pod)
+		link := fmt.Sprintf("swyd-p%d", i)
+		// Test helpers only touch interfaces with the project prefix, even inside a pod.
+		const podLink = "swyd-eth0"
+		if err = testenv.VethPair(link, NodeNetns, podLink, pod.Netns.Name); err != nil {
+			return nil, err
+		}
+		steps = append(steps,
+			[]string{NodeNetns, "addr", "add", PodGatewayIP + "/32", "dev", link},
+			[]string{NodeNetns, "route", "add", pod.IP + "/32", "dev", link},
+			[]string{pod.Netns.Name, "addr", "add", pod.IP + "/32", "dev", podLink},
+			[]string{pod.Netns.Name, "route", "add", PodGatewayIP, "dev", podLink},
+			// Only the node's own subnets: replies to masqueraded traffic go to the
+			// gateway, replies to node-sourced traffic to the sink link's address.
+			[]string{pod.Netns.Name, "route", "add", "10.251.0.0/30", "via", PodGatewayIP, "dev", podLink},
+		)
+	}
+	for _, s := range steps {
+		if err = testenv.RunIP(s[0], s[1:]...); err != nil {
+			return nil, err
+		}
+	}
+	// The node forwards between its pods; this is the node namespace's own setting,
+	// never the host's.
+	if err = l.run(ctx, NodeNetns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
+		return nil, err
+	}
+	for _, pod := range l.Pods {
+		if _, err = l.startProcess(pod.Netns.Name, filepath.Join(l.Dir, pod.Name+".log"), l.agent, "serve", pod.Name, fmt.Sprintf(":%d", PodPort)); err != nil {
+			return nil, err
+		}
+	}
+	l.ControlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{
+		BindAddress: HostLinkIP,
+		Dir:         filepath.Join(l.Dir, "controlplane"),
+		ServiceCIDR: ServiceCIDR,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// StartProxy starts the switchyard binary in the node namespace with the given flags and
+// returns its log path. The lab stops it on Close; StopProxy stops it earlier.
+func (l *Lab) StartProxy(bin string, flags ...string) (string, error) {
+	logPath := filepath.Join(l.Dir, fmt.Sprintf("switchyard-%d.log", len(l.proxies)))
+	cmd, err := l.startProcess(NodeNetns, logPath, bin, flags...)
+	if err != nil {
+		return "", err
+	}
+	l.proxies = append(l.proxies, cmd)
+	return logPath, nil
+}
+
+// StopProxy sends SIGTERM to every switchyard the lab started and waits for it to exit.
+func (l *Lab) StopProxy() {
+	for _, p := range l.proxies {
+		if p.ProcessState == nil {
+			_ = p.Process.Signal(syscall.SIGTERM)
+			_ = p.Wait()
+		}
+	}
+}
+
+func (l *Lab) startProcess(netns, logPath, bin string, args ...string) (*exec.Cmd, error) {
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, bin}, args...)...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// The process dies with the test or demo even if it is killed before Close.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s in %s: %w", bin, netns, err)
+	}
+	l.procs = append(l.procs, cmd)
+	return cmd, nil
+}
+
+func (l *Lab) run(ctx context.Context, netns string, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns, name}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s in %s: %w: %s", name, strings.Join(args, " "), netns, err, out)
+	}
+	return nil
+}
+
+// Result is the outcome of a batch of requests (see hack/labagent).
+type Result struct {
+	Answers           map[string]int `json:"answers"`
+	Failures          map[string]int `json:"failures"`
+	LastError         string         `json:"lastError"`
+	MaxFailureSeconds float64        `json:"maxFailureSeconds"`
+}
+
+// Get sends count HTTP requests, each on a new connection, from the node namespace.
+func (l *Lab) Get(ctx context.Context, url string, count int) (Result, error) {
+	var res Result
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", NodeNetns, l.agent, "get", url, fmt.Sprint(count))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return res, fmt.Errorf("labagent get %s: %w: %s", url, err, stderr.String())
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return res, fmt.Errorf("labagent get %s: %w", url, err)
+	}
+	return res, nil
+}
+
+// IPTablesSave dumps one table of the node namespace with the given flavor's iptables-save.
+func (l *Lab) IPTablesSave(ctx context.Context, flavor, table string) (string, error) {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", NodeNetns, "iptables-"+flavor+"-save", "-t", table).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("iptables-%s-save -t %s: %w: %s", flavor, table, err, out)
+	}
+	return string(out), nil
+}
+
+// Close stops every process and removes every namespace and link the lab created. It
+// returns the first error, after trying everything.
+func (l *Lab) Close() error {
+	var errs []error
+	for _, p := range l.procs {
+		if p.ProcessState == nil {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		}
+	}
+	if l.ControlPlane != nil {
+		l.ControlPlane.Stop()
+	}
+	for _, pod := range l.Pods {
+		errs = append(errs, pod.Netns.Delete())
+	}
+	for _, ns := range []*testenv.Netns{l.sink, l.Node} {
+		if ns != nil {
+			errs = append(errs, ns.Delete())
+		}
+	}
+	errs = append(errs, testenv.DeleteLink(hostLink, ""))
+	return errors.Join(errs...)
+}
+
+// Eventually polls check every interval until it returns nil or timeout passes, and
+// returns the last error.
+func Eventually(ctx context.Context, timeout, interval time.Duration, check func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := check()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(interval):
+		}
+	}
+}
