@@ -63,8 +63,16 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, servic
 		return fmt.Errorf("watching Services: %w", err)
 	}
 	sliceInformer := objects.Discovery().V1().EndpointSlices().Informer()
-	if _, err := sliceInformer.AddEventHandler(handler(func(s *discovery.EndpointSlice) { t.OnEndpointSliceUpdate(s); m.EndpointChangesTotal.Inc(); p.Changed() },
-		func(s *discovery.EndpointSlice) { t.OnEndpointSliceDelete(s); m.EndpointChangesTotal.Inc(); p.Changed() })); err != nil {
+	if _, err := sliceInformer.AddEventHandler(handler(func(s *discovery.EndpointSlice) {
+		t.OnEndpointSliceUpdate(s)
+		m.EndpointChangesTotal.Inc()
+		p.Changed()
+	},
+		func(s *discovery.EndpointSlice) {
+			t.OnEndpointSliceDelete(s)
+			m.EndpointChangesTotal.Inc()
+			p.Changed()
+		})); err != nil {
 		return fmt.Errorf("watching EndpointSlices: %w", err)
 	}
 	nodeInformer := nodes.Core().V1().Nodes().Informer()

@@ -204,6 +204,22 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 			continue
 		}
 		object := "EndpointSlice " + slice.Namespace + "/" + slice.Name
+		// Addresses are checked once per slice, not once per port, so each bad one is
+		// reported once.
+		addrs := make([]netip.Addr, len(slice.Endpoints))
+		for ei, ep := range slice.Endpoints {
+			if len(ep.Addresses) == 0 {
+				continue
+			}
+			// Like kube-proxy, only the first address is used: the API defines the
+			// others as interchangeable and they are never set in practice.
+			ip, err := netip.ParseAddr(ep.Addresses[0])
+			if err != nil || !family.matches(ip) {
+				errs = append(errs, FieldError{Object: object, Field: fmt.Sprintf("endpoints[%d].addresses[0]", ei), Value: ep.Addresses[0], Reason: "not an IP address of the slice's addressType"})
+				continue
+			}
+			addrs[ei] = ip
+		}
 		for pi, port := range slice.Ports {
 			if port.Port == nil {
 				continue // a slice port without a number matches no service port
@@ -225,16 +241,8 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 				byPort[spn] = eps
 			}
 			for ei, ep := range slice.Endpoints {
-				if len(ep.Addresses) == 0 {
-					continue
-				}
-				// Like kube-proxy, only the first address is used: the API defines the
-				// others as interchangeable and they are never set in practice.
-				ip, err := netip.ParseAddr(ep.Addresses[0])
-				if err != nil || !family.matches(ip) {
-					if pi == 0 {
-						errs = append(errs, FieldError{Object: object, Field: fmt.Sprintf("endpoints[%d].addresses[0]", ei), Value: ep.Addresses[0], Reason: "not an IP address of the slice's addressType"})
-					}
+				ip := addrs[ei]
+				if !ip.IsValid() {
 					continue
 				}
 				e := endpointFromSlice(ip, *port.Port, ep)
