@@ -154,14 +154,16 @@ func Parse(args []string, output io.Writer) (*Parsed, error) {
 
 // flagValues holds what the flags were set to, before merging with the file.
 type flagValues struct {
-	configFile, mode, kubeconfig, master, hostname, clusterCIDR           string
-	metricsAddr, healthzAddr, proxyName, ipvsScheduler                    string
-	masqAll, version, cleanup, strictARP                                  bool
-	syncPeriod, minSyncPeriod, configSyncPeriod                           time.Duration
-	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj               int32
-	nodePortAddresses                                                     []string
-	conntrackTCPEstablished, conntrackTCPCloseWait, conntrackUDP          time.Duration
-	bindAddress, featureGates, conntrackUDPStream, iptablesLocalhostPorts string
+	configFile, mode, kubeconfig, master, hostname, clusterCIDR string
+	metricsAddr, healthzAddr, proxyName, ipvsScheduler          string
+	masqAll, version, cleanup, strictARP                        bool
+	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
+	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj     int32
+	nodePortAddresses                                           []string
+	// Accepted for compatibility with kube-proxy command lines, and otherwise unused.
+	conntrackTimeouts         [4]time.Duration
+	bindAddress, featureGates string
+	localhostNodePorts        bool
 }
 
 func bindFlags(fs *pflag.FlagSet) *flagValues {
@@ -187,17 +189,16 @@ func bindFlags(fs *pflag.FlagSet) *flagValues {
 	fs.StringVar(&f.proxyName, "service-proxy-name", "", "Serve only Services labelled service.kubernetes.io/service-proxy-name=<this>; by default only Services without the label.")
 	fs.Int32Var(&f.conntrackMaxPerCore, "conntrack-max-per-core", d.ConntrackMaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
 	fs.Int32Var(&f.conntrackMin, "conntrack-min", d.ConntrackMin, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core.")
-	fs.DurationVar(&f.conntrackTCPEstablished, "conntrack-tcp-timeout-established", 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
-	fs.DurationVar(&f.conntrackTCPCloseWait, "conntrack-tcp-timeout-close-wait", 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
-	fs.DurationVar(&f.conntrackUDP, "conntrack-udp-timeout", 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
-	fs.StringVar(&f.conntrackUDPStream, "conntrack-udp-timeout-stream", "", "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
+	for i, name := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout", "conntrack-udp-timeout-stream"} {
+		fs.DurationVar(&f.conntrackTimeouts[i], name, 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
+	}
 	fs.Int32Var(&f.oomScoreAdj, "oom-score-adj", d.OOMScoreAdj, "The oom-score-adj value for the switchyard process, in [-1000, 1000].")
 	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "CIDRs or 'primary' selecting the node addresses NodePorts listen on.")
 	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
 	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
 	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility; it only hints the node's IP family.")
 	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
-	fs.StringVar(&f.iptablesLocalhostPorts, "iptables-localhost-nodeports", "", "Accepted for kube-proxy compatibility.")
+	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", true, "Accepted for kube-proxy compatibility; NodePorts are not yet served.")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "Remove everything switchyard owns on this node and exit.")
 	fs.BoolVar(&f.version, "version", false, "Print the version and exit.")
 	for _, alias := range []string{"iptables-sync-period", "iptables-min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period"} {

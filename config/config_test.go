@@ -1,0 +1,142 @@
+package config
+
+import (
+	"errors"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestParseValid(t *testing.T) {
+	file := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clusterCIDR: 10.100.0.0/16
+hostnameOverride: from-file
+metricsBindAddress: 0.0.0.0:9999
+iptables:
+  syncPeriod: 45s
+  minSyncPeriod: 2s
+  masqueradeAll: true
+conntrack:
+  maxPerCore: 0
+`)
+	defaults := Defaults()
+	defaults.NodeName = "node-a"
+	tests := []struct {
+		name string
+		args []string
+		want func(c *Config)
+	}{
+		{name: "defaults", args: []string{"--hostname-override=node-a"}, want: func(*Config) {}},
+		{name: "kube-proxy flags of the acceptance suite", args: []string{
+			"--proxy-mode=iptables", "--kubeconfig=/k", "--hostname-override=Node-A", "--cluster-cidr=10.244.0.0/16",
+			"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=0.0.0.0:10256", "--conntrack-max-per-core=0", "-v=2",
+		}, want: func(c *Config) {
+			c.Kubeconfig = "/k"
+			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+			c.ConntrackMaxPerCore = 0
+		}},
+		{name: "dual-stack cluster CIDR is masked", args: []string{"--hostname-override=node-a", "--cluster-cidr=10.244.1.0/16, fd00:10::/64"}, want: func(c *Config) {
+			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10::/64")}
+		}},
+		{name: "deprecated sync period aliases", args: []string{"--hostname-override=node-a", "--iptables-sync-period=1m", "--iptables-min-sync-period=0s"}, want: func(c *Config) {
+			c.SyncPeriod = time.Minute
+			c.MinSyncPeriod = 0
+		}},
+		{name: "file is the base", args: []string{"--config=" + file}, want: func(c *Config) {
+			c.NodeName = "from-file"
+			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
+			c.MetricsBindAddress = "0.0.0.0:9999"
+			c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
+			c.MasqueradeAll = true
+			c.ConntrackMaxPerCore = 0
+		}},
+		{name: "explicit flags override the file", args: []string{"--config=" + file, "--hostname-override=node-a", "--sync-period=50s", "--metrics-bind-address="}, want: func(c *Config) {
+			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
+			c.MetricsBindAddress = ""
+			c.SyncPeriod, c.MinSyncPeriod = 50*time.Second, 2*time.Second
+			c.MasqueradeAll = true
+			c.ConntrackMaxPerCore = 0
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Parse(tc.args, io.Discard)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			want := defaults
+			tc.want(&want)
+			if diff := cmp.Diff(want, got.Config, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+				t.Errorf("config (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	badField := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmodee: ipvs\n")
+	badKind := writeFile(t, "apiVersion: v1\nkind: ConfigMap\n")
+	badValue := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nclusterCIDR: nope\n")
+	tests := []struct {
+		name string
+		args []string
+		// want lists substrings the error must contain: where, what, and what is allowed.
+		want []string
+	}{
+		{"unknown mode", []string{"--proxy-mode=bogus"}, []string{`"bogus"`, "--proxy-mode", "iptables, ipvs"}},
+		{"bad cluster CIDR", []string{"--cluster-cidr=10.0.0.0/33"}, []string{"--cluster-cidr", "10.0.0.0/33", "CIDRs"}},
+		{"two CIDRs of one family", []string{"--cluster-cidr=10.0.0.0/8,11.0.0.0/8"}, []string{"--cluster-cidr", "one CIDR per IP family"}},
+		{"bad bind address", []string{"--healthz-bind-address=localhost"}, []string{"--healthz-bind-address", `"localhost"`, "IP:port"}},
+		{"port out of range", []string{"--metrics-bind-address=127.0.0.1:70000"}, []string{"--metrics-bind-address", "IP:port"}},
+		{"zero sync period", []string{"--sync-period=0s"}, []string{"--sync-period", "greater than 0"}},
+		{"min above max", []string{"--sync-period=1s", "--min-sync-period=2s"}, []string{"--min-sync-period", "must not exceed"}},
+		{"masquerade bit", []string{"--iptables-masquerade-bit=32"}, []string{"--iptables-masquerade-bit", "between 0 and 31"}},
+		{"negative conntrack", []string{"--conntrack-max-per-core=-1"}, []string{"--conntrack-max-per-core"}},
+		{"bad nodeport address", []string{"--nodeport-addresses=10.0.0.0/8,eth0"}, []string{"--nodeport-addresses", `"eth0"`, "primary"}},
+		{"unknown flag", []string{"--no-such-flag"}, []string{"unknown flag: --no-such-flag"}},
+		{"positional argument", []string{"iptables"}, []string{"unexpected arguments"}},
+		{"blank hostname", []string{"--hostname-override= "}, []string{"--hostname-override", "blank"}},
+		{"missing file", []string{"--config=/nonexistent/config.yaml"}, []string{"--config", "/nonexistent/config.yaml"}},
+		{"unknown field in file", []string{"--config=" + badField}, []string{badField, `unknown field "modee"`}},
+		{"wrong kind", []string{"--config=" + badKind}, []string{badKind, "KubeProxyConfiguration"}},
+		{"bad values in file, all reported", []string{"--config=" + badValue}, []string{"mode (in " + badValue + ")", `"userspace"`, "clusterCIDR (in " + badValue + ")"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.args, io.Discard)
+			var usage *UsageError
+			if !errors.As(err, &usage) {
+				t.Fatalf("Parse(%q) = %v, want a *UsageError", tc.args, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseVersion(t *testing.T) {
+	got, err := Parse([]string{"--version", "--proxy-mode=bogus"}, io.Discard)
+	if err != nil || !got.Version {
+		t.Fatalf("Parse(--version) = %+v, %v; want Version and no error", got, err)
+	}
+}
