@@ -89,15 +89,7 @@ func testBackendInKernel(t *testing.T, flavor Flavor) {
 		t.Fatal(err)
 	}
 	b := NewBackend(ipt, testRenderConfig, prometheus.NewRegistry(), klog.Background())
-	web, empty := spn("default", "web", "http"), spn("default", "empty", "")
-	state := &proxier.State{
-		NodeName: "node-a",
-		Services: map[proxier.ServicePortName]*proxier.ServicePort{
-			web:   clusterIPService(web, "10.96.0.10", 80),
-			empty: clusterIPService(empty, "10.96.0.11", 80),
-		},
-		Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{web: readyEndpoints("10.244.1.2", "10.244.2.3")},
-	}
+	state, web, empty := sampleState()
 	sync := func(full bool, changed ...proxier.ServicePortName) {
 		t.Helper()
 		c := proxier.Changes{Full: full, ServicePorts: map[proxier.ServicePortName]struct{}{}}

@@ -52,16 +52,22 @@ func readyEndpoints(ips ...string) []proxier.Endpoint {
 
 var testRenderConfig = RenderConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MasqueradeMark: "0x00004000", NodeName: "node-a"}
 
-func TestFullSyncGolden(t *testing.T) {
-	web, empty := spn("default", "web", "http"), spn("default", "empty", "")
-	state := &proxier.State{
+// sampleState has two Services: web:http (10.96.0.10:80) with two ready endpoints, and
+// empty (10.96.0.11:80) with none.
+func sampleState() (state *proxier.State, web, empty proxier.ServicePortName) {
+	web, empty = spn("default", "web", "http"), spn("default", "empty", "")
+	return &proxier.State{
 		NodeName: "node-a",
 		Services: map[proxier.ServicePortName]*proxier.ServicePort{
 			web:   clusterIPService(web, "10.96.0.10", 80),
 			empty: clusterIPService(empty, "10.96.0.11", 80),
 		},
 		Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{web: readyEndpoints("10.244.1.2", "10.244.2.3")},
-	}
+	}, web, empty
+}
+
+func TestFullSyncGolden(t *testing.T) {
+	state, web, _ := sampleState()
 	ipt := &recordingIPTables{chains: map[Table][]string{TableNAT: {"PREROUTING", "KUBE-SERVICES", "SWYD-SVC-STALE"}}}
 	b := NewBackend(ipt, testRenderConfig, prometheus.NewRegistry(), klog.Background())
 	if err := b.Sync(context.Background(), state, proxier.Changes{Full: true}); err != nil {

@@ -18,11 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/internal/lab"
 )
@@ -75,23 +71,11 @@ func run(ctx context.Context, switchyard, agent string, requests int) error {
 
 	step("Creating Service default/web (port 80 -> 8080) and an EndpointSlice with the three pods")
 	client := l.ControlPlane.Client
-	svc, err := client.CoreV1().Services("default").Create(ctx, &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(lab.PodPort)}}},
-	}, metav1.CreateOptions{})
+	svc, err := client.CoreV1().Services("default").Create(ctx, lab.Service("web"), metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("creating the Service: %w", err)
 	}
-	slice := &discovery.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Labels: map[string]string{discovery.LabelServiceName: "web"}},
-		AddressType: discovery.AddressTypeIPv4,
-		Ports:       []discovery.EndpointPort{{Name: ptr.To(""), Port: ptr.To(int32(lab.PodPort)), Protocol: ptr.To(v1.ProtocolTCP)}},
-	}
-	for _, p := range l.Pods {
-		slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{Addresses: []string{p.IP},
-			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)}, NodeName: ptr.To(lab.NodeName)})
-	}
-	if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Create(ctx, lab.EndpointSlice("web", l.Pods), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating the EndpointSlice: %w", err)
 	}
 

@@ -26,6 +26,12 @@ import (
 	"syscall"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
 	"github.com/switchyard/switchyard/internal/testenv"
 )
 
@@ -274,4 +280,35 @@ func Eventually(ctx context.Context, timeout, interval time.Duration, check func
 		case <-time.After(interval):
 		}
 	}
+}
+
+// Service is a ClusterIP Service with one unnamed TCP port 80 that targets the pods' port.
+func Service(name string) *v1.Service {
+	return &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(PodPort), Protocol: v1.ProtocolTCP}}},
+	}
+}
+
+// EndpointSlice is the slice an EndpointSlice controller would write for Service(service)
+// backed by the given pods, all ready and on this lab's node. It carries the trigger-time
+// annotation, so the proxy's network-programming latency metric gets a sample.
+func EndpointSlice(service string, pods []*Pod) *discovery.EndpointSlice {
+	slice := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        service + "-1",
+			Labels:      map[string]string{discovery.LabelServiceName: service},
+			Annotations: map[string]string{v1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano)},
+		},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To(""), Port: ptr.To(int32(PodPort)), Protocol: ptr.To(v1.ProtocolTCP)}},
+	}
+	for _, p := range pods {
+		slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{
+			Addresses:  []string{p.IP},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
+			NodeName:   ptr.To(NodeName),
+		})
+	}
+	return slice
 }

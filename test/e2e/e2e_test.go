@@ -15,11 +15,7 @@ import (
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/internal/lab"
 )
@@ -125,19 +121,14 @@ func testClusterIPLifecycle(t *testing.T, flavor string) {
 	})
 
 	client := l.ControlPlane.Client
-	svc, err := client.CoreV1().Services("default").Create(ctx, &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: v1.ServiceSpec{
-			Ports: []v1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(lab.PodPort), Protocol: v1.ProtocolTCP}},
-		},
-	}, metav1.CreateOptions{})
+	svc, err := client.CoreV1().Services("default").Create(ctx, lab.Service("web"), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating the Service: %v", err)
 	}
 	url := fmt.Sprintf("http://%s:80/", svc.Spec.ClusterIP)
 	setEndpoints := func(pods []*lab.Pod) {
 		t.Helper()
-		slice := endpointSlice(pods)
+		slice := lab.EndpointSlice("web", pods)
 		_, err := client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{})
 		if err != nil {
 			_, err = client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{})
@@ -258,28 +249,6 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab) {
 			t.Errorf("GET %s lacks %q:\n%s", c.url, c.want, tail(string(out), 20))
 		}
 	}
-}
-
-func endpointSlice(pods []*lab.Pod) *discovery.EndpointSlice {
-	slice := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:   "web-1",
-			Labels: map[string]string{discovery.LabelServiceName: "web"},
-			Annotations: map[string]string{
-				v1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano),
-			},
-		},
-		AddressType: discovery.AddressTypeIPv4,
-		Ports:       []discovery.EndpointPort{{Name: ptr.To(""), Port: ptr.To(int32(lab.PodPort)), Protocol: ptr.To(v1.ProtocolTCP)}},
-	}
-	for _, p := range pods {
-		slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{
-			Addresses:  []string{p.IP},
-			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
-			NodeName:   ptr.To(lab.NodeName),
-		})
-	}
-	return slice
 }
 
 func sum(m map[string]int) int {
