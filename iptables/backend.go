@@ -90,59 +90,29 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 
 	rendered := make(map[proxier.ServicePortName]*servicePortRules, len(names))
 	dispatch := map[Table][]string{}
+	var serviceChains []Chain
 	for _, n := range names {
 		r := b.render(state, state.Services[n])
 		rendered[n] = r
 		dispatch[TableNAT] = append(dispatch[TableNAT], r.natDispatch...)
 		dispatch[TableFilter] = append(dispatch[TableFilter], r.filterDispatch...)
+		serviceChains = append(serviceChains, r.chains...)
 	}
 
-	var out strings.Builder
-	counts := map[Table]int{}
-	lines := 0
-	for _, table := range []Table{TableFilter, TableNAT} {
-		existing, err := b.ipt.ListChains(ctx, table)
-		if err != nil {
-			return fmt.Errorf("listing %s chains: %w", table, err)
-		}
-		w := &restoreWriter{}
-		want := map[string]bool{}
-		for _, c := range staticRules(&b.cfg)[table] {
-			if c.name == servicesChain {
-				c.rules = dispatch[table]
-			}
-			w.writeChain(c)
-			want[c.name] = true
-		}
-		if table == TableNAT {
-			for _, n := range names {
-				for _, c := range rendered[n].chains {
-					w.writeChain(c)
-					want[c.name] = true
-				}
-			}
-		}
-		// Chains of ours that nothing wants any more: Services deleted while we were not
-		// running, or endpoints gone. Anything without our prefix is not ours to touch.
-		for _, c := range existing {
-			if strings.HasPrefix(c, ChainPrefix) && !want[c] {
-				w.deleteChain(c)
-			}
-		}
-		counts[table] = len(w.rules)
-		lines += w.writeTo(&out, table)
+	mark := b.cfg.MasqueradeMark
+	nat := append([]Chain{{Name: ServicesChain, Rules: dispatch[TableNAT]}}, MasqueradeChains(mark)...)
+	rs := Ruleset{
+		Chains: map[Table][]Chain{
+			TableFilter: {{Name: ServicesChain, Rules: dispatch[TableFilter]}, ForwardChainRules(mark)},
+			TableNAT:    append(nat, serviceChains...),
+		},
+		Hooks: append(CommonHooks(), filterServicesHooks...),
 	}
-	if err := b.ipt.Restore(ctx, []byte(out.String())); err != nil {
+	lines, counts, err := Apply(ctx, b.ipt, rs)
+	if err != nil {
 		return fmt.Errorf("full sync of %d service ports: %w", len(names), err)
 	}
 	b.lastRestoreLines = lines
-	// The hooks go in after the restore, which created the chains they jump to. Checking
-	// them on every full sync also puts back a hook someone deleted.
-	for _, h := range hooks {
-		if err := b.ipt.EnsureRule(h.table, h.chain, h.rule...); err != nil {
-			return err
-		}
-	}
 	b.written = rendered
 	b.ruleCount = counts
 	b.publishRuleCount()
@@ -175,20 +145,20 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 
 		nat := writers[TableNAT]
 		for _, c := range cur.chains {
-			i := slices.IndexFunc(old.chains, func(o chain) bool { return o.name == c.name })
-			if i >= 0 && slices.Equal(old.chains[i].rules, c.rules) {
+			i := slices.IndexFunc(old.chains, func(o Chain) bool { return o.Name == c.Name })
+			if i >= 0 && slices.Equal(old.chains[i].Rules, c.Rules) {
 				continue // identical chain already in the kernel
 			}
 			nat.writeChain(c)
-			delta[TableNAT] += len(c.rules)
+			delta[TableNAT] += len(c.Rules)
 			if i >= 0 {
-				delta[TableNAT] -= len(old.chains[i].rules)
+				delta[TableNAT] -= len(old.chains[i].Rules)
 			}
 		}
 		for _, o := range old.chains {
-			if !slices.ContainsFunc(cur.chains, func(c chain) bool { return c.name == o.name }) {
-				nat.deleteChain(o.name)
-				delta[TableNAT] -= len(o.rules)
+			if !slices.ContainsFunc(cur.chains, func(c Chain) bool { return c.Name == o.Name }) {
+				nat.deleteChain(o.Name)
+				delta[TableNAT] -= len(o.Rules)
 			}
 		}
 	}
@@ -225,12 +195,12 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 func editDispatch(w *restoreWriter, old, cur []string) int {
 	for _, r := range old {
 		if !slices.Contains(cur, r) {
-			w.rules = append(w.rules, "-D "+servicesChain+" "+r)
+			w.rules = append(w.rules, "-D "+ServicesChain+" "+r)
 		}
 	}
 	for _, r := range cur {
 		if !slices.Contains(old, r) {
-			w.rules = append(w.rules, "-I "+servicesChain+" 1 "+r)
+			w.rules = append(w.rules, "-I "+ServicesChain+" 1 "+r)
 		}
 	}
 	return len(cur) - len(old)

@@ -4,7 +4,6 @@
 package iptables
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -43,16 +42,14 @@ type Interface interface {
 	//
 	// Equivalent to: `iptables-restore --noflush`
 	Restore(ctx context.Context, data []byte) error
-	// ListChains lists the chains of a table.
+	// Save dumps a table in iptables-restore format.
 	//
-	// Equivalent to: `iptables-save -t TABLE | grep ^:`
-	ListChains(ctx context.Context, table Table) ([]string, error)
+	// Equivalent to: `iptables-save -t TABLE`
+	Save(ctx context.Context, table Table) ([]byte, error)
 	// EnsureRule inserts a rule at the top of a chain unless it is already there.
 	//
 	// Equivalent to: `iptables -C ... || iptables -I CHAIN 1 ...`
 	EnsureRule(table Table, chain string, rule ...string) error
-	// DeleteRule deletes a rule if it exists.
-	DeleteRule(table Table, chain string, rule ...string) error
 	// Flavor tells which iptables implementation this is.
 	Flavor() Flavor
 }
@@ -109,7 +106,7 @@ func (r *runner) Restore(ctx context.Context, data []byte) error {
 	return nil
 }
 
-func (r *runner) ListChains(ctx context.Context, table Table) ([]string, error) {
+func (r *runner) Save(ctx context.Context, table Table) ([]byte, error) {
 	out, err := exec.CommandContext(ctx, r.save, "-t", string(table)).Output()
 	if err != nil {
 		var ee *exec.ExitError
@@ -118,28 +115,12 @@ func (r *runner) ListChains(ctx context.Context, table Table) ([]string, error) 
 		}
 		return nil, fmt.Errorf("%s -t %s: %w", r.save, table, err)
 	}
-	var chains []string
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if line := sc.Text(); strings.HasPrefix(line, ":") {
-			if name, _, ok := strings.Cut(line[1:], " "); ok {
-				chains = append(chains, name)
-			}
-		}
-	}
-	return chains, sc.Err()
+	return out, nil
 }
 
 func (r *runner) EnsureRule(table Table, chain string, rule ...string) error {
 	if err := r.single.InsertUnique(string(table), chain, 1, rule...); err != nil {
 		return fmt.Errorf("ensuring rule in %s %s: %w", table, chain, err)
-	}
-	return nil
-}
-
-func (r *runner) DeleteRule(table Table, chain string, rule ...string) error {
-	if err := r.single.DeleteIfExists(string(table), chain, rule...); err != nil {
-		return fmt.Errorf("deleting rule from %s %s: %w", table, chain, err)
 	}
 	return nil
 }

@@ -81,8 +81,11 @@ func testBackendInKernel(t *testing.T, flavor Flavor) {
 	mustRun(t, bin, "-t", "nat", "-N", "KUBE-FOREIGN")
 	mustRun(t, bin, "-t", "nat", "-A", "OUTPUT", "-j", "KUBE-FOREIGN")
 	mustRun(t, bin, "-t", "nat", "-A", "KUBE-FOREIGN", "-d", "192.0.2.99", "-j", "RETURN")
-	// A chain of ours left by an earlier run, which the first full sync must remove.
+	// A chain of ours left by an earlier run, and a hook into a chain of the other proxy
+	// mode, which the first full sync must both remove.
 	mustRun(t, bin, "-t", "nat", "-N", "SWYD-SEP-LEFTOVER")
+	mustRun(t, bin, "-t", "filter", "-N", "SWYD-IPVS-FILTER")
+	mustRun(t, bin, "-t", "filter", "-A", "INPUT", "-j", "SWYD-IPVS-FILTER")
 
 	ipt, err := New(flavor, false)
 	if err != nil {
@@ -127,7 +130,7 @@ func testBackendInKernel(t *testing.T, flavor Flavor) {
 		"-j DNAT --to-destination 10.244.1.2:8080", "-A " + oldSEP,
 	}, foreign...), []string{"SWYD-SEP-LEFTOVER"})
 	expect("full sync", TableFilter, []string{"-A SWYD-SERVICES -d 10.96.0.11/32 -p tcp|\"default/empty has no endpoints\"|--dport 80 -j REJECT",
-		"-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"switchyard service portals\" -j SWYD-SERVICES"}, nil)
+		"-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"switchyard service portals\" -j SWYD-SERVICES"}, []string{"SWYD-IPVS-FILTER"})
 
 	state.Endpoints[web] = readyEndpoints("10.244.1.2", "10.244.3.4")
 	sync(false, web)

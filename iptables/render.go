@@ -5,7 +5,6 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net/netip"
-	"strings"
 
 	"github.com/switchyard/switchyard/proxier"
 )
@@ -16,15 +15,15 @@ const ChainPrefix = "SWYD-"
 
 // Chains with fixed names.
 const (
-	// servicesChain holds one dispatch rule per Service address: in nat it jumps to the
+	// ServicesChain holds one dispatch rule per Service address: in nat it jumps to the
 	// Service's chain, in filter it rejects or drops traffic that has no endpoint to go to.
-	servicesChain = ChainPrefix + "SERVICES"
-	// postroutingChain masquerades packets marked by markMasqChain.
-	postroutingChain = ChainPrefix + "POSTROUTING"
-	// markMasqChain marks a packet for masquerading on its way out.
-	markMasqChain = ChainPrefix + "MARK-MASQ"
-	// forwardChain accepts forwarded Service traffic even where FORWARD's policy is DROP.
-	forwardChain = ChainPrefix + "FORWARD"
+	ServicesChain = ChainPrefix + "SERVICES"
+	// PostroutingChain masquerades packets marked by MarkMasqChain.
+	PostroutingChain = ChainPrefix + "POSTROUTING"
+	// MarkMasqChain marks a packet for masquerading on its way out.
+	MarkMasqChain = ChainPrefix + "MARK-MASQ"
+	// ForwardChain accepts forwarded Service traffic even where FORWARD's policy is DROP.
+	ForwardChain = ChainPrefix + "FORWARD"
 )
 
 // servicePortChain is the chain that load-balances a Service port's traffic under the
@@ -63,19 +62,13 @@ type RenderConfig struct {
 	NodeName       string
 }
 
-// chain is a chain name with its rules, each rule without the "-A CHAIN" prefix.
-type chain struct {
-	name  string
-	rules []string
-}
-
 // servicePortRules is everything one ServicePort contributes to the kernel.
 type servicePortRules struct {
 	// natDispatch and filterDispatch are this port's rules in the two SWYD-SERVICES chains.
 	natDispatch    []string
 	filterDispatch []string
 	// chains are the per-service and per-endpoint nat chains, in writing order.
-	chains []chain
+	chains []Chain
 }
 
 // renderServicePort renders one ServicePort from its endpoint selection.
@@ -109,9 +102,9 @@ func renderServicePort(cfg *RenderConfig, sp *proxier.ServicePort, sel proxier.E
 	var masq string
 	switch {
 	case cfg.MasqueradeAll:
-		masq = fmt.Sprintf(`-m comment --comment "%s cluster IP" %s -j %s`, name, dst, markMasqChain)
+		masq = fmt.Sprintf(`-m comment --comment "%s cluster IP" %s -j %s`, name, dst, MarkMasqChain)
 	case cfg.ClusterCIDR.IsValid():
-		masq = fmt.Sprintf(`-m comment --comment "%s cluster IP" ! -s %s %s -j %s`, name, cfg.ClusterCIDR, dst, markMasqChain)
+		masq = fmt.Sprintf(`-m comment --comment "%s cluster IP" ! -s %s %s -j %s`, name, cfg.ClusterCIDR, dst, MarkMasqChain)
 	}
 
 	if useCluster {
@@ -136,16 +129,16 @@ func maskIf(keep bool, rule string) string {
 // balanceChain spreads new connections evenly over endpoints: the i-th of n rules matches
 // with probability 1/(n-i), so each endpoint gets 1/n overall. With session affinity, a
 // client seen recently goes back to the endpoint it used before.
-func balanceChain(name string, sp *proxier.ServicePort, endpoints []proxier.Endpoint, masq string) chain {
-	c := chain{name: name}
+func balanceChain(name string, sp *proxier.ServicePort, endpoints []proxier.Endpoint, masq string) Chain {
+	c := Chain{Name: name}
 	if masq != "" {
-		c.rules = append(c.rules, masq)
+		c.Rules = append(c.Rules, masq)
 	}
 	comment := sp.Name.String()
 	if sp.SessionAffinityTimeout > 0 {
 		for _, ep := range endpoints {
 			sep := endpointChain(sp.Name, ep)
-			c.rules = append(c.rules, fmt.Sprintf(`-m comment --comment "%s -> %s" -m recent --name %s --mask %s --rcheck --seconds %d --reap -j %s`,
+			c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "%s -> %s" -m recent --name %s --mask %s --rcheck --seconds %d --reap -j %s`,
 				comment, ep, sep, fullMask(ep.IP), int(sp.SessionAffinityTimeout.Seconds()), sep))
 		}
 	}
@@ -154,7 +147,7 @@ func balanceChain(name string, sp *proxier.ServicePort, endpoints []proxier.Endp
 		if left := len(endpoints) - i; left > 1 {
 			rule += fmt.Sprintf(" -m statistic --mode random --probability %0.10f", 1.0/float64(left))
 		}
-		c.rules = append(c.rules, rule+" -j "+endpointChain(sp.Name, ep))
+		c.Rules = append(c.Rules, rule+" -j "+endpointChain(sp.Name, ep))
 	}
 	return c
 }
@@ -162,15 +155,15 @@ func balanceChain(name string, sp *proxier.ServicePort, endpoints []proxier.Endp
 // endpointRules DNATs to one endpoint, masquerading a pod that reaches itself through the
 // Service (hairpin), since it would otherwise answer its own address directly and the
 // connection would not match.
-func endpointRules(sp *proxier.ServicePort, ep proxier.Endpoint) chain {
+func endpointRules(sp *proxier.ServicePort, ep proxier.Endpoint) Chain {
 	name := endpointChain(sp.Name, ep)
 	comment := sp.Name.String()
 	affinity := ""
 	if sp.SessionAffinityTimeout > 0 {
 		affinity = fmt.Sprintf(" -m recent --name %s --mask %s --set", name, fullMask(ep.IP))
 	}
-	return chain{name: name, rules: []string{
-		fmt.Sprintf(`-m comment --comment "%s" -s %s -j %s`, comment, hostPrefix(ep.IP), markMasqChain),
+	return Chain{Name: name, Rules: []string{
+		fmt.Sprintf(`-m comment --comment "%s" -s %s -j %s`, comment, hostPrefix(ep.IP), MarkMasqChain),
 		fmt.Sprintf(`-m comment --comment "%s"%s -p %s -m %s -j DNAT --to-destination %s`, comment, affinity, sp.ProtocolLower(), sp.ProtocolLower(), ep),
 	}}
 }
@@ -186,89 +179,3 @@ func fullMask(a netip.Addr) string {
 	return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 }
 
-// staticRules are the chains with fixed content, per table.
-func staticRules(cfg *RenderConfig) map[Table][]chain {
-	mark := cfg.MasqueradeMark
-	return map[Table][]chain{
-		TableNAT: {
-			{name: servicesChain},
-			{name: markMasqChain, rules: []string{"-j MARK --or-mark " + mark}},
-			{name: postroutingChain, rules: []string{
-				fmt.Sprintf("-m mark ! --mark %s/%s -j RETURN", mark, mark),
-				// Clear the mark so a packet that loops through the stack again (e.g. via
-				// a bridge or IPsec) is not masqueraded twice.
-				"-j MARK --xor-mark " + mark,
-				`-m comment --comment "switchyard service traffic requiring SNAT" -j MASQUERADE --random-fully`,
-			}},
-		},
-		TableFilter: {
-			{name: servicesChain},
-			{name: forwardChain, rules: []string{
-				fmt.Sprintf(`-m comment --comment "switchyard forwarding rules" -m mark --mark %s/%s -j ACCEPT`, mark, mark),
-				`-m comment --comment "switchyard forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
-			}},
-		},
-	}
-}
-
-// hookRule is a jump from a built-in chain into one of ours.
-type hookRule struct {
-	table Table
-	chain string
-	rule  []string
-}
-
-// hooks are the only rules this backend puts in chains it does not own.
-var hooks = []hookRule{
-	{TableNAT, "PREROUTING", []string{"-m", "comment", "--comment", "switchyard service portals", "-j", servicesChain}},
-	{TableNAT, "OUTPUT", []string{"-m", "comment", "--comment", "switchyard service portals", "-j", servicesChain}},
-	{TableNAT, "POSTROUTING", []string{"-m", "comment", "--comment", "switchyard postrouting rules", "-j", postroutingChain}},
-	{TableFilter, "FORWARD", []string{"-m", "comment", "--comment", "switchyard forwarding rules", "-j", forwardChain}},
-	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", servicesChain}},
-	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", servicesChain}},
-}
-
-// restoreWriter accumulates one table's section of an iptables-restore input. Chain
-// declarations must precede the rules that use them, and deletions must follow the rules
-// that stopped referencing them, so the three parts are kept apart until written.
-type restoreWriter struct {
-	declare []string
-	rules   []string
-	remove  []string
-}
-
-func (w *restoreWriter) declareChain(name string) {
-	w.declare = append(w.declare, ":"+name+" - [0:0]")
-}
-
-func (w *restoreWriter) writeChain(c chain) {
-	w.declareChain(c.name)
-	for _, r := range c.rules {
-		w.rules = append(w.rules, "-A "+c.name+" "+r)
-	}
-}
-
-// deleteChain flushes (by declaring) and then deletes a chain.
-func (w *restoreWriter) deleteChain(name string) {
-	w.declareChain(name)
-	w.remove = append(w.remove, "-X "+name)
-}
-
-func (w *restoreWriter) empty() bool {
-	return len(w.declare) == 0 && len(w.rules) == 0 && len(w.remove) == 0
-}
-
-func (w *restoreWriter) writeTo(b *strings.Builder, table Table) int {
-	if w.empty() {
-		return 0
-	}
-	b.WriteString("*" + string(table) + "\n")
-	for _, part := range [][]string{w.declare, w.rules, w.remove} {
-		for _, l := range part {
-			b.WriteString(l)
-			b.WriteByte('\n')
-		}
-	}
-	b.WriteString("COMMIT\n")
-	return len(w.declare) + len(w.rules) + len(w.remove) + 2
-}

@@ -20,18 +20,17 @@ import (
 // backend writes. Whether the kernel accepts it is proven in kernel_test.go.
 type recordingIPTables struct {
 	restores []string
-	chains   map[Table][]string
+	saved    map[Table]string
 }
 
 func (r *recordingIPTables) Restore(_ context.Context, data []byte) error {
 	r.restores = append(r.restores, string(data))
 	return nil
 }
-func (r *recordingIPTables) ListChains(_ context.Context, t Table) ([]string, error) {
-	return r.chains[t], nil
+func (r *recordingIPTables) Save(_ context.Context, t Table) ([]byte, error) {
+	return []byte(r.saved[t]), nil
 }
 func (r *recordingIPTables) EnsureRule(Table, string, ...string) error { return nil }
-func (r *recordingIPTables) DeleteRule(Table, string, ...string) error { return nil }
 func (r *recordingIPTables) Flavor() Flavor                            { return Nft }
 
 func spn(ns, name, port string) proxier.ServicePortName {
@@ -68,7 +67,18 @@ func sampleState() (state *proxier.State, web, empty proxier.ServicePortName) {
 
 func TestFullSyncGolden(t *testing.T) {
 	state, web, _ := sampleState()
-	ipt := &recordingIPTables{chains: map[Table][]string{TableNAT: {"PREROUTING", "KUBE-SERVICES", "SWYD-SVC-STALE"}}}
+	// The kernel holds someone else's chain, a chain of ours nothing wants any more, and
+	// a hook into a chain of the other proxy mode: the last two must go, the first stay.
+	ipt := &recordingIPTables{saved: map[Table]string{TableNAT: `*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:SWYD-SVC-STALE - [0:0]
+:SWYD-IPVS-OLD - [0:0]
+-A OUTPUT -m comment --comment "kube" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "old mode" -j SWYD-IPVS-OLD
+COMMIT
+`}}
 	b := NewBackend(ipt, testRenderConfig, prometheus.NewRegistry(), klog.Background())
 	if err := b.Sync(context.Background(), state, proxier.Changes{Full: true}); err != nil {
 		t.Fatal(err)
@@ -89,6 +99,7 @@ COMMIT
 :{SEP1} - [0:0]
 :{SEP2} - [0:0]
 :SWYD-SVC-STALE - [0:0]
+:SWYD-IPVS-OLD - [0:0]
 -A SWYD-SERVICES -m comment --comment "default/web:http cluster IP" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j {SVC}
 -A SWYD-MARK-MASQ -j MARK --or-mark 0x00004000
 -A SWYD-POSTROUTING -m mark ! --mark 0x00004000/0x00004000 -j RETURN
@@ -101,7 +112,9 @@ COMMIT
 -A {SEP1} -m comment --comment "default/web:http" -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080
 -A {SEP2} -m comment --comment "default/web:http" -s 10.244.2.3/32 -j SWYD-MARK-MASQ
 -A {SEP2} -m comment --comment "default/web:http" -p tcp -m tcp -j DNAT --to-destination 10.244.2.3:8080
+-D OUTPUT -m comment --comment "old mode" -j SWYD-IPVS-OLD
 -X SWYD-SVC-STALE
+-X SWYD-IPVS-OLD
 COMMIT
 `)
 	if diff := cmp.Diff(want, ipt.restores[0]); diff != "" {
@@ -215,7 +228,7 @@ func TestRenderServicePortPolicies(t *testing.T) {
 			if len(r.chains) != tc.wantChains {
 				t.Errorf("got %d chains, want %d", len(r.chains), tc.wantChains)
 			}
-			if tc.wantInChain != "" && (len(r.chains) == 0 || !strings.Contains(strings.Join(r.chains[0].rules, "\n"), tc.wantInChain)) {
+			if tc.wantInChain != "" && (len(r.chains) == 0 || !strings.Contains(strings.Join(r.chains[0].Rules, "\n"), tc.wantInChain)) {
 				t.Errorf("first chain %v lacks %q", r.chains, tc.wantInChain)
 			}
 		})

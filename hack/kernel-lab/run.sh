@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Runs a command inside a real Linux kernel that has IPVS: Debian's User-Mode Linux kernel,
+# booted as an ordinary process whose root filesystem is the host's own (read-write, so
+# anything the guest writes lands on the host: use scratch directories).
+#
+#   hack/kernel-lab/run.sh COMMAND [ARGS...]
+#
+# The guest loads the IPVS, dummy, veth, netfilter and ipset modules, then runs COMMAND
+# from the current directory with the current environment's PATH and SWYD_* / GO*
+# variables, and the exit status of COMMAND becomes this script's. It suits
+# `go test -exec hack/kernel-lab/run.sh`.
+#
+# With SWYD_LAB_TAP=1 the guest gets a point-to-point link to the host: a tap device
+# swyd-tap0 (host 10.249.0.1/30, guest eth0 10.249.0.2/30), routed only for that /30,
+# so a test inside can reach a kube-apiserver the host runs on 10.249.0.1.
+set -euo pipefail
+
+[ $# -ge 1 ] || { echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; }
+command -v linux.uml >/dev/null || { echo "$0: linux.uml not found: install the Debian package user-mode-linux (make deps)" >&2; exit 2; }
+ver=$(ls /usr/lib/uml/modules | head -1)
+
+scratch=$(mktemp -d /tmp/swyd-uml.XXXXXX)
+tap=swyd-tap0
+cleanup() {
+	if [ "${SWYD_LAB_TAP:-}" = 1 ]; then ip link del "$tap" 2>/dev/null || true; fi
+	rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+# What the guest needs to know, passed through a file because the kernel command line is
+# short and unquoted.
+{
+	printf 'export PATH=%q\n' "/usr/local/sbin:/usr/sbin:/sbin:$PATH"
+	printf 'export HOME=%q\n' "$HOME"
+	env | { grep -E '^(SWYD_|GO[A-Z]*=)' || true; } | while IFS='=' read -r k v; do printf 'export %s=%q\n' "$k" "$v"; done
+	printf 'cd %q\n' "$PWD"
+	printf 'MODS=%q\n' "/usr/lib/uml/modules/$ver"
+	printf 'VER=%q\n' "$ver"
+	printf 'SCRATCH=%q\n' "$scratch"
+	printf 'set --'; printf ' %q' "$@"; printf '\n'
+} > "$scratch/env.sh"
+
+cat > "$scratch/init.sh" <<'INIT'
+#!/bin/sh
+# PID 1 of the guest.
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+# A guest-local /run, so that `ip netns` and lock files write nothing on the host.
+mount -t tmpfs tmpfs /run
+. "$(dirname "$0")/env.sh"
+mkdir -p /run/netns
+for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh dummy veth nf_conntrack nf_nat iptable_nat iptable_filter \
+	xt_comment xt_conntrack xt_mark xt_addrtype xt_statistic xt_MASQUERADE xt_recent xt_set xt_tcpudp \
+	ipt_REJECT ip6t_REJECT ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet \
+	ip_set_hash_net ip_set_bitmap_port; do
+	modprobe -d "$SCRATCH/modroot" "$m" 2>/dev/null || echo "kernel-lab: module $m not loaded" >&2
+done
+ip link set lo up
+if [ -n "${SWYD_LAB_TAP:-}" ]; then
+	ip addr add 10.249.0.2/30 dev eth0
+	ip link set eth0 up
+fi
+"$@"
+echo $? > "$SCRATCH/exit-status"
+halt -f
+INIT
+chmod +x "$scratch/init.sh"
+# modprobe -d looks for lib/modules/<version> under the given root.
+mkdir -p "$scratch/modroot/lib/modules"
+ln -s "/usr/lib/uml/modules/$ver" "$scratch/modroot/lib/modules/$ver"
+
+net=()
+if [ "${SWYD_LAB_TAP:-}" = 1 ]; then
+	ip link del "$tap" 2>/dev/null || true
+	ip tuntap add dev "$tap" mode tap
+	ip addr add 10.249.0.1/30 dev "$tap"
+	ip link set "$tap" up
+	net=("eth0=tuntap,$tap")
+fi
+
+linux.uml mem=2G root=/dev/root rootfstype=hostfs rootflags=/ rw quiet \
+	init="$scratch/init.sh" con=null con0=fd:0,fd:1 "${net[@]}" </dev/null |
+	sed -u -e '/^SELinux:/d' -e '/^mmapper_init/d' -e '/^Failed to initialize ubd/d' -e '/^Halting\.$/d' -e '/^reboot: System halted/d'
+# linux.uml exits 0 whatever happened inside; the guest's verdict is in the file.
+if [ ! -s "$scratch/exit-status" ]; then
+	echo "$0: the guest did not report an exit status (did it crash or run out of memory?)" >&2
+	exit 1
+fi
+exit "$(cat "$scratch/exit-status")"
