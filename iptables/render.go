@@ -178,4 +178,3 @@ func fullMask(a netip.Addr) string {
 	}
 	return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
 }
-
