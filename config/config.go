@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,10 @@ const (
 
 // ValidModes lists the values --proxy-mode accepts.
 var ValidModes = []string{ModeIPTables, ModeIPVS}
+
+// IPVSSchedulers are the IPVS schedulers of Linux 6.1 (net/netfilter/ipvs/ip_vs_*.c);
+// whether the running kernel has the chosen one is checked at startup.
+var IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
 
 // Config is the resolved configuration switchyard runs with.
 type Config struct {
@@ -299,6 +304,7 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues) []error {
 	}
 	if set("ipvs-scheduler") {
 		cfg.IPVSScheduler = f.ipvsScheduler
+		check(validateScheduler(f.ipvsScheduler, "--ipvs-scheduler"))
 	}
 	if set("ipvs-strict-arp") {
 		cfg.IPVSStrictARP = f.strictARP
@@ -387,6 +393,7 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 	}
 	if file.IPVS.Scheduler != "" {
 		cfg.IPVSScheduler = file.IPVS.Scheduler
+		check(validateScheduler(cfg.IPVSScheduler, where("ipvs.scheduler")))
 	}
 	if file.IPVS.StrictARP {
 		cfg.IPVSStrictARP = true
@@ -417,6 +424,13 @@ func validateMode(mode, where string) error {
 		}
 	}
 	return &InvalidValue{Where: where, Value: mode, Allowed: "valid proxy modes are " + strings.Join(ValidModes, ", ")}
+}
+
+func validateScheduler(name, where string) error {
+	if slices.Contains(IPVSSchedulers, name) {
+		return nil
+	}
+	return &InvalidValue{Where: where, Value: name, Allowed: "valid IPVS schedulers are " + strings.Join(IPVSSchedulers, ", ")}
 }
 
 func parseCIDRs(s, where string) ([]netip.Prefix, error) {

@@ -110,6 +110,7 @@ func TestParseInvalid(t *testing.T) {
 		{"masquerade bit", []string{"--iptables-masquerade-bit=32"}, []string{"--iptables-masquerade-bit", "between 0 and 31"}},
 		{"negative conntrack", []string{"--conntrack-max-per-core=-1"}, []string{"--conntrack-max-per-core"}},
 		{"bad nodeport address", []string{"--nodeport-addresses=10.0.0.0/8,eth0"}, []string{"--nodeport-addresses", `"eth0"`, "primary"}},
+		{"unknown scheduler", []string{"--ipvs-scheduler=fastest"}, []string{"--ipvs-scheduler", `"fastest"`, "rr, wrr"}},
 		{"unknown flag", []string{"--no-such-flag"}, []string{"unknown flag: --no-such-flag"}},
 		{"positional argument", []string{"iptables"}, []string{"unexpected arguments"}},
 		{"blank hostname", []string{"--hostname-override= "}, []string{"--hostname-override", "blank"}},

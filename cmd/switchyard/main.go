@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -26,7 +27,9 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/switchyard/switchyard/config"
+	"github.com/switchyard/switchyard/dummy"
 	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/proxier"
 )
 
@@ -65,9 +68,6 @@ func run(args []string) int {
 }
 
 func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
-	if cfg.Mode == config.ModeIPVS {
-		return errors.New("--proxy-mode=ipvs is not available in this build yet; use --proxy-mode=iptables")
-	}
 	flavor, err := iptables.DetectFlavor(ctx)
 	if err != nil {
 		return err
@@ -77,11 +77,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		return err
 	}
 	if cfg.Cleanup {
-		if err := iptables.Cleanup(ctx, ipt); err != nil {
-			return err
-		}
-		logger.Info("Removed all switchyard rules", "mode", cfg.Mode, "flavor", flavor)
-		return nil
+		return cleanup(ctx, ipt, logger)
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
 	tuneNode(cfg, logger)
@@ -102,20 +98,33 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	clk := clock.RealClock{}
 	health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
 
-	renderCfg := iptables.RenderConfig{
-		MasqueradeAll:  cfg.MasqueradeAll,
-		MasqueradeMark: fmt.Sprintf("%#08x", uint32(1)<<cfg.MasqueradeBit),
-		NodeName:       cfg.NodeName,
-	}
+	var clusterCIDR netip.Prefix
 	for _, c := range cfg.ClusterCIDRs {
 		if c.Addr().Is4() {
-			renderCfg.ClusterCIDR = c
+			clusterCIDR = c
 		}
 	}
-	if !renderCfg.ClusterCIDR.IsValid() && !cfg.MasqueradeAll {
+	if !clusterCIDR.IsValid() && !cfg.MasqueradeAll {
 		logger.Info("No --cluster-cidr for IPv4 and no --masquerade-all: traffic to cluster IPs is not masqueraded")
 	}
-	backend := iptables.NewBackend(ipt, renderCfg, reg, logger)
+	mark := fmt.Sprintf("%#08x", uint32(1)<<cfg.MasqueradeBit)
+	var backend proxier.Backend
+	switch cfg.Mode {
+	case config.ModeIPVS:
+		b, err := newIPVSBackend(cfg, ipt, clusterCIDR, mark, reg, logger)
+		if err != nil {
+			return err
+		}
+		go b.RunDrainer(ctx, drainInterval)
+		backend = b
+	default:
+		backend = iptables.NewBackend(ipt, iptables.RenderConfig{
+			ClusterCIDR:    clusterCIDR,
+			MasqueradeAll:  cfg.MasqueradeAll,
+			MasqueradeMark: mark,
+			NodeName:       cfg.NodeName,
+		}, reg, logger)
+	}
 	p := proxier.New(proxier.Options{
 		Backend:       backend,
 		Family:        proxier.IPv4,
@@ -149,6 +158,56 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	// Rules stay in place on shutdown: traffic keeps flowing while switchyard restarts or
 	// is upgraded, and the next instance adopts them.
 	logger.Info("Shutting down; rules are left in place")
+	return nil
+}
+
+// drainInterval is how often IPVS mode checks whether removed real servers have drained.
+const drainInterval = 5 * time.Second
+
+// terminationGrace bounds how long a removed IPVS real server keeps its connections.
+const terminationGrace = 2 * time.Minute
+
+func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
+	if err := ipvs.CheckScheduler(cfg.IPVSScheduler); err != nil {
+		return nil, err
+	}
+	if err := ipvs.PrepareNode(cfg.IPVSStrictARP); err != nil {
+		// Like kube-proxy: a sysctl that cannot be set (read-only in some containers) is
+		// worth a loud log line, not a node without Services.
+		logger.Error(err, "Some IPVS sysctls could not be set")
+	}
+	dev, err := dummy.Ensure(dummy.DefaultName)
+	if err != nil {
+		return nil, err
+	}
+	handle, err := ipvs.New()
+	if err != nil {
+		return nil, err
+	}
+	return ipvs.NewBackend(handle, ipt, dev, ipvs.Config{
+		Scheduler:        cfg.IPVSScheduler,
+		ClusterCIDR:      clusterCIDR,
+		MasqueradeAll:    cfg.MasqueradeAll,
+		MasqueradeMark:   mark,
+		TerminationGrace: terminationGrace,
+	}, reg, logger), nil
+}
+
+// cleanup removes what either proxy mode left on the node, so that it works whichever
+// mode ran before. IPVS state is only looked at where the kernel has IPVS.
+func cleanup(ctx context.Context, ipt iptables.Interface, logger klog.Logger) error {
+	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
+		handle, err := ipvs.New()
+		if err != nil {
+			return err
+		}
+		if err := ipvs.Cleanup(ctx, handle, ipt, dummy.DefaultName); err != nil {
+			return err
+		}
+	} else if err := iptables.Cleanup(ctx, ipt); err != nil {
+		return err
+	}
+	logger.Info("Removed everything switchyard owned on this node", "iptablesFlavor", ipt.Flavor())
 	return nil
 }
 

@@ -1,0 +1,505 @@
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/dummy"
+	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/proxier"
+)
+
+// Config is what the IPVS backend needs besides the desired state.
+type Config struct {
+	Scheduler string
+	// ClusterCIDR, when valid, is the pod network: traffic from outside it to a Service
+	// address is masqueraded so that replies come back through this node.
+	ClusterCIDR   netip.Prefix
+	MasqueradeAll bool
+	// MasqueradeMark is the fwmark bit that asks SWYD-POSTROUTING to masquerade.
+	MasqueradeMark string
+	// TerminationGrace bounds how long a removed real server keeps its open connections
+	// (at weight 0, so it gets no new ones) before it is deleted anyway.
+	TerminationGrace time.Duration
+}
+
+// portPlan is what one ServicePort contributes to the kernel.
+type portPlan struct {
+	vs    *VirtualServer
+	reals []netip.AddrPort
+	sets  []setEntry
+}
+
+// terminating is a removed real server waiting for its connections to drain.
+type terminating struct {
+	vs       *VirtualServer
+	rs       netip.AddrPort
+	deadline time.Time
+}
+
+// Backend programs Services as IPVS virtual servers. A full sync lists the kernel's
+// virtual servers, bound addresses and set members once and applies the difference; a
+// partial sync touches only the virtual servers of the ServicePorts that changed. Neither
+// starts a process: everything but the static iptables rules (written on full syncs only)
+// goes over netlink.
+type Backend struct {
+	ipvs   Interface
+	ipt    iptables.Interface
+	dev    *dummy.Device
+	cfg    Config
+	logger klog.Logger
+
+	mu sync.Mutex
+	// plans is what the last syncs programmed, per ServicePort.
+	plans map[proxier.ServicePortName]*portPlan
+	// addrUsers counts the ServicePorts using each bound address, so an address is
+	// unbound exactly when the last of them goes.
+	addrUsers map[netip.Addr]int
+	// setUsers counts the ServicePorts needing each set member.
+	setUsers    map[setEntry]int
+	terminating map[Key]map[netip.AddrPort]terminating
+
+	operations *prometheus.CounterVec
+}
+
+// NewBackend makes an IPVS backend and registers its metrics with reg.
+func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg Config, reg prometheus.Registerer, logger klog.Logger) *Backend {
+	b := &Backend{
+		ipvs: ipvs, ipt: ipt, dev: dev, cfg: cfg, logger: logger,
+		plans:       map[proxier.ServicePortName]*portPlan{},
+		addrUsers:   map[netip.Addr]int{},
+		setUsers:    map[setEntry]int{},
+		terminating: map[Key]map[netip.AddrPort]terminating{},
+		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "ipvs_operations_total",
+			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs"}}, []string{"operation"}),
+	}
+	reg.MustRegister(b.operations)
+	return b
+}
+
+// Name is part of proxier.Backend.
+func (b *Backend) Name() string { return "ipvs" }
+
+// plan renders one ServicePort.
+func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan {
+	sel := proxier.SelectEndpoints(sp, state.Endpoints[sp.Name], state.NodeName, state.NodeLabels)
+	// A virtual server takes its real servers from the policy of internal traffic, the
+	// only kind a cluster IP receives. With none, IPVS itself answers new connections with
+	// ICMP port unreachable: the client is refused at once, like a REJECT rule.
+	endpoints := sel.Cluster
+	if sp.InternalPolicyLocal {
+		endpoints = sel.Local
+	}
+	p := &portPlan{vs: &VirtualServer{Address: sp.ClusterIP, Protocol: sp.Protocol, Port: uint16(sp.Port), Scheduler: b.cfg.Scheduler,
+		AffinityTimeout: uint32(sp.SessionAffinityTimeout.Seconds())}}
+	p.sets = append(p.sets, setEntry{set: clusterIPSet, ip: sp.ClusterIP, protocol: sp.Protocol, port: uint16(sp.Port)},
+		setEntry{set: serviceIPsSet, ip: sp.ClusterIP})
+	for _, e := range endpoints {
+		p.reals = append(p.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
+		p.sets = append(p.sets, setEntry{set: loopbackSet, ip: e.IP, protocol: sp.Protocol, port: uint16(e.Port), ip2: e.IP})
+	}
+	return p
+}
+
+// Sync is part of proxier.Backend.
+func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxier.Changes) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if changes.Full {
+		return b.fullSync(ctx, state)
+	}
+	return b.partialSync(state, changes.ServicePorts)
+}
+
+func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
+	if err := ensureSets(); err != nil {
+		return err
+	}
+	if _, _, err := iptables.Apply(ctx, b.ipt, b.ruleset()); err != nil {
+		return fmt.Errorf("static iptables rules: %w", err)
+	}
+
+	plans := make(map[proxier.ServicePortName]*portPlan, len(state.Services))
+	addrUsers := map[netip.Addr]int{}
+	setUsers := map[setEntry]int{}
+	wanted := map[Key]*portPlan{}
+	for name, sp := range state.Services {
+		p := b.plan(state, sp)
+		plans[name] = p
+		addrUsers[p.vs.Address]++
+		for _, e := range p.sets {
+			setUsers[e]++
+		}
+		wanted[p.vs.Key()] = p
+	}
+
+	bound, err := b.dev.Addresses()
+	if err != nil {
+		return err
+	}
+	for a := range addrUsers {
+		if !bound[a] {
+			if err := b.bind(a); err != nil {
+				return err
+			}
+		}
+	}
+	current, err := b.ipvs.VirtualServers()
+	if err != nil {
+		return err
+	}
+	inKernel := map[Key]*VirtualServer{}
+	for _, vs := range current {
+		inKernel[vs.Key()] = vs
+	}
+	var errs []error
+	for key, p := range wanted {
+		errs = append(errs, b.syncVirtualServer(inKernel[key], p))
+	}
+	// A virtual server is ours when its address is one we bound: anything else in the
+	// table belongs to someone else and is left alone.
+	for key, vs := range inKernel {
+		if wanted[key] == nil && bound[vs.Address] {
+			errs = append(errs, b.deleteVirtualServer(vs))
+		}
+	}
+	for a := range bound {
+		if addrUsers[a] == 0 {
+			errs = append(errs, b.unbind(a))
+		}
+	}
+	members, err := listSets()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	for e := range setUsers {
+		if !members[e] {
+			errs = append(errs, b.addEntry(e))
+		}
+	}
+	for e := range members {
+		if setUsers[e] == 0 {
+			errs = append(errs, b.delEntry(e))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	b.plans, b.addrUsers, b.setUsers = plans, addrUsers, setUsers
+	b.logger.V(2).Info("Full IPVS sync", "servicePorts", len(plans), "addresses", len(addrUsers))
+	return nil
+}
+
+func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServicePortName]struct{}) error {
+	var errs []error
+	for name := range changed {
+		old := b.plans[name]
+		var cur *portPlan
+		if sp, ok := state.Services[name]; ok {
+			cur = b.plan(state, sp)
+		}
+		errs = append(errs, b.replacePlan(name, old, cur))
+	}
+	return errors.Join(errs...)
+}
+
+// replacePlan moves one ServicePort from what was programmed to what is wanted.
+func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) error {
+	if cur != nil {
+		if b.addrUsers[cur.vs.Address] == 0 {
+			if err := b.bind(cur.vs.Address); err != nil {
+				return err
+			}
+		}
+		b.addrUsers[cur.vs.Address]++
+		var existing *VirtualServer
+		if old != nil && old.vs.Key() == cur.vs.Key() {
+			existing = old.vs
+		}
+		if err := b.syncVirtualServer(existing, cur); err != nil {
+			return err
+		}
+		for _, e := range cur.sets {
+			if b.setUsers[e] == 0 {
+				if err := b.addEntry(e); err != nil {
+					return err
+				}
+			}
+			b.setUsers[e]++
+		}
+		b.plans[name] = cur
+	} else {
+		delete(b.plans, name)
+	}
+	if old == nil {
+		return nil
+	}
+	var errs []error
+	if cur == nil || old.vs.Key() != cur.vs.Key() {
+		errs = append(errs, b.deleteVirtualServer(old.vs))
+	}
+	if b.addrUsers[old.vs.Address]--; b.addrUsers[old.vs.Address] <= 0 {
+		delete(b.addrUsers, old.vs.Address)
+		errs = append(errs, b.unbind(old.vs.Address))
+	}
+	for _, e := range old.sets {
+		if b.setUsers[e]--; b.setUsers[e] <= 0 {
+			delete(b.setUsers, e)
+			errs = append(errs, b.delEntry(e))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// syncVirtualServer makes the kernel's virtual server (current, nil when absent) and its
+// real servers match the plan. Removed real servers drain gracefully: TCP and SCTP ones
+// get weight 0 (no new connections) and are deleted once their connections are gone or
+// the grace period ends; UDP ones, which have no connections to drain, go at once.
+func (b *Backend) syncVirtualServer(current *VirtualServer, p *portPlan) error {
+	switch {
+	case current == nil:
+		if err := b.ipvs.AddVirtualServer(p.vs); err != nil {
+			return err
+		}
+		b.count("add_virtual_server")
+	case *current != *p.vs:
+		if err := b.ipvs.UpdateVirtualServer(p.vs); err != nil {
+			return err
+		}
+		b.count("update_virtual_server")
+	}
+	reals := map[netip.AddrPort]*RealServer{}
+	if current != nil {
+		list, err := b.ipvs.RealServers(p.vs)
+		if err != nil {
+			return err
+		}
+		for _, r := range list {
+			reals[r.Endpoint()] = r
+		}
+	}
+	key := p.vs.Key()
+	for _, ep := range p.reals {
+		delete(b.terminating[key], ep)
+		r := &RealServer{Address: ep.Addr(), Port: ep.Port(), Weight: 1}
+		switch have, ok := reals[ep]; {
+		case !ok:
+			if err := b.ipvs.AddRealServer(p.vs, r); err != nil {
+				return err
+			}
+			b.count("add_real_server")
+		case have.Weight != 1:
+			if err := b.ipvs.UpdateRealServer(p.vs, r); err != nil {
+				return err
+			}
+			b.count("update_real_server")
+		}
+	}
+	for ep, r := range reals {
+		if slices.Contains(p.reals, ep) {
+			continue
+		}
+		if p.vs.Protocol == v1.ProtocolUDP || b.cfg.TerminationGrace <= 0 {
+			if err := b.ipvs.DeleteRealServer(p.vs, r); err != nil {
+				return err
+			}
+			b.count("delete_real_server")
+			continue
+		}
+		if r.Weight != 0 {
+			r.Weight = 0
+			if err := b.ipvs.UpdateRealServer(p.vs, r); err != nil {
+				return err
+			}
+			b.count("update_real_server")
+		}
+		if _, waiting := b.terminating[key][ep]; !waiting {
+			if b.terminating[key] == nil {
+				b.terminating[key] = map[netip.AddrPort]terminating{}
+			}
+			b.terminating[key][ep] = terminating{vs: p.vs, rs: ep, deadline: time.Now().Add(b.cfg.TerminationGrace)}
+		}
+	}
+	return nil
+}
+
+func (b *Backend) deleteVirtualServer(vs *VirtualServer) error {
+	delete(b.terminating, vs.Key())
+	if err := b.ipvs.DeleteVirtualServer(vs); err != nil {
+		return err
+	}
+	b.count("delete_virtual_server")
+	return nil
+}
+
+// DrainTerminating deletes the real servers whose connections have drained or whose
+// grace period has ended. Run it periodically (RunDrainer).
+func (b *Backend) DrainTerminating() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	now := time.Now()
+	for key, waiting := range b.terminating {
+		var vs *VirtualServer
+		for _, t := range waiting {
+			vs = t.vs
+			break
+		}
+		if vs == nil {
+			delete(b.terminating, key)
+			continue
+		}
+		reals, err := b.ipvs.RealServers(vs)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, r := range reals {
+			t, ok := waiting[r.Endpoint()]
+			if !ok || (r.ActiveConnections+r.InactiveConnections > 0 && now.Before(t.deadline)) {
+				continue
+			}
+			if err := b.ipvs.DeleteRealServer(vs, r); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			b.count("delete_real_server")
+			delete(waiting, r.Endpoint())
+		}
+		// Anything still listed as waiting but gone from the kernel needs no more work.
+		for ep := range waiting {
+			if !slices.ContainsFunc(reals, func(r *RealServer) bool { return r.Endpoint() == ep }) {
+				delete(waiting, ep)
+			}
+		}
+		if len(waiting) == 0 {
+			delete(b.terminating, key)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// RunDrainer calls DrainTerminating every interval until ctx ends.
+func (b *Backend) RunDrainer(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := b.DrainTerminating(); err != nil {
+				b.logger.Error(err, "Draining terminating real servers")
+			}
+		}
+	}
+}
+
+func (b *Backend) bind(a netip.Addr) error {
+	if err := b.dev.Bind(a); err != nil {
+		return err
+	}
+	b.count("bind_address")
+	return nil
+}
+
+func (b *Backend) unbind(a netip.Addr) error {
+	if err := b.dev.Unbind(a); err != nil {
+		return err
+	}
+	b.count("unbind_address")
+	return nil
+}
+
+func (b *Backend) addEntry(e setEntry) error {
+	if err := addEntry(e); err != nil {
+		return err
+	}
+	b.count("add_ipset_entry")
+	return nil
+}
+
+func (b *Backend) delEntry(e setEntry) error {
+	if err := delEntry(e); err != nil {
+		return err
+	}
+	b.count("delete_ipset_entry")
+	return nil
+}
+
+func (b *Backend) count(op string) { b.operations.WithLabelValues(op).Inc() }
+
+// ipvsFilterChain closes the ports of Service addresses that are not Service ports.
+const ipvsFilterChain = iptables.ChainPrefix + "IPVS-FILTER"
+
+// ruleset is the small, fixed set of iptables rules IPVS mode needs. It never changes with
+// Services (those change set members), so it is written on full syncs only.
+func (b *Backend) ruleset() iptables.Ruleset {
+	mark := b.cfg.MasqueradeMark
+	var services []string
+	switch {
+	case b.cfg.MasqueradeAll:
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, clusterIPSet, iptables.MarkMasqChain))
+	case b.cfg.ClusterCIDR.IsValid():
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst ! -s %s -j %s`, clusterIPSet, b.cfg.ClusterCIDR, iptables.MarkMasqChain))
+	}
+	// IPVS takes it from here; skip the rest of nat for Service traffic.
+	services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic" -m set --match-set %s dst,dst -j ACCEPT`, clusterIPSet))
+	hairpin := fmt.Sprintf(`-m comment --comment "switchyard hairpin traffic" -m set --match-set %s dst,dst,src -j MASQUERADE`, loopbackSet)
+	return iptables.Ruleset{
+		Chains: map[iptables.Table][]iptables.Chain{
+			iptables.TableNAT: append([]iptables.Chain{{Name: iptables.ServicesChain, Rules: services}}, iptables.MasqueradeChains(mark, hairpin)...),
+			iptables.TableFilter: {
+				iptables.ForwardChainRules(mark),
+				{Name: ipvsFilterChain, Rules: []string{
+					fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, clusterIPSet),
+					fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, serviceIPsSet),
+				}},
+			},
+		},
+		Hooks: append(iptables.CommonHooks(), iptables.Hook{Table: iptables.TableFilter, Chain: "INPUT",
+			Rule: []string{"-m", "comment", "--comment", "switchyard ipvs access filter", "-j", ipvsFilterChain}}),
+	}
+}
+
+// Cleanup removes everything IPVS mode owns: virtual servers on addresses we bound, those
+// addresses, our iptables rules and our ipsets. Virtual servers and addresses that are not
+// ours are left alone. It is idempotent.
+func Cleanup(ctx context.Context, ipvs Interface, ipt iptables.Interface, deviceName string) error {
+	if err := iptables.Cleanup(ctx, ipt); err != nil {
+		return err
+	}
+	var errs []error
+	if dev, err := dummy.Lookup(deviceName); err != nil {
+		errs = append(errs, err)
+	} else if dev != nil {
+		bound, err := dev.Addresses()
+		if err != nil {
+			return err
+		}
+		current, err := ipvs.VirtualServers()
+		if err != nil {
+			return err
+		}
+		for _, vs := range current {
+			if bound[vs.Address] {
+				errs = append(errs, ipvs.DeleteVirtualServer(vs))
+			}
+		}
+		for a := range bound {
+			errs = append(errs, dev.Unbind(a))
+		}
+		errs = append(errs, dev.DeleteIfUnused())
+	}
+	errs = append(errs, destroySets())
+	return errors.Join(errs...)
+}

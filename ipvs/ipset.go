@@ -1,0 +1,140 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard/switchyard/iptables"
+)
+
+// The ipsets this mode owns. The static iptables rules match against them, so that adding
+// or removing a Service changes set members over netlink and never the rules.
+const (
+	// clusterIPSet holds clusterIP,proto:port of every Service port: traffic to these is
+	// load-balanced by IPVS (and masqueraded from outside the cluster CIDR).
+	clusterIPSet = iptables.ChainPrefix + "CLUSTER-IP"
+	// loopbackSet holds endpoint,proto:port,endpoint: a pod reaching itself through its
+	// own Service, which must be masqueraded (hairpin).
+	loopbackSet = iptables.ChainPrefix + "LOOP-BACK"
+	// serviceIPsSet holds every address bound on kube-ipvs0: new connections to those on
+	// ports that are not Service ports are rejected, so host processes never answer there.
+	serviceIPsSet = iptables.ChainPrefix + "IPVS-IPS"
+)
+
+var setTypes = map[string]string{
+	clusterIPSet:  "hash:ip,port",
+	loopbackSet:   "hash:ip,port,ip",
+	serviceIPsSet: "hash:ip",
+}
+
+// setEntry is one member of one of our sets.
+type setEntry struct {
+	set      string
+	ip       netip.Addr
+	protocol v1.Protocol // "" for hash:ip
+	port     uint16
+	ip2      netip.Addr // only for hash:ip,port,ip
+}
+
+var ipProtocols = map[v1.Protocol]uint8{v1.ProtocolTCP: syscall.IPPROTO_TCP, v1.ProtocolUDP: syscall.IPPROTO_UDP, v1.ProtocolSCTP: syscall.IPPROTO_SCTP}
+
+func (e setEntry) toNetlink() *netlink.IPSetEntry {
+	n := &netlink.IPSetEntry{IP: net.IP(e.ip.AsSlice())}
+	if e.protocol != "" {
+		proto, port := ipProtocols[e.protocol], e.port
+		n.Protocol, n.Port = &proto, &port
+	}
+	if e.ip2.IsValid() {
+		n.IP2 = net.IP(e.ip2.AsSlice())
+	}
+	return n
+}
+
+// ensureSets creates our sets when missing.
+//
+// Equivalent to: `ipset create SWYD-CLUSTER-IP hash:ip,port` (and the others)
+func ensureSets() error {
+	for name, typ := range setTypes {
+		err := netlink.IpsetCreate(name, typ, netlink.IpsetCreateOptions{})
+		if err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("creating ipset %s (%s): %w", name, typ, err)
+		}
+	}
+	return nil
+}
+
+// listSets returns every member of our sets.
+//
+// Equivalent to: `ipset list SWYD-CLUSTER-IP` (and the others)
+func listSets() (map[setEntry]bool, error) {
+	out := map[setEntry]bool{}
+	for name := range setTypes {
+		res, err := netlink.IpsetList(name)
+		if err != nil {
+			return nil, fmt.Errorf("listing ipset %s: %w", name, err)
+		}
+		for _, e := range res.Entries {
+			ip, ok := netip.AddrFromSlice(e.IP)
+			if !ok {
+				continue
+			}
+			entry := setEntry{set: name, ip: ip.Unmap()}
+			if e.Port != nil && e.Protocol != nil {
+				entry.port = *e.Port
+				for p, n := range ipProtocols {
+					if n == *e.Protocol {
+						entry.protocol = p
+					}
+				}
+			}
+			if ip2, ok := netip.AddrFromSlice(e.IP2); ok {
+				entry.ip2 = ip2.Unmap()
+			}
+			out[entry] = true
+		}
+	}
+	return out, nil
+}
+
+// addEntry equivalent: `ipset add SET MEMBER -exist`
+func addEntry(e setEntry) error {
+	n := e.toNetlink()
+	n.Replace = true // like -exist: adding a member twice is not an error
+	if err := netlink.IpsetAdd(e.set, n); err != nil {
+		return fmt.Errorf("adding %v to ipset %s: %w", e, e.set, err)
+	}
+	return nil
+}
+
+// delEntry equivalent: `ipset del SET MEMBER -exist`
+func delEntry(e setEntry) error {
+	if err := netlink.IpsetDel(e.set, e.toNetlink()); err != nil && !errors.Is(err, syscall.ENOENT) && !isIpsetNotExist(err) {
+		return fmt.Errorf("deleting %v from ipset %s: %w", e, e.set, err)
+	}
+	return nil
+}
+
+// isIpsetNotExist recognises ipset's own "element is missing" error (IPSET_ERR_EXIST).
+func isIpsetNotExist(err error) bool {
+	var errno syscall.Errno
+	return errors.As(err, &errno) && errno == 4105
+}
+
+// destroySets removes our sets (--cleanup); the rules that use them must be gone first.
+//
+// Equivalent to: `ipset destroy SWYD-CLUSTER-IP` (and the others)
+func destroySets() error {
+	var errs []error
+	for name := range setTypes {
+		if err := netlink.IpsetDestroy(name); err != nil && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("destroying ipset %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

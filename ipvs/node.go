@@ -1,0 +1,86 @@
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// CheckScheduler fails unless the running kernel offers the scheduler (one of
+// config.IPVSSchedulers): its module is loaded (or built in), or can be loaded now.
+func CheckScheduler(name string) error {
+	module := "ip_vs_" + name
+	if _, err := os.Stat(filepath.Join("/sys/module", module)); err == nil {
+		return nil
+	}
+	if out, err := exec.Command("modprobe", module).CombinedOutput(); err != nil {
+		return fmt.Errorf("IPVS scheduler %q is not available: kernel module %s is not loaded and modprobe failed: %w: %s", name, module, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// sysctl is one kernel setting IPVS mode depends on, with the reason.
+type sysctl struct {
+	path  string
+	value string
+}
+
+// nodeSysctls are the settings kube-proxy's IPVS mode makes, for the same reasons.
+func nodeSysctls(strictARP bool) []sysctl {
+	s := []sysctl{
+		// Without conntrack entries for IPVS connections, iptables cannot masquerade them.
+		{"net/ipv4/vs/conntrack", "1"},
+		// Send new connections whose real server is gone elsewhere instead of dropping
+		// them, so a removed endpoint does not black-hole a client that reuses a port.
+		{"net/ipv4/vs/expire_nodest_conn", "1"},
+		// Expire persistence templates of a real server at weight 0, so session affinity
+		// does not keep sending clients to a terminating endpoint.
+		{"net/ipv4/vs/expire_quiescent_template", "1"},
+		// IPVS forwards to endpoints in other network namespaces.
+		{"net/ipv4/ip_forward", "1"},
+	}
+	// Before Linux 5.9, conn_reuse_mode=1 delayed every reused connection by a second
+	// (https://github.com/kubernetes/kubernetes/issues/81775), so kube-proxy sets 0 there;
+	// later kernels fixed it and keep the default.
+	if kernelBefore(5, 9) {
+		s = append(s, sysctl{"net/ipv4/vs/conn_reuse_mode", "0"})
+	}
+	if strictARP {
+		// Do not answer ARP for Service addresses bound on kube-ipvs0 (needed by
+		// load balancers such as MetalLB in L2 mode).
+		s = append(s, sysctl{"net/ipv4/conf/all/arp_ignore", "1"}, sysctl{"net/ipv4/conf/all/arp_announce", "2"})
+	}
+	return s
+}
+
+// PrepareNode applies the sysctls IPVS mode depends on.
+func PrepareNode(strictARP bool) error {
+	var errs []error
+	for _, s := range nodeSysctls(strictARP) {
+		path := filepath.Join("/proc/sys", s.path)
+		if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == s.value {
+			continue
+		}
+		if err := os.WriteFile(path, []byte(s.value), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("setting %s=%s: %w", strings.ReplaceAll(s.path, "/", "."), s.value, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func kernelBefore(major, minor int) bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma < major || (ma == major && mi < minor)
+}
