@@ -7,16 +7,17 @@ import (
 
 // MasqueradeChains are the chains that mark and masquerade Service traffic, shared by
 // both proxy modes: whatever jumps to MarkMasqChain is masqueraded in POSTROUTING.
-func MasqueradeChains(mark string) []Chain {
+// postroutingFirst are rules a mode puts before the mark check (IPVS mode's hairpin).
+func MasqueradeChains(mark string, postroutingFirst ...string) []Chain {
 	return []Chain{
 		{Name: MarkMasqChain, Rules: []string{"-j MARK --or-mark " + mark}},
-		{Name: PostroutingChain, Rules: []string{
+		{Name: PostroutingChain, Rules: append(slices.Clone(postroutingFirst),
 			fmt.Sprintf("-m mark ! --mark %s/%s -j RETURN", mark, mark),
 			// Clear the mark so a packet that loops through the stack again (e.g. via
 			// a bridge or IPsec) is not masqueraded twice.
-			"-j MARK --xor-mark " + mark,
+			"-j MARK --xor-mark "+mark,
 			`-m comment --comment "switchyard service traffic requiring SNAT" -j MASQUERADE --random-fully`,
-		}},
+		)},
 	}
 }
 
