@@ -17,9 +17,11 @@ type Health struct {
 	clock   clock.PassiveClock
 	timeout time.Duration
 
-	mu          sync.Mutex
-	lastQueued  time.Time
-	lastUpdated time.Time
+	mu sync.Mutex
+	// oldestPending is when the oldest update not yet applied was queued; zero when
+	// every queued update has been applied.
+	oldestPending time.Time
+	lastUpdated   time.Time
 }
 
 // NewHealth makes a health tracker; kube-proxy uses twice the sync period as timeout.
@@ -32,8 +34,8 @@ func NewHealth(clk clock.PassiveClock, timeout time.Duration) *Health {
 func (h *Health) QueuedUpdate() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.lastQueued.After(h.lastUpdated) {
-		h.lastQueued = h.clock.Now()
+	if h.oldestPending.IsZero() {
+		h.oldestPending = h.clock.Now()
 	}
 }
 
@@ -42,14 +44,14 @@ func (h *Health) Updated() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastUpdated = h.clock.Now()
+	h.oldestPending = time.Time{}
 }
 
 // Healthy reports the current verdict and the time of the last successful sync.
 func (h *Health) Healthy() (bool, time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	pending := h.lastQueued.After(h.lastUpdated)
-	return !pending || h.clock.Since(h.lastQueued) <= h.timeout, h.lastUpdated
+	return h.oldestPending.IsZero() || h.clock.Since(h.oldestPending) <= h.timeout, h.lastUpdated
 }
 
 // ServeHTTP answers /healthz and /livez like kube-proxy: 200 when healthy, 503 when not,

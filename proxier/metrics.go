@@ -58,7 +58,7 @@ func NewMetrics(reg prometheus.Registerer, backend string) *Metrics {
 		ServiceChangesTotal:        counter("kubeproxy", "sync_proxy_rules_service_changes_total", "Cumulative proxy rules Service changes"),
 		EndpointChangesTotal:       counter("kubeproxy", "sync_proxy_rules_endpoint_changes_total", "Cumulative proxy rules Endpoint changes"),
 		SyncFailuresTotal:          counter("switchyard", "sync_proxy_rules_failures_total", "Syncs that failed and were retried"),
-		InvalidObjectFieldsTotal:   counter("switchyard", "invalid_object_fields_total", "Service and EndpointSlice fields skipped because their values were unusable"),
+		InvalidObjectFieldsTotal:   counter("switchyard", "invalid_object_fields_total", "Unusable Service and EndpointSlice field values skipped, counted each time the object is translated"),
 	}
 	reg.MustRegister(m.SyncDuration, m.FullSyncDuration, m.PartialSyncDuration, m.NetworkProgrammingDuration,
 		m.LastSyncTimestamp, m.LastQueuedTimestamp, m.ServiceChangesPending, m.EndpointChangesPending,

@@ -52,7 +52,7 @@ const retryMin = time.Second
 // Watch, which wires informers).
 func New(opts Options) *Proxier {
 	p := &Proxier{opts: opts, needFull: true, logger: opts.Logger.WithValues("backend", opts.Backend.Name())}
-	p.tracker = NewTracker(opts.Family, opts.NodeName, func(e FieldError) {
+	p.tracker = NewTracker(opts.Family, opts.NodeName, opts.Clock.Now(), func(e FieldError) {
 		opts.Metrics.InvalidObjectFieldsTotal.Inc()
 		p.logger.Error(nil, "Skipping unusable field", "object", e.Object, "field", e.Field, "value", e.Value, "reason", e.Reason)
 	})

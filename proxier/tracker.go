@@ -26,18 +26,22 @@ type Tracker struct {
 	dirtyServices  map[types.NamespacedName]struct{}
 	dirtyEndpoints map[types.NamespacedName]struct{}
 	triggerTimes   map[types.NamespacedName][]time.Time
-	nodeLabels     map[string]string
-	nodeChanged    bool
+	// started is when tracking began: trigger times before it describe changes made
+	// while no proxy was watching, which are not this proxy's programming latency.
+	started     time.Time
+	nodeLabels  map[string]string
+	nodeChanged bool
 
 	// Owned by the sync goroutine (Flush and whoever reads State after it).
 	portNames map[types.NamespacedName][]ServicePortName
 	state     State
 }
 
-// NewTracker makes a tracker for one IP family. onFieldError, if not nil, is told of every
-// unusable field found while translating objects.
-func NewTracker(family Family, nodeName string, onFieldError func(FieldError)) *Tracker {
+// NewTracker makes a tracker for one IP family, started at the given time. onFieldError,
+// if not nil, is told of every unusable field found while translating objects.
+func NewTracker(family Family, nodeName string, started time.Time, onFieldError func(FieldError)) *Tracker {
 	return &Tracker{
+		started:        started,
 		family:         family,
 		onFieldError:   onFieldError,
 		services:       map[types.NamespacedName]*v1.Service{},
@@ -85,7 +89,7 @@ func (t *Tracker) OnEndpointSliceUpdate(slice *discovery.EndpointSlice) {
 	}
 	t.slices[name][slice.Name] = slice
 	t.dirtyEndpoints[name] = struct{}{}
-	if ts, ok := triggerTime(slice); ok {
+	if ts, ok := triggerTime(slice); ok && !ts.Before(t.started) {
 		t.triggerTimes[name] = append(t.triggerTimes[name], ts)
 	}
 }
@@ -161,10 +165,7 @@ func (t *Tracker) Flush() FlushResult {
 		// A copy of the slice index, so translation can run outside the lock.
 		inputs[n] = input{svc: t.services[n], slices: maps.Clone(t.slices[n])}
 	}
-	var triggers []time.Time
-	for _, ts := range t.triggerTimes {
-		triggers = append(triggers, ts...)
-	}
+	triggers := maps.Clone(t.triggerTimes)
 	nodeChanged := t.nodeChanged
 	if nodeChanged {
 		t.state.NodeLabels = t.nodeLabels
@@ -176,13 +177,20 @@ func (t *Tracker) Flush() FlushResult {
 	t.mu.Unlock()
 
 	changed := map[ServicePortName]struct{}{}
+	var triggerTimes []time.Time
 	for name, in := range inputs {
-		t.recompute(name, in.svc, in.slices, changed)
+		// Only a change that needs programming has a programming latency.
+		if t.recompute(name, in.svc, in.slices, changed) {
+			triggerTimes = append(triggerTimes, triggers[name]...)
+		}
 	}
-	return FlushResult{State: &t.state, Changed: changed, NodeChanged: nodeChanged, TriggerTimes: triggers}
+	return FlushResult{State: &t.state, Changed: changed, NodeChanged: nodeChanged, TriggerTimes: triggerTimes}
 }
 
-func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceIndex map[string]*discovery.EndpointSlice, changed map[ServicePortName]struct{}) {
+// recompute translates one Service again, records which of its ServicePorts changed, and
+// reports whether any did.
+func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceIndex map[string]*discovery.EndpointSlice, changed map[ServicePortName]struct{}) bool {
+	before := len(changed)
 	var ports []*ServicePort
 	var endpoints map[ServicePortName][]Endpoint
 	if svc != nil {
@@ -227,6 +235,7 @@ func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceInd
 	} else {
 		delete(t.portNames, name)
 	}
+	return len(changed) > before
 }
 
 func sliceServiceName(slice *discovery.EndpointSlice) (types.NamespacedName, bool) {

@@ -59,10 +59,10 @@ func run(ctx context.Context, switchyard, agent string, requests int) error {
 			fmt.Fprintln(os.Stderr, "cleanup:", err)
 		}
 	}()
-	fmt.Printf("   apiserver %s, node namespace %s, pods %s\n", l.ControlPlane.Server, lab.NodeNetns, podList(l.Pods))
+	fmt.Printf("   node namespace %s, pods %s\n", lab.NodeNetns, podList(l.Pods))
 
 	step("Starting switchyard --proxy-mode=iptables in the node namespace")
-	logPath, err := l.StartProxy(switchyard, "--proxy-mode=iptables", "--kubeconfig="+l.ControlPlane.Kubeconfig,
+	logPath, err := l.StartProxy(switchyard, "--proxy-mode=iptables", "--kubeconfig="+l.Kubeconfig,
 		"--hostname-override="+lab.NodeName, "--cluster-cidr="+lab.ClusterCIDR,
 		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--conntrack-max-per-core=0")
 	if err != nil {
@@ -70,7 +70,7 @@ func run(ctx context.Context, switchyard, agent string, requests int) error {
 	}
 
 	step("Creating Service default/web (port 80 -> 8080) and an EndpointSlice with the three pods")
-	client := l.ControlPlane.Client
+	client := l.Client
 	svc, err := client.CoreV1().Services("default").Create(ctx, lab.Service("web"), metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("creating the Service: %w", err)
@@ -106,7 +106,7 @@ func run(ctx context.Context, switchyard, agent string, requests int) error {
 	}
 
 	step("The rules switchyard wrote for default/web (iptables-save -t nat)")
-	dump, err := l.IPTablesSave(ctx, "nft", "nat")
+	dump, err := l.NodeOutput(ctx, "iptables-nft-save", "-t", "nat")
 	if err != nil {
 		return err
 	}

@@ -10,9 +10,10 @@
 # variables, and the exit status of COMMAND becomes this script's. It suits
 # `go test -exec hack/kernel-lab/run.sh`.
 #
-# With SWYD_LAB_TAP=1 the guest gets a point-to-point link to the host: a tap device
-# swyd-tap0 (host 10.249.0.1/30, guest eth0 10.249.0.2/30), routed only for that /30,
-# so a test inside can reach a kube-apiserver the host runs on 10.249.0.1.
+# With SWYD_LAB_TAP=NAME (a tap device the caller created and addressed on the host) and
+# SWYD_LAB_GUEST_ADDR=ADDR/PREFIX, the guest's eth0 is the other end of that tap, with
+# that address and only the route of its own subnet: a test inside can reach a
+# kube-apiserver the host runs on its end, and nothing else on or beyond the host.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; }
@@ -20,11 +21,7 @@ command -v linux.uml >/dev/null || { echo "$0: linux.uml not found: install the 
 ver=$(ls /usr/lib/uml/modules | head -1)
 
 scratch=$(mktemp -d /tmp/swyd-uml.XXXXXX)
-tap=swyd-tap0
-cleanup() {
-	if [ "${SWYD_LAB_TAP:-}" = 1 ]; then ip link del "$tap" 2>/dev/null || true; fi
-	rm -rf "$scratch"
-}
+cleanup() { rm -rf "$scratch"; }
 trap cleanup EXIT
 
 # What the guest needs to know, passed through a file because the kernel command line is
@@ -57,7 +54,7 @@ for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh dummy veth nf_connt
 done
 ip link set lo up
 if [ -n "${SWYD_LAB_TAP:-}" ]; then
-	ip addr add 10.249.0.2/30 dev eth0
+	ip addr add "$SWYD_LAB_GUEST_ADDR" dev eth0
 	ip link set eth0 up
 fi
 "$@"
@@ -70,12 +67,9 @@ mkdir -p "$scratch/modroot/lib/modules"
 ln -s "/usr/lib/uml/modules/$ver" "$scratch/modroot/lib/modules/$ver"
 
 net=()
-if [ "${SWYD_LAB_TAP:-}" = 1 ]; then
-	ip link del "$tap" 2>/dev/null || true
-	ip tuntap add dev "$tap" mode tap
-	ip addr add 10.249.0.1/30 dev "$tap"
-	ip link set "$tap" up
-	net=("eth0=tuntap,$tap")
+if [ -n "${SWYD_LAB_TAP:-}" ]; then
+	[ -n "${SWYD_LAB_GUEST_ADDR:-}" ] || { echo "$0: SWYD_LAB_TAP needs SWYD_LAB_GUEST_ADDR" >&2; exit 2; }
+	net=("eth0=tuntap,$SWYD_LAB_TAP")
 fi
 
 linux.uml mem=2G root=/dev/root rootfstype=hostfs rootflags=/ rw quiet \

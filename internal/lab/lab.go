@@ -1,10 +1,15 @@
-// Package lab builds a small, self-contained node on the host for end-to-end tests and
-// the demo: a real kube-apiserver, a "node" network namespace where switchyard runs, and
-// "pods" in further namespaces behind veth pairs, each answering HTTP with its own name.
+// Package lab builds a small, self-contained node for end-to-end tests and the demo: a
+// real kube-apiserver, a "node" where switchyard runs, and "pods" in network namespaces
+// behind veth pairs, each answering HTTP with its own name.
+//
+// On the host (iptables mode), the node is a network namespace and the apiserver runs on
+// the host, reached over a veth pair. Inside the kernel lab's guest (IPVS mode, see
+// hack/kernel-lab), the node is the guest itself and the apiserver runs on the host,
+// reached over the guest's tap link; the caller passes its kubeconfig.
 //
 // Addressing (all in 10.0.0.0/8 ranges nothing else on the host uses):
 //
-//	host  swyd-h0 10.250.0.1/30  <->  swyd-n0 10.250.0.2/30  node   (apiserver link)
+//	host  swyd-h0 10.250.0.1/30  <->  swyd-n0 10.250.0.2/30  node   (apiserver link, host mode)
 //	node  swyd-s0 10.251.0.1/30  <->  swyd-s1 10.251.0.2/30  sink   (service CIDR route)
 //	node  swyd-pN 10.244.0.1/32  <->  swyd-eth0 10.244.0.1N/32 pod N
 //
@@ -22,7 +27,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -30,6 +34,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/internal/testenv"
@@ -55,10 +61,16 @@ const (
 
 // Lab is a running lab. Close it to remove everything it created.
 type Lab struct {
-	Dir          string
-	ControlPlane *testenv.ControlPlane
-	Node         *testenv.Netns
-	Pods         []*Pod
+	Dir string
+	// Kubeconfig and Client reach the lab's apiserver.
+	Kubeconfig string
+	Client     kubernetes.Interface
+	// Node is the node's network namespace; nil when the node is the namespace the lab
+	// runs in (inside the kernel lab's guest).
+	Node *testenv.Netns
+	Pods []*Pod
+
+	controlPlane *testenv.ControlPlane
 	agent        string
 	sink         *testenv.Netns
 	procs        []*exec.Cmd
@@ -80,6 +92,11 @@ type Options struct {
 	Pods int
 	// Agent is the path of the labagent binary (hack/labagent).
 	Agent string
+	// Kubeconfig, when set, names the kubeconfig of an apiserver that is already running
+	// (the host's, seen from the kernel lab's guest), and makes the node the namespace
+	// the lab runs in. Only use it inside the guest: the lab then enables forwarding in
+	// that namespace, which must never be the host's.
+	Kubeconfig string
 }
 
 // Start builds the lab. On error, whatever was already built is removed.
@@ -90,28 +107,33 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			_ = l.Close()
 		}
 	}()
-	if l.Node, err = testenv.NewNetns(NodeNetns); err != nil {
-		return nil, err
+	nodeNetns := "" // the namespace we run in
+	if opts.Kubeconfig == "" {
+		nodeNetns = NodeNetns
+		if l.Node, err = testenv.NewNetns(NodeNetns); err != nil {
+			return nil, err
+		}
+		if err = testenv.VethPair(hostLink, "", "swyd-n0", NodeNetns); err != nil {
+			return nil, err
+		}
+		if err = testenv.RunIP("", "addr", "add", HostLinkIP+"/30", "dev", hostLink); err != nil {
+			return nil, err
+		}
+		if err = testenv.RunIP(NodeNetns, "addr", "add", NodeLinkIP+"/30", "dev", "swyd-n0"); err != nil {
+			return nil, err
+		}
 	}
 	if l.sink, err = testenv.NewNetns(SinkNetns); err != nil {
 		return nil, err
 	}
-	steps := [][]string{}
-	if err = testenv.VethPair(hostLink, "", "swyd-n0", NodeNetns); err != nil {
+	if err = testenv.VethPair("swyd-s0", nodeNetns, "swyd-s1", SinkNetns); err != nil {
 		return nil, err
 	}
-	if err = testenv.RunIP("", "addr", "add", HostLinkIP+"/30", "dev", hostLink); err != nil {
-		return nil, err
+	steps := [][]string{
+		{nodeNetns, "addr", "add", "10.251.0.1/30", "dev", "swyd-s0"},
+		{SinkNetns, "addr", "add", "10.251.0.2/30", "dev", "swyd-s1"},
+		{nodeNetns, "route", "add", ServiceCIDR, "via", "10.251.0.2", "dev", "swyd-s0"},
 	}
-	if err = testenv.VethPair("swyd-s0", NodeNetns, "swyd-s1", SinkNetns); err != nil {
-		return nil, err
-	}
-	steps = append(steps,
-		[]string{NodeNetns, "addr", "add", NodeLinkIP + "/30", "dev", "swyd-n0"},
-		[]string{NodeNetns, "addr", "add", "10.251.0.1/30", "dev", "swyd-s0"},
-		[]string{SinkNetns, "addr", "add", "10.251.0.2/30", "dev", "swyd-s1"},
-		[]string{NodeNetns, "route", "add", ServiceCIDR, "via", "10.251.0.2", "dev", "swyd-s0"},
-	)
 	for i := 1; i <= opts.Pods; i++ {
 		pod := &Pod{Name: fmt.Sprintf("pod-%d", i), IP: fmt.Sprintf("10.244.0.%d", 10+i)}
 		if pod.Netns, err = testenv.NewNetns(fmt.Sprintf("swyd-pod-%d", i)); err != nil {
@@ -121,12 +143,12 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		link := fmt.Sprintf("swyd-p%d", i)
 		// Test helpers only touch interfaces with the project prefix, even inside a pod.
 		const podLink = "swyd-eth0"
-		if err = testenv.VethPair(link, NodeNetns, podLink, pod.Netns.Name); err != nil {
+		if err = testenv.VethPair(link, nodeNetns, podLink, pod.Netns.Name); err != nil {
 			return nil, err
 		}
 		steps = append(steps,
-			[]string{NodeNetns, "addr", "add", PodGatewayIP + "/32", "dev", link},
-			[]string{NodeNetns, "route", "add", pod.IP + "/32", "dev", link},
+			[]string{nodeNetns, "addr", "add", PodGatewayIP + "/32", "dev", link},
+			[]string{nodeNetns, "route", "add", pod.IP + "/32", "dev", link},
 			[]string{pod.Netns.Name, "addr", "add", pod.IP + "/32", "dev", podLink},
 			[]string{pod.Netns.Name, "route", "add", PodGatewayIP, "dev", podLink},
 			// Only the node's own subnets: replies to masqueraded traffic go to the
@@ -139,17 +161,28 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
-	// The node forwards between its pods; this is the node namespace's own setting,
-	// never the host's.
-	if err = l.run(ctx, NodeNetns, "sysctl", "-qw", "net.ipv4.ip_forward=1"); err != nil {
-		return nil, err
+	// The node forwards between its pods. This is the node namespace's own setting, or
+	// the guest kernel's: never the host's.
+	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1").Run(); err != nil {
+		return nil, fmt.Errorf("enabling forwarding on the node: %w", err)
 	}
 	for _, pod := range l.Pods {
-		if _, err = l.startProcess(pod.Netns.Name, filepath.Join(l.Dir, pod.Name+".log"), l.agent, "serve", pod.Name, fmt.Sprintf(":%d", PodPort)); err != nil {
+		if _, err = l.startProcess(pod.Netns, filepath.Join(l.Dir, pod.Name+".log"), l.agent, "serve", pod.Name, fmt.Sprintf(":%d", PodPort)); err != nil {
 			return nil, err
 		}
 	}
-	l.ControlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{
+	if opts.Kubeconfig != "" {
+		l.Kubeconfig = opts.Kubeconfig
+		restConfig, err := clientcmd.BuildConfigFromFlags("", opts.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("loading %s: %w", opts.Kubeconfig, err)
+		}
+		if l.Client, err = kubernetes.NewForConfig(restConfig); err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
+	l.controlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{
 		BindAddress: HostLinkIP,
 		Dir:         filepath.Join(l.Dir, "controlplane"),
 		ServiceCIDR: ServiceCIDR,
@@ -157,14 +190,23 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
+	l.Kubeconfig, l.Client = l.controlPlane.Kubeconfig, l.controlPlane.Client
 	return l, nil
 }
 
-// StartProxy starts the switchyard binary in the node namespace with the given flags and
-// returns its log path. The lab stops it on Close; StopProxy stops it earlier.
+// NodeCommand returns a command that runs on the node.
+func (l *Lab) NodeCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if l.Node == nil {
+		return exec.CommandContext(ctx, name, args...)
+	}
+	return l.Node.Exec(ctx, name, args...)
+}
+
+// StartProxy starts the switchyard binary on the node with the given flags and returns its
+// log path. The lab stops it on Close; StopProxy stops it earlier.
 func (l *Lab) StartProxy(bin string, flags ...string) (string, error) {
 	logPath := filepath.Join(l.Dir, fmt.Sprintf("switchyard-%d.log", len(l.proxies)))
-	cmd, err := l.startProcess(NodeNetns, logPath, bin, flags...)
+	cmd, err := l.startProcess(l.Node, logPath, bin, flags...)
 	if err != nil {
 		return "", err
 	}
@@ -182,29 +224,26 @@ func (l *Lab) StopProxy() {
 	}
 }
 
-func (l *Lab) startProcess(netns, logPath, bin string, args ...string) (*exec.Cmd, error) {
+// startProcess starts a long-running process in netns (nil: the node's own namespace
+// when that is ours).
+func (l *Lab) startProcess(netns *testenv.Netns, logPath, bin string, args ...string) (*exec.Cmd, error) {
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer logFile.Close()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", netns, bin}, args...)...)
+	cmd := exec.Command(bin, args...)
+	if netns != nil {
+		cmd = netns.Exec(context.Background(), bin, args...)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The process dies with the test or demo even if it is killed before Close.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s in %s: %w", bin, netns, err)
+		return nil, fmt.Errorf("starting %s: %w", bin, err)
 	}
 	l.procs = append(l.procs, cmd)
 	return cmd, nil
-}
-
-func (l *Lab) run(ctx context.Context, netns string, name string, args ...string) error {
-	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", netns, name}, args...)...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s in %s: %w: %s", name, strings.Join(args, " "), netns, err, out)
-	}
-	return nil
 }
 
 // Result is the outcome of a batch of requests (see hack/labagent).
@@ -215,10 +254,10 @@ type Result struct {
 	MaxFailureSeconds float64        `json:"maxFailureSeconds"`
 }
 
-// Get sends count HTTP requests, each on a new connection, from the node namespace.
+// Get sends count HTTP requests, each on a new connection, from the node.
 func (l *Lab) Get(ctx context.Context, url string, count int) (Result, error) {
 	var res Result
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", NodeNetns, l.agent, "get", url, fmt.Sprint(count))
+	cmd := l.NodeCommand(ctx, l.agent, "get", url, fmt.Sprint(count))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -231,11 +270,11 @@ func (l *Lab) Get(ctx context.Context, url string, count int) (Result, error) {
 	return res, nil
 }
 
-// IPTablesSave dumps one table of the node namespace with the given flavor's iptables-save.
-func (l *Lab) IPTablesSave(ctx context.Context, flavor, table string) (string, error) {
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", NodeNetns, "iptables-"+flavor+"-save", "-t", table).CombinedOutput()
+// NodeOutput runs a command on the node and returns its combined output.
+func (l *Lab) NodeOutput(ctx context.Context, name string, args ...string) (string, error) {
+	out, err := l.NodeCommand(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("iptables-%s-save -t %s: %w: %s", flavor, table, err, out)
+		return "", fmt.Errorf("%s %v on the node: %w: %s", name, args, err, out)
 	}
 	return string(out), nil
 }
@@ -250,8 +289,8 @@ func (l *Lab) Close() error {
 			_ = p.Wait()
 		}
 	}
-	if l.ControlPlane != nil {
-		l.ControlPlane.Stop()
+	if l.controlPlane != nil {
+		l.controlPlane.Stop()
 	}
 	for _, pod := range l.Pods {
 		errs = append(errs, pod.Netns.Delete())
@@ -261,7 +300,13 @@ func (l *Lab) Close() error {
 			errs = append(errs, ns.Delete())
 		}
 	}
-	errs = append(errs, testenv.DeleteLink(hostLink, ""))
+	if l.Node != nil {
+		errs = append(errs, testenv.DeleteLink(hostLink, ""))
+	} else {
+		// The node is our own namespace: its ends of the veth pairs went with the pods'
+		// and the sink's namespaces.
+		errs = append(errs, testenv.DeleteLink("swyd-s0", ""))
+	}
 	return errors.Join(errs...)
 }
 

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/switchyard/switchyard/internal/lab"
+	"github.com/switchyard/switchyard/internal/testenv"
 )
 
 var binDir string
@@ -25,7 +26,18 @@ var binDir string
 // perServiceChain matches the declaration of a per-service or per-endpoint chain.
 var perServiceChain = regexp.MustCompile(`(?m)^:(SWYD-(?:SVC|SVL|SEP)-[A-Z0-9]+) `)
 
+// Environment of a run inside the kernel lab's guest, set by runInKernelLab.
+const (
+	envGuestKubeconfig = "SWYD_E2E_GUEST_KUBECONFIG"
+	envGuestBinDir     = "SWYD_E2E_GUEST_BIN"
+)
+
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(envGuestBinDir); dir != "" {
+		// Inside the guest: the host built the binaries already.
+		binDir = dir
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "switchyard-e2e-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -56,14 +68,15 @@ func buildBinaries(dir string) error {
 
 func startLab(t *testing.T, pods int) *lab.Lab {
 	t.Helper()
-	for _, tool := range []string{"ip", "iptables-nft-save", "iptables-legacy-save", "sysctl"} {
+	for _, tool := range []string{"ip", "iptables-nft-save", "iptables-legacy-save", "sysctl", "curl", "ipvsadm"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: install the Debian packages iproute2, iptables and procps (make deps)", tool)
+			t.Fatalf("%s not found: install the Debian packages iproute2, iptables, procps, curl and ipvsadm (make deps)", tool)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Dir: t.TempDir(), Pods: pods, Agent: filepath.Join(binDir, "labagent")})
+	l, err := lab.Start(ctx, lab.Options{Dir: t.TempDir(), Pods: pods, Agent: filepath.Join(binDir, "labagent"),
+		Kubeconfig: os.Getenv(envGuestKubeconfig)})
 	if err != nil {
 		t.Fatalf("starting the lab: %v", err)
 	}
@@ -75,34 +88,52 @@ func startLab(t *testing.T, pods int) *lab.Lab {
 	return l
 }
 
-// TestClusterIPLifecycle is the walking skeleton's end-to-end scenario, once per
-// iptables flavor: a Service created through the API becomes reachable through its
-// cluster IP and balances over every endpoint; scaling down narrows it; without
-// endpoints connections are refused at once; deleting the Service removes its chains.
+// proxyMode is one way of running switchyard in the end-to-end table.
+type proxyMode struct {
+	name      string
+	flag      string // --proxy-mode
+	flavor    string // the iptables flavor the node uses
+	kernelLab bool   // needs IPVS: runs inside the kernel lab's guest
+}
+
+var proxyModes = []proxyMode{
+	{name: "iptables-nft", flag: "iptables", flavor: "nft"},
+	{name: "iptables-legacy", flag: "iptables", flavor: "legacy"},
+	// The lab kernel has no nf_tables: its iptables is the legacy flavor.
+	{name: "ipvs", flag: "ipvs", flavor: "legacy", kernelLab: true},
+}
+
+// TestClusterIPLifecycle is the end-to-end scenario every proxy mode must pass: a Service
+// created through the API becomes reachable through its cluster IP and balances over every
+// endpoint; scaling down narrows it; without endpoints connections are refused at once;
+// deleting the Service removes what was programmed for it.
 func TestClusterIPLifecycle(t *testing.T) {
-	for _, flavor := range []string{"nft", "legacy"} {
-		t.Run("iptables-"+flavor, func(t *testing.T) {
+	for _, mode := range proxyModes {
+		t.Run(mode.name, func(t *testing.T) {
 			start := time.Now()
-			testClusterIPLifecycle(t, flavor)
-			t.Logf("iptables-%s e2e took %s", flavor, time.Since(start).Round(100*time.Millisecond))
+			if mode.kernelLab && os.Getenv(envGuestKubeconfig) == "" {
+				runInKernelLab(t, "^TestClusterIPLifecycle$/^"+mode.name+"$")
+			} else {
+				testClusterIPLifecycle(t, mode)
+			}
+			t.Logf("%s e2e took %s", mode.name, time.Since(start).Round(100*time.Millisecond))
 		})
 	}
 }
 
-func testClusterIPLifecycle(t *testing.T, flavor string) {
+func testClusterIPLifecycle(t *testing.T, mode proxyMode) {
 	l := startLab(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if flavor == "legacy" {
+	if mode.flavor == "legacy" && !mode.kernelLab {
 		// kubelet leaves this hint in the flavor it uses; switchyard must follow it.
-		out, err := exec.Command("ip", "netns", "exec", lab.NodeNetns, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT").CombinedOutput()
-		if err != nil {
-			t.Fatalf("creating the legacy hint chain: %v: %s", err, out)
+		if _, err := l.NodeOutput(ctx, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"); err != nil {
+			t.Fatalf("creating the legacy hint chain: %v", err)
 		}
 	}
 	logPath, err := l.StartProxy(filepath.Join(binDir, "switchyard"),
-		"--proxy-mode=iptables",
-		"--kubeconfig="+l.ControlPlane.Kubeconfig,
+		"--proxy-mode="+mode.flag,
+		"--kubeconfig="+l.Kubeconfig,
 		"--hostname-override="+lab.NodeName,
 		"--cluster-cidr="+lab.ClusterCIDR,
 		"--metrics-bind-address=127.0.0.1:10249",
@@ -120,7 +151,7 @@ func testClusterIPLifecycle(t *testing.T, flavor string) {
 		}
 	})
 
-	client := l.ControlPlane.Client
+	client := l.Client
 	svc, err := client.CoreV1().Services("default").Create(ctx, lab.Service("web"), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating the Service: %v", err)
@@ -192,62 +223,146 @@ func testClusterIPLifecycle(t *testing.T, flavor string) {
 	}
 	t.Logf("no endpoints: connections refused at once")
 
-	checkMetricsAndHealth(ctx, t, l)
+	checkMetricsAndHealth(ctx, t, l, mode)
 
 	if err := client.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("deleting the Service: %v", err)
 	}
 	err = lab.Eventually(ctx, 30*time.Second, 250*time.Millisecond, func() error {
-		for _, table := range []string{"nat", "filter"} {
-			dump, err := l.IPTablesSave(ctx, flavor, table)
-			if err != nil {
-				return err
-			}
-			if strings.Contains(dump, "default/web") {
-				return fmt.Errorf("%s table still mentions default/web after the Service was deleted:\n%s", table, dump)
-			}
-			// The apiserver's own "kubernetes" Service is the only one left: every
-			// per-service chain must belong to it.
-			for _, chain := range perServiceChain.FindAllStringSubmatch(dump, -1) {
-				if !regexp.MustCompile(`(?m)^-A ` + chain[1] + ` .*default/kubernetes`).MatchString(dump) {
-					return fmt.Errorf("%s table still has chain %s, which is not the kubernetes Service's:\n%s", table, chain[1], dump)
-				}
-			}
-			if !strings.Contains(dump, ":SWYD-SERVICES") {
-				return fmt.Errorf("%s table lacks SWYD-SERVICES: is switchyard writing to the %s flavor?\n%s", table, flavor, dump)
-			}
+		if mode.flag == "ipvs" {
+			return checkIPVSForgot(ctx, l, svc.Spec.ClusterIP)
 		}
-		return nil
+		return checkIPTablesForgot(ctx, l, mode.flavor)
 	})
 	if err != nil {
 		t.Fatalf("service deleted: %v", err)
 	}
 	l.StopProxy()
 	// Shutdown leaves the rules in place so traffic keeps flowing across restarts.
-	if dump, err := l.IPTablesSave(ctx, flavor, "nat"); err != nil || !strings.Contains(dump, ":SWYD-SERVICES") {
+	if dump, err := l.NodeOutput(ctx, "iptables-"+mode.flavor+"-save", "-t", "nat"); err != nil || !strings.Contains(dump, ":SWYD-SERVICES") {
 		t.Errorf("after shutdown the nat table lacks SWYD-SERVICES (err %v):\n%s", err, dump)
 	}
 }
 
-// checkMetricsAndHealth reads the proxy's metrics and health endpoints from inside the
-// node namespace.
-func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab) {
-	t.Helper()
-	for _, c := range []struct{ url, want string }{
-		{"http://127.0.0.1:10256/healthz", `"lastUpdated"`},
-		{"http://127.0.0.1:10249/proxyMode", "iptables"},
-		{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_duration_seconds_count{backend="iptables"}`},
-		{"http://127.0.0.1:10249/metrics", `kubeproxy_network_programming_duration_seconds_count{backend="iptables"}`},
-		{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_iptables_total{backend="iptables",table="nat"}`},
-	} {
-		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", lab.NodeNetns, "curl", "-sf", c.url).CombinedOutput()
+// checkIPTablesForgot fails while the node's iptables still hold anything of default/web.
+func checkIPTablesForgot(ctx context.Context, l *lab.Lab, flavor string) error {
+	for _, table := range []string{"nat", "filter"} {
+		dump, err := l.NodeOutput(ctx, "iptables-"+flavor+"-save", "-t", table)
 		if err != nil {
-			t.Errorf("GET %s: %v: %s", c.url, err, out)
+			return err
+		}
+		if strings.Contains(dump, "default/web") {
+			return fmt.Errorf("%s table still mentions default/web after the Service was deleted:\n%s", table, dump)
+		}
+		// The apiserver's own "kubernetes" Service is the only one left: every
+		// per-service chain must belong to it.
+		for _, chain := range perServiceChain.FindAllStringSubmatch(dump, -1) {
+			if !regexp.MustCompile(`(?m)^-A ` + chain[1] + ` .*default/kubernetes`).MatchString(dump) {
+				return fmt.Errorf("%s table still has chain %s, which is not the kubernetes Service's:\n%s", table, chain[1], dump)
+			}
+		}
+		if !strings.Contains(dump, ":SWYD-SERVICES") {
+			return fmt.Errorf("%s table lacks SWYD-SERVICES: is switchyard writing to the %s flavor?\n%s", table, flavor, dump)
+		}
+	}
+	return nil
+}
+
+// checkIPVSForgot fails while IPVS or kube-ipvs0 still hold the deleted Service's address,
+// or while anything but the kubernetes Service's virtual server is left.
+func checkIPVSForgot(ctx context.Context, l *lab.Lab, clusterIP string) error {
+	table, err := l.NodeOutput(ctx, "ipvsadm", "-Ln")
+	if err != nil {
+		return err
+	}
+	var services []string
+	for _, line := range strings.Split(table, "\n") {
+		if f := strings.Fields(line); len(f) > 1 && (f[0] == "TCP" || f[0] == "UDP" || f[0] == "SCTP") {
+			services = append(services, f[1])
+		}
+	}
+	if len(services) != 1 || !strings.HasPrefix(services[0], "10.96.0.1:") {
+		return fmt.Errorf("want only the kubernetes Service's virtual server (10.96.0.1:443), ipvsadm -Ln has %v:\n%s", services, table)
+	}
+	addrs, err := l.NodeOutput(ctx, "ip", "-4", "-o", "addr", "show", "dev", "kube-ipvs0")
+	if err != nil {
+		return err
+	}
+	if strings.Contains(addrs, " "+clusterIP+"/") {
+		return fmt.Errorf("kube-ipvs0 still holds %s:\n%s", clusterIP, addrs)
+	}
+	return nil
+}
+
+// checkMetricsAndHealth reads the proxy's metrics and health endpoints on the node.
+func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode proxyMode) {
+	t.Helper()
+	backend := fmt.Sprintf(`{backend=%q`, mode.flag)
+	checks := []struct{ url, want string }{
+		{"http://127.0.0.1:10256/healthz", `"lastUpdated"`},
+		{"http://127.0.0.1:10249/proxyMode", mode.flag},
+		{"http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds_count" + backend},
+		{"http://127.0.0.1:10249/metrics", "kubeproxy_network_programming_duration_seconds_count" + backend},
+	}
+	if mode.flag == "ipvs" {
+		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `switchyard_ipvs_operations_total{backend="ipvs",operation="add_virtual_server"}`})
+	} else {
+		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_iptables_total{backend="iptables",table="nat"}`})
+	}
+	for _, c := range checks {
+		out, err := l.NodeOutput(ctx, "curl", "-sf", c.url)
+		if err != nil {
+			t.Errorf("GET %s: %v", c.url, err)
 			continue
 		}
-		if !strings.Contains(string(out), c.want) {
-			t.Errorf("GET %s lacks %q:\n%s", c.url, c.want, tail(string(out), 20))
+		if !strings.Contains(out, c.want) {
+			t.Errorf("GET %s lacks %q:\n%s", c.url, c.want, tail(out, 20))
 		}
+	}
+}
+
+// Addresses of the link between the host and the kernel lab's guest.
+const (
+	tapName  = "swyd-tap0"
+	tapHost  = "10.249.0.1"
+	tapGuest = "10.249.0.2/30"
+)
+
+// runInKernelLab runs the test named by pattern inside the kernel lab's guest (a UML
+// kernel with IPVS), with a kube-apiserver on the host that the guest reaches over a tap
+// link, and fails if the test fails there.
+func runInKernelLab(t *testing.T, pattern string) {
+	if _, err := exec.LookPath("linux.uml"); err != nil {
+		t.Fatalf("linux.uml not found: install the Debian package user-mode-linux (make deps)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	if err := testenv.RunIP("", "tuntap", "add", "dev", tapName, "mode", "tap"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.CleanupLink(t, tapName, "")
+	for _, args := range [][]string{{"addr", "add", tapHost + "/30", "dev", tapName}, {"link", "set", tapName, "up"}} {
+		if err := testenv.RunIP("", args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp, err := testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{BindAddress: tapHost, Dir: t.TempDir(), ServiceCIDR: lab.ServiceCIDR})
+	if err != nil {
+		t.Fatalf("starting the control plane: %v", err)
+	}
+	t.Cleanup(cp.Stop)
+
+	cmd := exec.CommandContext(ctx, "../../hack/kernel-lab/run.sh", os.Args[0], "-test.run", pattern, "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(),
+		"SWYD_LAB_TAP="+tapName, "SWYD_LAB_GUEST_ADDR="+tapGuest,
+		envGuestKubeconfig+"="+cp.Kubeconfig, envGuestBinDir+"="+binDir)
+	out, err := cmd.CombinedOutput()
+	t.Logf("inside the kernel lab:\n%s", strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("the test failed inside the kernel lab: %v", err)
+	}
+	if !strings.Contains(string(out), "--- PASS") {
+		t.Fatalf("the kernel lab ran no passing test for %s", pattern)
 	}
 }
 
