@@ -107,6 +107,9 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			_ = l.Close()
 		}
 	}()
+	if err = os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, err
+	}
 	nodeNetns := "" // the namespace we run in
 	if opts.Kubeconfig == "" {
 		nodeNetns = NodeNetns

@@ -18,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/switchyard/switchyard/internal/lab"
-	"github.com/switchyard/switchyard/internal/testenv"
 )
 
 var binDir string
@@ -321,51 +320,32 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode p
 	}
 }
 
-// Addresses of the link between the host and the kernel lab's guest.
-const (
-	tapName  = "swyd-tap0"
-	tapHost  = "10.249.0.1"
-	tapGuest = "10.249.0.2/30"
-)
-
 // runInKernelLab runs the test named by pattern inside the kernel lab's guest (a UML
 // kernel with IPVS), with a kube-apiserver on the host that the guest reaches over a tap
 // link, and fails if the test fails there.
 func runInKernelLab(t *testing.T, pattern string) {
-	if _, err := exec.LookPath("linux.uml"); err != nil {
-		t.Fatalf("linux.uml not found: install the Debian package user-mode-linux (make deps)")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	if err := testenv.RunIP("", "tuntap", "add", "dev", tapName, "mode", "tap"); err != nil {
+	g, err := lab.StartGuestLink(ctx, t.TempDir(), "../../hack/kernel-lab/run.sh")
+	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.CleanupLink(t, tapName, "")
-	for _, args := range [][]string{{"addr", "add", tapHost + "/30", "dev", tapName}, {"link", "set", tapName, "up"}} {
-		if err := testenv.RunIP("", args...); err != nil {
-			t.Fatal(err)
+	t.Cleanup(func() {
+		if err := g.Close(); err != nil {
+			t.Errorf("cleaning up the kernel lab link: %v", err)
 		}
-	}
-	cp, err := testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{BindAddress: tapHost, Dir: t.TempDir(), ServiceCIDR: lab.ServiceCIDR})
+	})
+	var out strings.Builder
+	err = g.Run(ctx, &out, []string{envGuestKubeconfig + "=" + g.Kubeconfig, envGuestBinDir + "=" + binDir},
+		os.Args[0], "-test.run", pattern, "-test.v", "-test.count=1")
+	t.Logf("inside the kernel lab:\n%s", strings.TrimSpace(out.String()))
 	if err != nil {
-		t.Fatalf("starting the control plane: %v", err)
+		t.Fatal(err)
 	}
-	t.Cleanup(cp.Stop)
-
-	cmd := exec.CommandContext(ctx, "../../hack/kernel-lab/run.sh", os.Args[0], "-test.run", pattern, "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(),
-		"SWYD_LAB_TAP="+tapName, "SWYD_LAB_GUEST_ADDR="+tapGuest,
-		envGuestKubeconfig+"="+cp.Kubeconfig, envGuestBinDir+"="+binDir)
-	out, err := cmd.CombinedOutput()
-	t.Logf("inside the kernel lab:\n%s", strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("the test failed inside the kernel lab: %v", err)
-	}
-	if !strings.Contains(string(out), "--- PASS") {
+	if !strings.Contains(out.String(), "--- PASS") {
 		t.Fatalf("the kernel lab ran no passing test for %s", pattern)
 	}
 }
-
 func sum(m map[string]int) int {
 	n := 0
 	for _, v := range m {
