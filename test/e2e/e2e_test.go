@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -198,9 +199,20 @@ func testClusterIPLifecycle(t *testing.T, mode proxyMode) {
 
 	setEndpoints(l.Pods)
 	expectAnswers("three endpoints", l.Pods, 60)
+	expectIPVS := func(step string, pods []*lab.Pod) {
+		t.Helper()
+		if mode.flag != "ipvs" {
+			return
+		}
+		if err := checkIPVSRealServers(ctx, l, svc.Spec.ClusterIP, pods); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+	}
+	expectIPVS("three endpoints", l.Pods)
 
 	setEndpoints(l.Pods[:1])
 	expectAnswers("scaled to one", l.Pods[:1], 60)
+	expectIPVS("scaled to one", l.Pods[:1])
 
 	setEndpoints(nil)
 	err = lab.Eventually(ctx, 30*time.Second, 250*time.Millisecond, func() error {
@@ -263,6 +275,31 @@ func checkIPTablesForgot(ctx context.Context, l *lab.Lab, flavor string) error {
 		if !strings.Contains(dump, ":SWYD-SERVICES") {
 			return fmt.Errorf("%s table lacks SWYD-SERVICES: is switchyard writing to the %s flavor?\n%s", table, flavor, dump)
 		}
+	}
+	return nil
+}
+
+// checkIPVSRealServers fails unless the Service's virtual server sends new connections
+// to exactly these pods: they have weight 1, and any other real server has weight 0
+// (removed, draining its connections).
+func checkIPVSRealServers(ctx context.Context, l *lab.Lab, clusterIP string, pods []*lab.Pod) error {
+	table, err := l.NodeOutput(ctx, "ipvsadm", "-Ln", "-t", clusterIP+":80")
+	if err != nil {
+		return err
+	}
+	var active []string
+	for _, line := range strings.Split(table, "\n") {
+		if f := strings.Fields(line); len(f) >= 4 && f[0] == "->" && f[2] == "Masq" && f[3] != "0" {
+			active = append(active, f[1])
+		}
+	}
+	var want []string
+	for _, p := range pods {
+		want = append(want, fmt.Sprintf("%s:%d", p.IP, lab.PodPort))
+	}
+	slices.Sort(active)
+	if !slices.Equal(active, want) {
+		return fmt.Errorf("real servers with weight > 0 are %v, want %v:\n%s", active, want, table)
 	}
 	return nil
 }
