@@ -168,8 +168,15 @@ const drainInterval = 5 * time.Second
 const terminationGrace = 2 * time.Minute
 
 func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
-	if err := ipvs.CheckScheduler(cfg.IPVSScheduler); err != nil {
+	// Opening IPVS loads the ip_vs module when it can; the IPVS sysctls exist only after.
+	handle, err := ipvs.New()
+	if err != nil {
 		return nil, err
+	}
+	if err := ipvs.CheckScheduler(cfg.IPVSScheduler); err != nil {
+		// The kernel may still load it on first use; if it cannot, adding virtual
+		// servers fails and says so on every sync.
+		logger.Error(err, "IPVS scheduler may be unavailable")
 	}
 	if err := ipvs.PrepareNode(cfg.IPVSStrictARP); err != nil {
 		// Like kube-proxy: a sysctl that cannot be set (read-only in some containers) is
@@ -177,10 +184,6 @@ func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip
 		logger.Error(err, "Some IPVS sysctls could not be set")
 	}
 	dev, err := dummy.Ensure(dummy.DefaultName)
-	if err != nil {
-		return nil, err
-	}
-	handle, err := ipvs.New()
 	if err != nil {
 		return nil, err
 	}
