@@ -426,6 +426,19 @@ func validateMode(mode, where string) error {
 	return &InvalidValue{Where: where, Value: mode, Allowed: "valid proxy modes are " + strings.Join(ValidModes, ", ")}
 }
 
+// NodePortPrefixes returns the --nodeport-addresses ranges of one IP family. "primary"
+// (the node's primary addresses in kube-proxy) is not narrowed further here: it selects
+// every non-loopback address, like an empty list.
+func (c Config) NodePortPrefixes(ipv4 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, v := range c.NodePortAddresses {
+		if p, err := netip.ParsePrefix(v); err == nil && p.Addr().Is4() == ipv4 {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
 func validateScheduler(name, where string) error {
 	if slices.Contains(IPVSSchedulers, name) {
 		return nil

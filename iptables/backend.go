@@ -89,21 +89,25 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	slices.SortFunc(names, compareNames)
 
 	rendered := make(map[proxier.ServicePortName]*servicePortRules, len(names))
-	dispatch := map[Table][]string{}
+	dispatch := map[chainRef][]string{}
 	var serviceChains []Chain
 	for _, n := range names {
 		r := b.render(state, state.Services[n])
 		rendered[n] = r
-		dispatch[TableNAT] = append(dispatch[TableNAT], r.natDispatch...)
-		dispatch[TableFilter] = append(dispatch[TableFilter], r.filterDispatch...)
+		for c, rules := range r.dispatch {
+			dispatch[c] = append(dispatch[c], rules...)
+		}
 		serviceChains = append(serviceChains, r.chains...)
 	}
 
 	mark := b.cfg.MasqueradeMark
-	nat := append([]Chain{{Name: ServicesChain, Rules: dispatch[TableNAT]}}, MasqueradeChains(mark)...)
+	nat := append([]Chain{
+		{Name: ServicesChain, Rules: append(dispatch[natServices], nodePortJumps(&b.cfg)...)},
+		{Name: NodePortsChain, Rules: dispatch[natNodePorts]},
+	}, MasqueradeChains(mark)...)
 	rs := Ruleset{
 		Chains: map[Table][]Chain{
-			TableFilter: {{Name: ServicesChain, Rules: dispatch[TableFilter]}, ForwardChainRules(mark)},
+			TableFilter: {{Name: ServicesChain, Rules: dispatch[filterServices]}, ForwardChainRules(mark)},
 			TableNAT:    append(nat, serviceChains...),
 		},
 		Hooks: append(CommonHooks(), filterServicesHooks...),
@@ -140,8 +144,9 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 			cur = b.render(state, sp)
 		}
 		next[n] = cur
-		delta[TableNAT] += editDispatch(writers[TableNAT], old.natDispatch, cur.natDispatch)
-		delta[TableFilter] += editDispatch(writers[TableFilter], old.filterDispatch, cur.filterDispatch)
+		for _, c := range []chainRef{natServices, natNodePorts, filterServices} {
+			delta[c.table] += editDispatch(writers[c.table], c.chain, old.dispatch[c], cur.dispatch[c])
+		}
 
 		nat := writers[TableNAT]
 		for _, c := range cur.chains {
@@ -172,7 +177,7 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 	}
 	b.lastRestoreLines = lines
 	for n, r := range next {
-		if len(r.natDispatch)+len(r.filterDispatch)+len(r.chains) == 0 {
+		if len(r.dispatch)+len(r.chains) == 0 {
 			delete(b.written, n)
 		} else {
 			b.written[n] = r
@@ -186,21 +191,21 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 	return nil
 }
 
-// editDispatch turns the difference between two versions of a port's rules in the shared
-// SWYD-SERVICES chain into deletions and insertions, so that the chain, which holds a
-// rule for every Service, is never rewritten whole for one Service's change. Insertions
-// go to the top: these rules match disjoint destinations, so their order does not matter,
-// while catch-all rules that must stay last can be appended after them. It returns the
-// change in the number of rules.
-func editDispatch(w *restoreWriter, old, cur []string) int {
+// editDispatch turns the difference between two versions of a port's rules in a shared
+// chain into deletions and insertions, so that the chain, which holds rules for every
+// Service, is never rewritten whole for one Service's change. Insertions go to the top:
+// these rules match disjoint destinations, so their order does not matter, while the
+// catch-all jump to SWYD-NODEPORTS must stay last. It returns the change in the number
+// of rules.
+func editDispatch(w *restoreWriter, chain string, old, cur []string) int {
 	for _, r := range old {
 		if !slices.Contains(cur, r) {
-			w.rules = append(w.rules, "-D "+ServicesChain+" "+r)
+			w.rules = append(w.rules, "-D "+chain+" "+r)
 		}
 	}
 	for _, r := range cur {
 		if !slices.Contains(old, r) {
-			w.rules = append(w.rules, "-I "+ServicesChain+" 1 "+r)
+			w.rules = append(w.rules, "-I "+chain+" 1 "+r)
 		}
 	}
 	return len(cur) - len(old)

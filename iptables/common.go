@@ -42,8 +42,11 @@ var commonHooks = []Hook{
 func CommonHooks() []Hook { return slices.Clone(commonHooks) }
 
 // filterServicesHooks send new connections through the filter SWYD-SERVICES chain, which
-// rejects or drops traffic to Services that have no endpoint to take it (iptables mode).
+// rejects or drops traffic to Services that have no endpoint to take it (iptables mode):
+// forwarded and locally sent traffic, and traffic to the node's own addresses (NodePorts,
+// external IPs bound on the node).
 var filterServicesHooks = []Hook{
+	{TableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}},
 	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}},
 	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}},
 }

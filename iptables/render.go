@@ -24,6 +24,9 @@ const (
 	MarkMasqChain = ChainPrefix + "MARK-MASQ"
 	// ForwardChain accepts forwarded Service traffic even where FORWARD's policy is DROP.
 	ForwardChain = ChainPrefix + "FORWARD"
+	// NodePortsChain holds one rule per NodePort; SWYD-SERVICES jumps to it last, for
+	// traffic to the node's own addresses.
+	NodePortsChain = ChainPrefix + "NODEPORTS"
 )
 
 // servicePortChain is the chain that load-balances a Service port's traffic under the
@@ -36,6 +39,17 @@ func servicePortChain(name proxier.ServicePortName) string {
 // Local traffic policy across this node's endpoints only.
 func localPolicyChain(name proxier.ServicePortName) string {
 	return ChainPrefix + "SVL-" + hash(name.String()+string(name.Protocol))
+}
+
+// externalTrafficChain is the chain for traffic to a Service port's external destinations
+// (NodePort, externalIPs, load-balancer IPs).
+func externalTrafficChain(name proxier.ServicePortName) string {
+	return ChainPrefix + "EXT-" + hash(name.String()+string(name.Protocol))
+}
+
+// firewallChain admits traffic to a load-balancer IP from loadBalancerSourceRanges only.
+func firewallChain(name proxier.ServicePortName) string {
+	return ChainPrefix + "FW-" + hash(name.String()+string(name.Protocol))
 }
 
 // endpointChain is the chain that DNATs to one endpoint of a Service port.
@@ -60,25 +74,97 @@ type RenderConfig struct {
 	// MasqueradeMark is the fwmark bit that asks SWYD-POSTROUTING to masquerade, e.g. "0x4000".
 	MasqueradeMark string
 	NodeName       string
+	// NodePortAddresses limits NodePorts to local addresses in these ranges; empty means
+	// every local address but loopback.
+	NodePortAddresses []netip.Prefix
 }
+
+// nodePortJumps are the last rules of nat SWYD-SERVICES: traffic to the node's own
+// addresses goes on to the NodePorts. Loopback is never included: a NodePort on 127.0.0.1
+// needs route_localnet, which opens the node's loopback services to its neighbours.
+func nodePortJumps(cfg *RenderConfig) []string {
+	const comment = `-m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain"`
+	if len(cfg.NodePortAddresses) == 0 {
+		return []string{fmt.Sprintf("%s -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j %s", comment, NodePortsChain)}
+	}
+	var rules []string
+	for _, p := range cfg.NodePortAddresses {
+		rules = append(rules, fmt.Sprintf("%s -d %s -m addrtype --dst-type LOCAL -j %s", comment, p, NodePortsChain))
+	}
+	return rules
+}
+
+// chainRef names a chain in a table.
+type chainRef struct {
+	table Table
+	chain string
+}
+
+// The shared chains that hold one or more rules per ServicePort ("dispatch" rules). Their
+// rules are edited one by one on partial syncs, never rewritten whole.
+var (
+	natServices    = chainRef{TableNAT, ServicesChain}
+	natNodePorts   = chainRef{TableNAT, NodePortsChain}
+	filterServices = chainRef{TableFilter, ServicesChain}
+)
 
 // servicePortRules is everything one ServicePort contributes to the kernel.
 type servicePortRules struct {
-	// natDispatch and filterDispatch are this port's rules in the two SWYD-SERVICES chains.
-	natDispatch    []string
-	filterDispatch []string
+	// dispatch holds this port's rules in the shared chains.
+	dispatch map[chainRef][]string
 	// chains are the per-service and per-endpoint nat chains, in writing order.
 	chains []Chain
 }
 
-// renderServicePort renders one ServicePort from its endpoint selection.
+func (r *servicePortRules) add(c chainRef, format string, args ...any) {
+	if r.dispatch == nil {
+		r.dispatch = map[chainRef][]string{}
+	}
+	r.dispatch[c] = append(r.dispatch[c], fmt.Sprintf(format, args...))
+}
+
+// renderServicePort renders one ServicePort from its endpoint selection. The chains and
+// their meaning follow kube-proxy's iptables mode: a cluster IP jumps to the internal
+// traffic chain (SVC, or SVL for internalTrafficPolicy Local); external entry points
+// (NodePort, externalIPs, load-balancer IPs) jump to the EXT chain, which masquerades and
+// picks the cluster or local policy chain; the filter table rejects traffic to a Service
+// without endpoints and drops what no policy lets through.
 func renderServicePort(cfg *RenderConfig, sp *proxier.ServicePort, sel proxier.EndpointSelection) *servicePortRules {
 	r := &servicePortRules{}
 	name := sp.Name.String()
-	dst := fmt.Sprintf("-d %s -p %s -m %s --dport %d", hostPrefix(sp.ClusterIP), sp.ProtocolLower(), sp.ProtocolLower(), sp.Port)
+	proto := fmt.Sprintf("-p %s -m %s", sp.ProtocolLower(), sp.ProtocolLower())
+	dst := fmt.Sprintf("-d %s %s --dport %d", hostPrefix(sp.ClusterIP), proto, sp.Port)
+	// Every external destination of the port, as a match, and the shared chain its
+	// dispatch rule lives in.
+	type destination struct {
+		chain chainRef
+		match string
+		kind  string
+	}
+	var external []destination
+	for _, ip := range sp.ExternalIPs {
+		external = append(external, destination{natServices, fmt.Sprintf("-d %s %s --dport %d", hostPrefix(ip), proto, sp.Port), "external IP"})
+	}
+	for _, ip := range sp.LoadBalancerIPs {
+		external = append(external, destination{natServices, fmt.Sprintf("-d %s %s --dport %d", hostPrefix(ip), proto, sp.Port), "loadbalancer IP"})
+	}
+	if sp.NodePort != 0 {
+		external = append(external, destination{natNodePorts, fmt.Sprintf("%s --dport %d", proto, sp.NodePort), "nodePort"})
+	}
+	// filterMatch is how the filter table recognises an external destination that nat
+	// did not DNAT: a nodePort is any local address (the nat rule's own condition).
+	filterMatch := func(d destination) string {
+		if d.chain == natNodePorts {
+			return "-m addrtype --dst-type LOCAL " + d.match
+		}
+		return d.match
+	}
 
 	if !sel.HasAny {
-		r.filterDispatch = append(r.filterDispatch, fmt.Sprintf(`-m comment --comment "%s has no endpoints" %s -j REJECT`, name, dst))
+		r.add(filterServices, `-m comment --comment "%s has no endpoints" %s -j REJECT`, name, dst)
+		for _, d := range external {
+			r.add(filterServices, `-m comment --comment "%s has no endpoints" %s -j REJECT`, name, filterMatch(d))
+		}
 		return r
 	}
 
@@ -91,12 +177,12 @@ func renderServicePort(cfg *RenderConfig, sp *proxier.ServicePort, sel proxier.E
 	}
 
 	if internalHasEndpoints {
-		r.natDispatch = append(r.natDispatch, fmt.Sprintf(`-m comment --comment "%s cluster IP" %s -j %s`, name, dst, internalChain))
+		r.add(natServices, `-m comment --comment "%s cluster IP" %s -j %s`, name, dst, internalChain)
 	} else {
 		// Endpoints exist elsewhere but none may take this traffic (internalTrafficPolicy
 		// Local with no endpoint on this node): drop, as kube-proxy does, rather than
 		// reject, because the Service itself is healthy.
-		r.filterDispatch = append(r.filterDispatch, fmt.Sprintf(`-m comment --comment "%s has no local endpoints" %s -j DROP`, name, dst))
+		r.add(filterServices, `-m comment --comment "%s has no local endpoints" %s -j DROP`, name, dst)
 	}
 
 	var masq string
@@ -113,10 +199,82 @@ func renderServicePort(cfg *RenderConfig, sp *proxier.ServicePort, sel proxier.E
 	if useLocal {
 		r.chains = append(r.chains, balanceChain(svlChain, sp, sel.Local, maskIf(internalChain == svlChain, masq)))
 	}
+	if len(external) > 0 {
+		ext, externalHasEndpoints := externalChain(cfg, sp, useCluster, useLocal)
+		if len(ext.Rules) > 0 {
+			r.chains = append(r.chains, ext)
+		}
+		firewall := len(sp.LoadBalancerSourceRanges) > 0
+		for _, d := range external {
+			target := ext.Name
+			if firewall && d.kind == "loadbalancer IP" {
+				target = firewallChain(sp.Name)
+				// Traffic from outside the allowed ranges is not DNATed; the filter table
+				// then sees it still addressed to the load balancer, and drops it.
+				r.add(filterServices, `-m comment --comment "%s traffic not accepted by %s" %s -j DROP`, name, target, filterMatch(d))
+			}
+			if len(ext.Rules) > 0 {
+				r.add(d.chain, `-m comment --comment "%s %s" %s -j %s`, name, d.kind, d.match, target)
+			}
+			if !externalHasEndpoints {
+				// externalTrafficPolicy Local with no endpoint here: the load balancer's
+				// health check steers away; whatever still arrives is dropped, not
+				// rejected, as kube-proxy does.
+				r.add(filterServices, `-m comment --comment "%s has no local endpoints" %s -j DROP`, name, filterMatch(d))
+			}
+		}
+		if firewall {
+			fw := Chain{Name: firewallChain(sp.Name)}
+			for _, src := range sp.LoadBalancerSourceRanges {
+				fw.Rules = append(fw.Rules, fmt.Sprintf(`-m comment --comment "%s loadbalancer IP" -s %s -j %s`, name, src, ext.Name))
+			}
+			r.chains = append(r.chains, fw)
+		}
+	}
 	for _, ep := range sel.AllReachable {
 		r.chains = append(r.chains, endpointRules(sp, ep))
 	}
 	return r
+}
+
+// externalChain renders the EXT chain that traffic to the port's external destinations
+// goes through, and reports whether external clients have an endpoint to reach.
+func externalChain(cfg *RenderConfig, sp *proxier.ServicePort, useCluster, useLocal bool) (Chain, bool) {
+	name := sp.Name.String()
+	c := Chain{Name: externalTrafficChain(sp.Name)}
+	svcChain, svlChain := servicePortChain(sp.Name), localPolicyChain(sp.Name)
+	if !sp.ExternalPolicyLocal {
+		if !useCluster {
+			return c, false
+		}
+		c.Rules = []string{
+			fmt.Sprintf(`-m comment --comment "masquerade traffic for %s external destinations" -j %s`, name, MarkMasqChain),
+			"-j " + svcChain,
+		}
+		return c, true
+	}
+	// externalTrafficPolicy Local keeps the client's address and only uses endpoints on
+	// this node. Pods and the node itself are not external clients: they are sent to any
+	// endpoint ("short-circuit"), so in-cluster clients work even without a local one.
+	shortCircuit := ""
+	switch {
+	case useCluster:
+		shortCircuit = svcChain
+	case useLocal:
+		shortCircuit = svlChain
+	}
+	if shortCircuit != "" {
+		if cfg.ClusterCIDR.IsValid() {
+			c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "pod traffic for %s external destinations" -s %s -j %s`, name, cfg.ClusterCIDR, shortCircuit))
+		}
+		c.Rules = append(c.Rules,
+			fmt.Sprintf(`-m comment --comment "masquerade LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, name, MarkMasqChain),
+			fmt.Sprintf(`-m comment --comment "route LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, name, shortCircuit))
+	}
+	if useLocal {
+		c.Rules = append(c.Rules, "-j "+svlChain)
+	}
+	return c, useLocal
 }
 
 func maskIf(keep bool, rule string) string {

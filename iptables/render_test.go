@@ -93,6 +93,7 @@ COMMIT
 COMMIT
 *nat
 :SWYD-SERVICES - [0:0]
+:SWYD-NODEPORTS - [0:0]
 :SWYD-MARK-MASQ - [0:0]
 :SWYD-POSTROUTING - [0:0]
 :{SVC} - [0:0]
@@ -101,6 +102,7 @@ COMMIT
 :SWYD-SVC-STALE - [0:0]
 :SWYD-IPVS-OLD - [0:0]
 -A SWYD-SERVICES -m comment --comment "default/web:http cluster IP" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j {SVC}
+-A SWYD-SERVICES -m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWYD-NODEPORTS
 -A SWYD-MARK-MASQ -j MARK --or-mark 0x00004000
 -A SWYD-POSTROUTING -m mark ! --mark 0x00004000/0x00004000 -j RETURN
 -A SWYD-POSTROUTING -j MARK --xor-mark 0x00004000
@@ -223,8 +225,8 @@ func TestRenderServicePortPolicies(t *testing.T) {
 					t.Errorf("%s rules %q, want one containing %q", what, rules, want)
 				}
 			}
-			check("nat dispatch", r.natDispatch, tc.wantDispatch)
-			check("filter dispatch", r.filterDispatch, tc.wantFilter)
+			check("nat dispatch", r.dispatch[natServices], tc.wantDispatch)
+			check("filter dispatch", r.dispatch[filterServices], tc.wantFilter)
 			if len(r.chains) != tc.wantChains {
 				t.Errorf("got %d chains, want %d", len(r.chains), tc.wantChains)
 			}

@@ -119,10 +119,11 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		backend = b
 	default:
 		backend = iptables.NewBackend(ipt, iptables.RenderConfig{
-			ClusterCIDR:    clusterCIDR,
-			MasqueradeAll:  cfg.MasqueradeAll,
-			MasqueradeMark: mark,
-			NodeName:       cfg.NodeName,
+			ClusterCIDR:       clusterCIDR,
+			MasqueradeAll:     cfg.MasqueradeAll,
+			MasqueradeMark:    mark,
+			NodeName:          cfg.NodeName,
+			NodePortAddresses: cfg.NodePortPrefixes(true),
 		}, reg, logger)
 	}
 	p := proxier.New(proxier.Options{

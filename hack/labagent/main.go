@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -18,11 +19,13 @@ import (
 	"time"
 )
 
-// Result is what `get` prints: how many requests each pod answered, and the failures by
-// kind ("refused" means the connection was actively rejected, "timeout" that nothing
+// Result is what `get` prints: how many requests each pod answered, from which client
+// address the pods saw them come (to tell masqueraded traffic), and the failures by kind
+// ("refused" means the connection was actively rejected, "timeout" that nothing
 // answered), so callers can tell REJECT from DROP.
 type Result struct {
 	Answers  map[string]int `json:"answers"`
+	Clients  map[string]int `json:"clients"`
 	Failures map[string]int `json:"failures"`
 	// LastError is the text of the last failure, for test messages.
 	LastError string `json:"lastError,omitempty"`
@@ -41,8 +44,11 @@ func run(args []string) error {
 	switch {
 	case len(args) == 3 && args[0] == "serve":
 		name := args[1]
-		return http.ListenAndServe(args[2], http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		return http.ListenAndServe(args[2], http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
+			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+				w.Header().Set(clientHeader, host)
+			}
 			fmt.Fprint(w, name)
 		}))
 	case len(args) == 3 && args[0] == "get":
@@ -56,12 +62,15 @@ func run(args []string) error {
 	}
 }
 
+// clientHeader carries the client address a pod saw.
+const clientHeader = "X-Lab-Client"
+
 func get(url string, count int) Result {
 	client := &http.Client{
 		Timeout:   2 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true},
 	}
-	res := Result{Answers: map[string]int{}, Failures: map[string]int{}}
+	res := Result{Answers: map[string]int{}, Clients: map[string]int{}, Failures: map[string]int{}}
 	for range count {
 		start := time.Now()
 		resp, err := client.Get(url)
@@ -70,6 +79,7 @@ func get(url string, count int) Result {
 			resp.Body.Close()
 			if readErr == nil {
 				res.Answers[string(body)]++
+				res.Clients[resp.Header.Get(clientHeader)]++
 				continue
 			}
 			err = readErr

@@ -12,8 +12,11 @@
 //	host  swyd-h0 10.250.0.1/30  <->  swyd-n0 10.250.0.2/30  node   (apiserver link, host mode)
 //	node  swyd-s0 10.251.0.1/30  <->  swyd-s1 10.251.0.2/30  sink   (service CIDR route)
 //	node  swyd-pN 10.244.0.1/32  <->  swyd-eth0 10.244.0.1N/32 pod N
+//	node  swyd-c0 10.252.0.1/30  <->  swyd-c1 10.252.0.2/30  client (off-node, external)
 //
-// The node has no default route. Service cluster IPs are routed to the sink namespace,
+// The client stands for a machine outside the cluster: it reaches the node's address
+// 10.252.0.1 (NodePorts) and, through the node, the external and load-balancer IPs of
+// ExternalRange. The node has no default route. Service cluster IPs are routed to the sink namespace,
 // which does not forward, so a packet the rules under test fail to DNAT dies there
 // instead of leaving the machine; pods only have routes back to the node.
 package lab
@@ -49,14 +52,21 @@ const (
 	ClusterCIDR  = "10.244.0.0/16"
 	PodGatewayIP = "10.244.0.1"
 	PodPort      = 8080
+	// NodeIP is the node's address on the client's link, where NodePorts are reached.
+	NodeIP   = "10.252.0.1"
+	ClientIP = "10.252.0.2"
+	// ExternalRange holds the addresses tests use as externalIPs and load-balancer IPs;
+	// the client routes it to the node.
+	ExternalRange = "10.253.0.0/24"
 )
 
 // Names of the lab's namespaces and host interface, all with the project's test prefix.
 const (
-	NodeNetns = "swyd-node"
-	SinkNetns = "swyd-sink"
-	hostLink  = "swyd-h0"
-	NodeName  = "swyd-node-a"
+	NodeNetns   = "swyd-node"
+	SinkNetns   = "swyd-sink"
+	ClientNetns = "swyd-client"
+	hostLink    = "swyd-h0"
+	NodeName    = "swyd-node-a"
 )
 
 // Lab is a running lab. Close it to remove everything it created.
@@ -73,6 +83,7 @@ type Lab struct {
 	controlPlane *testenv.ControlPlane
 	agent        string
 	sink         *testenv.Netns
+	client       *testenv.Netns
 	procs        []*exec.Cmd
 	proxies      []*exec.Cmd
 }
@@ -82,7 +93,13 @@ type Pod struct {
 	Name  string
 	IP    string
 	Netns *testenv.Netns
+	// NodeName is the node EndpointSlices report the pod on: NodeName by default; set it
+	// to another name to make the pod a remote endpoint for traffic policies.
+	NodeName string
 }
+
+// OtherNodeName is a node that does not exist in the lab, for "remote" endpoints.
+const OtherNodeName = "swyd-node-b"
 
 // Options configures Start.
 type Options struct {
@@ -132,13 +149,22 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err = testenv.VethPair("swyd-s0", nodeNetns, "swyd-s1", SinkNetns); err != nil {
 		return nil, err
 	}
+	if l.client, err = testenv.NewNetns(ClientNetns); err != nil {
+		return nil, err
+	}
+	if err = testenv.VethPair("swyd-c0", nodeNetns, "swyd-c1", ClientNetns); err != nil {
+		return nil, err
+	}
 	steps := [][]string{
 		{nodeNetns, "addr", "add", "10.251.0.1/30", "dev", "swyd-s0"},
 		{SinkNetns, "addr", "add", "10.251.0.2/30", "dev", "swyd-s1"},
 		{nodeNetns, "route", "add", ServiceCIDR, "via", "10.251.0.2", "dev", "swyd-s0"},
+		{nodeNetns, "addr", "add", NodeIP + "/30", "dev", "swyd-c0"},
+		{ClientNetns, "addr", "add", ClientIP + "/30", "dev", "swyd-c1"},
+		{ClientNetns, "route", "add", ExternalRange, "via", NodeIP, "dev", "swyd-c1"},
 	}
 	for i := 1; i <= opts.Pods; i++ {
-		pod := &Pod{Name: fmt.Sprintf("pod-%d", i), IP: fmt.Sprintf("10.244.0.%d", 10+i)}
+		pod := &Pod{Name: fmt.Sprintf("pod-%d", i), IP: fmt.Sprintf("10.244.0.%d", 10+i), NodeName: NodeName}
 		if pod.Netns, err = testenv.NewNetns(fmt.Sprintf("swyd-pod-%d", i)); err != nil {
 			return nil, err
 		}
@@ -155,8 +181,15 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			[]string{pod.Netns.Name, "addr", "add", pod.IP + "/32", "dev", podLink},
 			[]string{pod.Netns.Name, "route", "add", PodGatewayIP, "dev", podLink},
 			// Only the node's own subnets: replies to masqueraded traffic go to the
-			// gateway, replies to node-sourced traffic to the sink link's address.
+			// gateway, replies to node-sourced traffic to the sink link's address, and
+			// replies to the client (not masqueraded under externalTrafficPolicy Local)
+			// to the client's link.
 			[]string{pod.Netns.Name, "route", "add", "10.251.0.0/30", "via", PodGatewayIP, "dev", podLink},
+			[]string{pod.Netns.Name, "route", "add", "10.252.0.0/30", "via", PodGatewayIP, "dev", podLink},
+			// Pods reach each other, and external and load-balancer IPs, through the
+			// node, as in a cluster.
+			[]string{pod.Netns.Name, "route", "add", ClusterCIDR, "via", PodGatewayIP, "dev", podLink},
+			[]string{pod.Netns.Name, "route", "add", ExternalRange, "via", PodGatewayIP, "dev", podLink},
 		)
 	}
 	for _, s := range steps {
@@ -252,6 +285,7 @@ func (l *Lab) startProcess(netns *testenv.Netns, logPath, bin string, args ...st
 // Result is the outcome of a batch of requests (see hack/labagent).
 type Result struct {
 	Answers           map[string]int `json:"answers"`
+	Clients           map[string]int `json:"clients"`
 	Failures          map[string]int `json:"failures"`
 	LastError         string         `json:"lastError"`
 	MaxFailureSeconds float64        `json:"maxFailureSeconds"`
@@ -259,8 +293,21 @@ type Result struct {
 
 // Get sends count HTTP requests, each on a new connection, from the node.
 func (l *Lab) Get(ctx context.Context, url string, count int) (Result, error) {
+	return l.get(l.NodeCommand(ctx, l.agent, "get", url, fmt.Sprint(count)), url)
+}
+
+// ClientGet sends count HTTP requests, each on a new connection, from the off-node client.
+func (l *Lab) ClientGet(ctx context.Context, url string, count int) (Result, error) {
+	return l.get(l.client.Exec(ctx, l.agent, "get", url, fmt.Sprint(count)), url)
+}
+
+// PodGet sends count HTTP requests, each on a new connection, from a pod.
+func (l *Lab) PodGet(ctx context.Context, pod *Pod, url string, count int) (Result, error) {
+	return l.get(pod.Netns.Exec(ctx, l.agent, "get", url, fmt.Sprint(count)), url)
+}
+
+func (l *Lab) get(cmd *exec.Cmd, url string) (Result, error) {
 	var res Result
-	cmd := l.NodeCommand(ctx, l.agent, "get", url, fmt.Sprint(count))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -298,7 +345,7 @@ func (l *Lab) Close() error {
 	for _, pod := range l.Pods {
 		errs = append(errs, pod.Netns.Delete())
 	}
-	for _, ns := range []*testenv.Netns{l.sink, l.Node} {
+	for _, ns := range []*testenv.Netns{l.sink, l.client, l.Node} {
 		if ns != nil {
 			errs = append(errs, ns.Delete())
 		}
@@ -306,9 +353,9 @@ func (l *Lab) Close() error {
 	if l.Node != nil {
 		errs = append(errs, testenv.DeleteLink(hostLink, ""))
 	} else {
-		// The node is our own namespace: its ends of the veth pairs went with the pods'
-		// and the sink's namespaces.
-		errs = append(errs, testenv.DeleteLink("swyd-s0", ""))
+		// The node is our own namespace: its ends of the veth pairs went with the pods',
+		// the sink's and the client's namespaces.
+		errs = append(errs, testenv.DeleteLink("swyd-s0", ""), testenv.DeleteLink("swyd-c0", ""))
 	}
 	return errors.Join(errs...)
 }
@@ -339,7 +386,7 @@ func Service(name string) *v1.Service {
 }
 
 // EndpointSlice is the slice an EndpointSlice controller would write for Service(service)
-// backed by the given pods, all ready and on this lab's node. It carries the trigger-time
+// backed by the given pods, all ready, each on its NodeName. It carries the trigger-time
 // annotation, so the proxy's network-programming latency metric gets a sample.
 func EndpointSlice(service string, pods []*Pod) *discovery.EndpointSlice {
 	slice := &discovery.EndpointSlice{
@@ -355,7 +402,7 @@ func EndpointSlice(service string, pods []*Pod) *discovery.EndpointSlice {
 		slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{
 			Addresses:  []string{p.IP},
 			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
-			NodeName:   ptr.To(NodeName),
+			NodeName:   ptr.To(p.NodeName),
 		})
 	}
 	return slice

@@ -103,28 +103,27 @@ var proxyModes = []proxyMode{
 	{name: "ipvs", flag: "ipvs", flavor: "legacy", kernelLab: true},
 }
 
-// TestClusterIPLifecycle is the end-to-end scenario every proxy mode must pass: a Service
-// created through the API becomes reachable through its cluster IP and balances over every
-// endpoint; scaling down narrows it; without endpoints connections are refused at once;
-// deleting the Service removes what was programmed for it.
-func TestClusterIPLifecycle(t *testing.T) {
+// forEachMode runs a scenario once per proxy mode; IPVS modes run inside the kernel lab.
+func forEachMode(t *testing.T, test string, scenario func(t *testing.T, mode proxyMode)) {
 	for _, mode := range proxyModes {
 		t.Run(mode.name, func(t *testing.T) {
 			start := time.Now()
 			if mode.kernelLab && os.Getenv(envGuestKubeconfig) == "" {
-				runInKernelLab(t, "^TestClusterIPLifecycle$/^"+mode.name+"$")
+				runInKernelLab(t, "^"+test+"$/^"+mode.name+"$")
 			} else {
-				testClusterIPLifecycle(t, mode)
+				scenario(t, mode)
 			}
 			t.Logf("%s e2e took %s", mode.name, time.Since(start).Round(100*time.Millisecond))
 		})
 	}
 }
 
-func testClusterIPLifecycle(t *testing.T, mode proxyMode) {
+// startProxy builds a lab and runs switchyard there with kube-proxy's flags.
+func startProxy(t *testing.T, mode proxyMode) (*lab.Lab, context.Context) {
+	t.Helper()
 	l := startLab(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	if mode.flavor == "legacy" && !mode.kernelLab {
 		// kubelet leaves this hint in the flavor it uses; switchyard must follow it.
 		if _, err := l.NodeOutput(ctx, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"); err != nil {
@@ -150,51 +149,82 @@ func testClusterIPLifecycle(t *testing.T, mode proxyMode) {
 			t.Logf("switchyard log:\n%s", tail(string(out), 60))
 		}
 	})
+	return l, ctx
+}
 
+// expectFlow waits until a batch of requests gives the wanted outcome: answered by
+// exactly the given pods (and, when wantClient is set, seen by them as coming from that
+// address), or all failing with the given kind ("refused" or "timeout").
+func expectFlow(ctx context.Context, t *testing.T, step string, get func() (lab.Result, error), pods []*lab.Pod, wantClient, wantFailure string) lab.Result {
+	t.Helper()
+	var res lab.Result
+	err := lab.Eventually(ctx, 30*time.Second, 250*time.Millisecond, func() error {
+		var err error
+		if res, err = get(); err != nil {
+			return err
+		}
+		if wantFailure != "" {
+			if len(res.Answers) > 0 || len(res.Failures) != 1 || res.Failures[wantFailure] == 0 {
+				return fmt.Errorf("want every request to fail with %q, got answers %v failures %v (last: %s)", wantFailure, res.Answers, res.Failures, res.LastError)
+			}
+			return nil
+		}
+		if n := sum(res.Failures); n > 0 {
+			return fmt.Errorf("%d requests failed: %v (last: %s)", n, res.Failures, res.LastError)
+		}
+		if len(res.Answers) != len(pods) {
+			return fmt.Errorf("answered by %v, want exactly %v", res.Answers, podNames(pods))
+		}
+		for _, p := range pods {
+			if res.Answers[p.Name] == 0 {
+				return fmt.Errorf("answered by %v, want exactly %v", res.Answers, podNames(pods))
+			}
+		}
+		if wantClient != "" && (len(res.Clients) != 1 || res.Clients[wantClient] == 0) {
+			return fmt.Errorf("pods saw the clients %v, want only %s", res.Clients, wantClient)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", step, err)
+	}
+	t.Logf("%s: answers %v clients %v failures %v", step, res.Answers, res.Clients, res.Failures)
+	return res
+}
+
+// writeEndpoints creates or replaces the EndpointSlice of a Service.
+func writeEndpoints(ctx context.Context, t *testing.T, l *lab.Lab, service string, pods []*lab.Pod) {
+	t.Helper()
+	slice := lab.EndpointSlice(service, pods)
+	_, err := l.Client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{})
+	if err != nil {
+		_, err = l.Client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{})
+	}
+	if err != nil {
+		t.Fatalf("writing the EndpointSlice of %s: %v", service, err)
+	}
+}
+
+// TestClusterIPLifecycle is the end-to-end scenario every proxy mode must pass: a Service
+// created through the API becomes reachable through its cluster IP and balances over every
+// endpoint; scaling down narrows it; without endpoints connections are refused at once;
+// deleting the Service removes what was programmed for it.
+func TestClusterIPLifecycle(t *testing.T) {
+	forEachMode(t, "TestClusterIPLifecycle", testClusterIPLifecycle)
+}
+
+func testClusterIPLifecycle(t *testing.T, mode proxyMode) {
+	l, ctx := startProxy(t, mode)
 	client := l.Client
 	svc, err := client.CoreV1().Services("default").Create(ctx, lab.Service("web"), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("creating the Service: %v", err)
 	}
 	url := fmt.Sprintf("http://%s:80/", svc.Spec.ClusterIP)
-	setEndpoints := func(pods []*lab.Pod) {
+	setEndpoints := func(pods []*lab.Pod) { writeEndpoints(ctx, t, l, "web", pods) }
+	expectAnswers := func(step string, pods []*lab.Pod, requests int) {
 		t.Helper()
-		slice := lab.EndpointSlice("web", pods)
-		_, err := client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{})
-		if err != nil {
-			_, err = client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{})
-		}
-		if err != nil {
-			t.Fatalf("writing the EndpointSlice: %v", err)
-		}
-	}
-	// expectAnswers waits until a batch of requests is answered by exactly these pods.
-	expectAnswers := func(step string, pods []*lab.Pod, requests int) lab.Result {
-		t.Helper()
-		var res lab.Result
-		err := lab.Eventually(ctx, 30*time.Second, 250*time.Millisecond, func() error {
-			var err error
-			if res, err = l.Get(ctx, url, requests); err != nil {
-				return err
-			}
-			if n := sum(res.Failures); n > 0 {
-				return fmt.Errorf("%d of %d requests failed: %v (last: %s)", n, requests, res.Failures, res.LastError)
-			}
-			if len(res.Answers) != len(pods) {
-				return fmt.Errorf("answered by %v, want exactly %v", res.Answers, podNames(pods))
-			}
-			for _, p := range pods {
-				if res.Answers[p.Name] == 0 {
-					return fmt.Errorf("answered by %v, want exactly %v", res.Answers, podNames(pods))
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", step, err)
-		}
-		t.Logf("%s: %d requests answered %v", step, requests, res.Answers)
-		return res
+		expectFlow(ctx, t, step, func() (lab.Result, error) { return l.Get(ctx, url, requests) }, pods, "", "")
 	}
 
 	setEndpoints(l.Pods)
