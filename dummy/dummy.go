@@ -54,6 +54,9 @@ func Ensure(name string) (*Device, error) {
 	return d, nil
 }
 
+// Index is the device's interface index.
+func (d *Device) Index() int { return d.link.Attrs().Index }
+
 // Name is the device's name.
 func (d *Device) Name() string { return d.link.Attrs().Name }
 

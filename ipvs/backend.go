@@ -30,13 +30,33 @@ type Config struct {
 	// TerminationGrace bounds how long a removed real server keeps its open connections
 	// (at weight 0, so it gets no new ones) before it is deleted anyway.
 	TerminationGrace time.Duration
+	// NodePortAddresses limits NodePorts to node addresses in these ranges; empty means
+	// every address of the node but loopback and link-local ones.
+	NodePortAddresses []netip.Prefix
+}
+
+// vsPlan is one virtual server and the endpoints it sends traffic to.
+type vsPlan struct {
+	vs    *VirtualServer
+	reals []netip.AddrPort
 }
 
 // portPlan is what one ServicePort contributes to the kernel.
 type portPlan struct {
-	vs    *VirtualServer
-	reals []netip.AddrPort
+	servers []vsPlan
+	// addrs are the Service addresses bound on kube-ipvs0 (cluster, external and
+	// load-balancer IPs; NodePorts use the node's own addresses).
+	addrs []netip.Addr
 	sets  []setEntry
+}
+
+func (p *portPlan) server(k Key) *VirtualServer {
+	for _, s := range p.servers {
+		if s.vs.Key() == k {
+			return s.vs
+		}
+	}
+	return nil
 }
 
 // terminating is a removed real server waiting for its connections to drain.
@@ -67,6 +87,8 @@ type Backend struct {
 	// setUsers counts the ServicePorts needing each set member.
 	setUsers    map[setEntry]int
 	terminating map[Key]map[netip.AddrPort]terminating
+	// nodeIPs are the node addresses NodePorts are served on, as of the last full sync.
+	nodeIPs []netip.Addr
 
 	operations *prometheus.CounterVec
 }
@@ -89,22 +111,70 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 // Name is part of proxier.Backend.
 func (b *Backend) Name() string { return "ipvs" }
 
-// plan renders one ServicePort.
+// plan renders one ServicePort: a virtual server on its cluster IP, fed by the endpoints
+// of the internal traffic policy; and one on each external IP, load-balancer IP and node
+// address with the NodePort, fed by the endpoints of the external traffic policy. A
+// virtual server without endpoints makes IPVS answer new connections with ICMP port
+// unreachable: the client is refused at once, like a REJECT rule.
 func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan {
 	sel := proxier.SelectEndpoints(sp, state.Endpoints[sp.Name], state.NodeName, state.NodeLabels)
-	// A virtual server takes its real servers from the policy of internal traffic, the
-	// only kind a cluster IP receives. With none, IPVS itself answers new connections with
-	// ICMP port unreachable: the client is refused at once, like a REJECT rule.
-	endpoints := sel.Cluster
+	internal, external := sel.Cluster, sel.Cluster
 	if sp.InternalPolicyLocal {
-		endpoints = sel.Local
+		internal = sel.Local
 	}
-	p := &portPlan{vs: &VirtualServer{Address: sp.ClusterIP, Protocol: sp.Protocol, Port: uint16(sp.Port), Scheduler: b.cfg.Scheduler,
-		AffinityTimeout: uint32(sp.SessionAffinityTimeout.Seconds())}}
-	p.sets = append(p.sets, setEntry{set: clusterIPSet, ip: sp.ClusterIP, protocol: sp.Protocol, port: uint16(sp.Port)},
-		setEntry{set: serviceIPsSet, ip: sp.ClusterIP})
-	for _, e := range endpoints {
-		p.reals = append(p.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
+	if sp.ExternalPolicyLocal {
+		external = sel.Local
+	}
+	p := &portPlan{}
+	add := func(addr netip.Addr, port int32, endpoints []proxier.Endpoint) {
+		s := vsPlan{vs: &VirtualServer{Address: addr, Protocol: sp.Protocol, Port: uint16(port), Scheduler: b.cfg.Scheduler,
+			AffinityTimeout: uint32(sp.SessionAffinityTimeout.Seconds())}}
+		for _, e := range endpoints {
+			s.reals = append(s.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
+		}
+		p.servers = append(p.servers, s)
+	}
+	entry := func(set string, ip netip.Addr, port int32) setEntry {
+		return setEntry{set: set, ip: ip, protocol: sp.Protocol, port: uint16(port)}
+	}
+
+	add(sp.ClusterIP, sp.Port, internal)
+	p.addrs = append(p.addrs, sp.ClusterIP)
+	p.sets = append(p.sets, entry(clusterIPSet, sp.ClusterIP, sp.Port), setEntry{set: serviceIPsSet, ip: sp.ClusterIP})
+
+	// External traffic is masqueraded under the Cluster policy (so replies come back
+	// through this node) and keeps the client's address under Local. With Local and no
+	// endpoint here, it is dropped rather than refused, as in iptables mode.
+	externalSet := externalSet
+	switch {
+	case sp.ExternalPolicyLocal && len(external) == 0 && sel.HasAny:
+		externalSet = externalDropSet
+	case sp.ExternalPolicyLocal:
+		externalSet = externalLocalSet
+	}
+	for _, ip := range append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...) {
+		add(ip, sp.Port, external)
+		p.addrs = append(p.addrs, ip)
+		p.sets = append(p.sets, entry(externalSet, ip, sp.Port), setEntry{set: serviceIPsSet, ip: ip})
+	}
+	for _, ip := range sp.LoadBalancerIPs {
+		if len(sp.LoadBalancerSourceRanges) == 0 {
+			continue
+		}
+		p.sets = append(p.sets, entry(loadBalancerFirewallSet, ip, sp.Port))
+		for _, src := range sp.LoadBalancerSourceRanges {
+			e := entry(loadBalancerSourceSet, ip, sp.Port)
+			e.net = src
+			p.sets = append(p.sets, e)
+		}
+	}
+	if sp.NodePort != 0 {
+		for _, ip := range b.nodeIPs {
+			add(ip, sp.NodePort, external)
+			p.sets = append(p.sets, entry(externalSet, ip, sp.NodePort))
+		}
+	}
+	for _, e := range sel.AllReachable {
 		p.sets = append(p.sets, setEntry{set: loopbackSet, ip: e.IP, protocol: sp.Protocol, port: uint16(e.Port), ip2: e.IP})
 	}
 	return p
@@ -127,19 +197,28 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	if _, _, err := iptables.Apply(ctx, b.ipt, b.ruleset()); err != nil {
 		return fmt.Errorf("static iptables rules: %w", err)
 	}
+	nodeIPs, err := nodeAddresses(b.dev, b.cfg.NodePortAddresses)
+	if err != nil {
+		return err
+	}
+	b.nodeIPs = nodeIPs
 
 	plans := make(map[proxier.ServicePortName]*portPlan, len(state.Services))
 	addrUsers := map[netip.Addr]int{}
 	setUsers := map[setEntry]int{}
-	wanted := map[Key]*portPlan{}
+	wanted := map[Key]vsPlan{}
 	for name, sp := range state.Services {
 		p := b.plan(state, sp)
 		plans[name] = p
-		addrUsers[p.vs.Address]++
+		for _, a := range p.addrs {
+			addrUsers[a]++
+		}
 		for _, e := range p.sets {
 			setUsers[e]++
 		}
-		wanted[p.vs.Key()] = p
+		for _, s := range p.servers {
+			wanted[s.vs.Key()] = s
+		}
 	}
 
 	bound, err := b.dev.Addresses()
@@ -162,13 +241,11 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 		inKernel[vs.Key()] = vs
 	}
 	var errs []error
-	for key, p := range wanted {
-		errs = append(errs, b.syncVirtualServer(inKernel[key], p))
+	for key, s := range wanted {
+		errs = append(errs, b.syncVirtualServer(inKernel[key], s))
 	}
-	// A virtual server is ours when its address is one we bound: anything else in the
-	// table belongs to someone else and is left alone.
 	for key, vs := range inKernel {
-		if wanted[key] == nil && bound[vs.Address] {
+		if _, ok := wanted[key]; !ok && b.owns(vs, bound) {
 			errs = append(errs, b.deleteVirtualServer(vs))
 		}
 	}
@@ -195,9 +272,25 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 		return err
 	}
 	b.plans, b.addrUsers, b.setUsers = plans, addrUsers, setUsers
-	b.logger.V(2).Info("Full IPVS sync", "servicePorts", len(plans), "addresses", len(addrUsers))
+	b.logger.V(2).Info("Full IPVS sync", "servicePorts", len(plans), "virtualServers", len(wanted), "addresses", len(addrUsers))
 	return nil
 }
+
+// owns tells whether a virtual server in the kernel is ours: one on an address we bound,
+// or one on a node address with a port in the NodePort range. Anything else in the table
+// belongs to someone else and is left alone.
+func (b *Backend) owns(vs *VirtualServer, bound map[netip.Addr]bool) bool {
+	if bound[vs.Address] {
+		return true
+	}
+	return slices.Contains(b.nodeIPs, vs.Address) && vs.Port >= nodePortMin && vs.Port <= nodePortMax
+}
+
+// The default --service-node-port-range of kube-apiserver.
+const (
+	nodePortMin = 30000
+	nodePortMax = 32767
+)
 
 func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServicePortName]struct{}) error {
 	var errs []error
@@ -212,44 +305,51 @@ func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServiceP
 	return errors.Join(errs...)
 }
 
-// replacePlan moves one ServicePort from what was programmed to what is wanted.
+// replacePlan moves one ServicePort from what was programmed to what is wanted. New
+// addresses are bound before their virtual servers exist, and old ones unbound after
+// their virtual servers are gone.
 func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) error {
-	if cur != nil {
-		if b.addrUsers[cur.vs.Address] == 0 {
-			if err := b.bind(cur.vs.Address); err != nil {
+	if old == nil {
+		old = &portPlan{}
+	}
+	if cur == nil {
+		delete(b.plans, name)
+		cur = &portPlan{}
+	} else {
+		b.plans[name] = cur
+	}
+	for _, a := range cur.addrs {
+		if b.addrUsers[a] == 0 {
+			if err := b.bind(a); err != nil {
 				return err
 			}
 		}
-		b.addrUsers[cur.vs.Address]++
-		var existing *VirtualServer
-		if old != nil && old.vs.Key() == cur.vs.Key() {
-			existing = old.vs
-		}
-		if err := b.syncVirtualServer(existing, cur); err != nil {
+		b.addrUsers[a]++
+	}
+	for _, s := range cur.servers {
+		if err := b.syncVirtualServer(old.server(s.vs.Key()), s); err != nil {
 			return err
 		}
-		for _, e := range cur.sets {
-			if b.setUsers[e] == 0 {
-				if err := b.addEntry(e); err != nil {
-					return err
-				}
-			}
-			b.setUsers[e]++
-		}
-		b.plans[name] = cur
-	} else {
-		delete(b.plans, name)
 	}
-	if old == nil {
-		return nil
+	for _, e := range cur.sets {
+		if b.setUsers[e] == 0 {
+			if err := b.addEntry(e); err != nil {
+				return err
+			}
+		}
+		b.setUsers[e]++
 	}
 	var errs []error
-	if cur == nil || old.vs.Key() != cur.vs.Key() {
-		errs = append(errs, b.deleteVirtualServer(old.vs))
+	for _, s := range old.servers {
+		if cur.server(s.vs.Key()) == nil {
+			errs = append(errs, b.deleteVirtualServer(s.vs))
+		}
 	}
-	if b.addrUsers[old.vs.Address]--; b.addrUsers[old.vs.Address] <= 0 {
-		delete(b.addrUsers, old.vs.Address)
-		errs = append(errs, b.unbind(old.vs.Address))
+	for _, a := range old.addrs {
+		if b.addrUsers[a]--; b.addrUsers[a] <= 0 {
+			delete(b.addrUsers, a)
+			errs = append(errs, b.unbind(a))
+		}
 	}
 	for _, e := range old.sets {
 		if b.setUsers[e]--; b.setUsers[e] <= 0 {
@@ -264,7 +364,7 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) 
 // real servers match the plan. Removed real servers drain gracefully: TCP and SCTP ones
 // get weight 0 (no new connections) and are deleted once their connections are gone or
 // the grace period ends; UDP ones, which have no connections to drain, go at once.
-func (b *Backend) syncVirtualServer(current *VirtualServer, p *portPlan) error {
+func (b *Backend) syncVirtualServer(current *VirtualServer, p vsPlan) error {
 	switch {
 	case current == nil:
 		if err := b.ipvs.AddVirtualServer(p.vs); err != nil {
@@ -452,19 +552,26 @@ func (b *Backend) ruleset() iptables.Ruleset {
 	case b.cfg.ClusterCIDR.IsValid():
 		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst ! -s %s -j %s`, clusterIPSet, b.cfg.ClusterCIDR, iptables.MarkMasqChain))
 	}
+	services = append(services,
+		fmt.Sprintf(`-m comment --comment "switchyard external traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, externalSet, iptables.MarkMasqChain))
 	// IPVS takes it from here; skip the rest of nat for Service traffic.
-	services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic" -m set --match-set %s dst,dst -j ACCEPT`, clusterIPSet))
+	for _, set := range []string{clusterIPSet, externalSet, externalLocalSet} {
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic" -m set --match-set %s dst,dst -j ACCEPT`, set))
+	}
 	hairpin := fmt.Sprintf(`-m comment --comment "switchyard hairpin traffic" -m set --match-set %s dst,dst,src -j MASQUERADE`, loopbackSet)
+	// INPUT sees Service traffic before IPVS does (IPVS hooks in after the filter table).
+	filter := []string{
+		fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges" -m set --match-set %s dst,dst -m set ! --match-set %s dst,dst,src -j DROP`, loadBalancerFirewallSet, loadBalancerSourceSet),
+		fmt.Sprintf(`-m comment --comment "switchyard externalTrafficPolicy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, externalDropSet),
+	}
+	for _, set := range []string{clusterIPSet, externalSet, externalLocalSet} {
+		filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, set))
+	}
+	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, serviceIPsSet))
 	return iptables.Ruleset{
 		Chains: map[iptables.Table][]iptables.Chain{
-			iptables.TableNAT: append([]iptables.Chain{{Name: iptables.ServicesChain, Rules: services}}, iptables.MasqueradeChains(mark, hairpin)...),
-			iptables.TableFilter: {
-				iptables.ForwardChainRules(mark),
-				{Name: ipvsFilterChain, Rules: []string{
-					fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, clusterIPSet),
-					fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, serviceIPsSet),
-				}},
-			},
+			iptables.TableNAT:    append([]iptables.Chain{{Name: iptables.ServicesChain, Rules: services}}, iptables.MasqueradeChains(mark, hairpin)...),
+			iptables.TableFilter: {iptables.ForwardChainRules(mark), {Name: ipvsFilterChain, Rules: filter}},
 		},
 		Hooks: append(iptables.CommonHooks(), iptables.Hook{Table: iptables.TableFilter, Chain: "INPUT",
 			Rule: []string{"-m", "comment", "--comment", "switchyard ipvs access filter", "-j", ipvsFilterChain}}),

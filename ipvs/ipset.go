@@ -25,12 +25,30 @@ const (
 	// serviceIPsSet holds every address bound on kube-ipvs0: new connections to those on
 	// ports that are not Service ports are rejected, so host processes never answer there.
 	serviceIPsSet = iptables.ChainPrefix + "IPVS-IPS"
+	// externalSet holds address,proto:port of the external entry points (external IPs,
+	// load-balancer IPs, node addresses with NodePorts) of Services with
+	// externalTrafficPolicy Cluster: their traffic is masqueraded.
+	externalSet = iptables.ChainPrefix + "EXTERNAL"
+	// externalLocalSet holds the same for externalTrafficPolicy Local: not masqueraded.
+	externalLocalSet = iptables.ChainPrefix + "EXTERNAL-LOCAL"
+	// externalDropSet holds the same for Local Services without a local endpoint: dropped.
+	externalDropSet = iptables.ChainPrefix + "EXTERNAL-DROP"
+	// loadBalancerFirewallSet holds the load-balancer IP,proto:port that have
+	// loadBalancerSourceRanges; loadBalancerSourceSet holds IP,proto:port,range for each
+	// allowed range. Traffic to the first from outside the second is dropped.
+	loadBalancerFirewallSet = iptables.ChainPrefix + "LB-FW"
+	loadBalancerSourceSet   = iptables.ChainPrefix + "LB-SOURCE"
 )
 
 var setTypes = map[string]string{
-	clusterIPSet:  "hash:ip,port",
-	loopbackSet:   "hash:ip,port,ip",
-	serviceIPsSet: "hash:ip",
+	clusterIPSet:            "hash:ip,port",
+	loopbackSet:             "hash:ip,port,ip",
+	serviceIPsSet:           "hash:ip",
+	externalSet:             "hash:ip,port",
+	externalLocalSet:        "hash:ip,port",
+	externalDropSet:         "hash:ip,port",
+	loadBalancerFirewallSet: "hash:ip,port",
+	loadBalancerSourceSet:   "hash:ip,port,net",
 }
 
 // setEntry is one member of one of our sets.
@@ -39,7 +57,8 @@ type setEntry struct {
 	ip       netip.Addr
 	protocol v1.Protocol // "" for hash:ip
 	port     uint16
-	ip2      netip.Addr // only for hash:ip,port,ip
+	ip2      netip.Addr   // only for hash:ip,port,ip
+	net      netip.Prefix // only for hash:ip,port,net
 }
 
 var ipProtocols = map[v1.Protocol]uint8{v1.ProtocolTCP: syscall.IPPROTO_TCP, v1.ProtocolUDP: syscall.IPPROTO_UDP, v1.ProtocolSCTP: syscall.IPPROTO_SCTP}
@@ -52,6 +71,9 @@ func (e setEntry) toNetlink() *netlink.IPSetEntry {
 	}
 	if e.ip2.IsValid() {
 		n.IP2 = net.IP(e.ip2.AsSlice())
+	}
+	if e.net.IsValid() {
+		n.IP2, n.CIDR2 = net.IP(e.net.Addr().AsSlice()), uint8(e.net.Bits())
 	}
 	return n
 }
@@ -94,7 +116,11 @@ func listSets() (map[setEntry]bool, error) {
 				}
 			}
 			if ip2, ok := netip.AddrFromSlice(e.IP2); ok {
-				entry.ip2 = ip2.Unmap()
+				if setTypes[name] == "hash:ip,port,net" {
+					entry.net = netip.PrefixFrom(ip2.Unmap(), int(e.CIDR2))
+				} else {
+					entry.ip2 = ip2.Unmap()
+				}
 			}
 			out[entry] = true
 		}

@@ -3,12 +3,17 @@ package ipvs
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard/switchyard/dummy"
 )
 
 // CheckScheduler fails unless the running kernel offers the scheduler (one of
@@ -71,6 +76,34 @@ func PrepareNode(strictARP bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// nodeAddresses lists the node's IPv4 addresses that NodePorts are served on: those in
+// the given ranges (all when none), never loopback, link-local, or Service addresses on
+// kube-ipvs0.
+//
+// Equivalent to: `ip -4 addr show`
+func nodeAddresses(dev *dummy.Device, ranges []netip.Prefix) ([]netip.Addr, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("listing the node's addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.LinkIndex == dev.Index() {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || slices.Contains(out, ip) {
+			continue
+		}
+		if len(ranges) == 0 || slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
 }
 
 func kernelBefore(major, minor int) bool {

@@ -189,11 +189,12 @@ func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip
 		return nil, err
 	}
 	return ipvs.NewBackend(handle, ipt, dev, ipvs.Config{
-		Scheduler:        cfg.IPVSScheduler,
-		ClusterCIDR:      clusterCIDR,
-		MasqueradeAll:    cfg.MasqueradeAll,
-		MasqueradeMark:   mark,
-		TerminationGrace: terminationGrace,
+		Scheduler:         cfg.IPVSScheduler,
+		ClusterCIDR:       clusterCIDR,
+		MasqueradeAll:     cfg.MasqueradeAll,
+		MasqueradeMark:    mark,
+		TerminationGrace:  terminationGrace,
+		NodePortAddresses: cfg.NodePortPrefixes(true),
 	}, reg, logger), nil
 }
 

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/switchyard/switchyard/internal/lab"
+)
+
+// Addresses the external scenario gives its Service (inside lab.ExternalRange).
+const (
+	externalIP     = "10.253.0.10"
+	loadBalancerIP = "10.253.0.20"
+)
+
+// TestExternalEntryPoints sends traffic from a client outside the cluster to a
+// LoadBalancer Service's NodePort, external IP and load-balancer IP, under both external
+// traffic policies, as service-semantics.md describes.
+func TestExternalEntryPoints(t *testing.T) {
+	forEachMode(t, "TestExternalEntryPoints", testExternalEntryPoints)
+}
+
+func testExternalEntryPoints(t *testing.T, mode proxyMode) {
+	l, ctx := startProxy(t, mode)
+	svc := lab.Service("ext")
+	svc.Spec.Type = v1.ServiceTypeLoadBalancer
+	svc.Spec.ExternalIPs = []string{externalIP}
+	svc, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating the Service: %v", err)
+	}
+	// No cloud controller runs here: publish the load balancer's address ourselves.
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: loadBalancerIP}}
+	if svc, err = l.Client.CoreV1().Services("default").UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("setting the load balancer status: %v", err)
+	}
+	nodePort := svc.Spec.Ports[0].NodePort
+	entryPoints := map[string]string{
+		"nodePort":         fmt.Sprintf("http://%s:%d/", lab.NodeIP, nodePort),
+		"external IP":      fmt.Sprintf("http://%s:80/", externalIP),
+		"load-balancer IP": fmt.Sprintf("http://%s:80/", loadBalancerIP),
+	}
+	// Batches are small where requests are expected to time out (2 s each).
+	fromClient := func(url string) func() (lab.Result, error) {
+		return func() (lab.Result, error) { return l.ClientGet(ctx, url, 12) }
+	}
+	fromClientOnce := func(url string) func() (lab.Result, error) {
+		return func() (lab.Result, error) { return l.ClientGet(ctx, url, 2) }
+	}
+	local, remote := l.Pods[:1], l.Pods[1:]
+	for _, p := range remote {
+		p.NodeName = lab.OtherNodeName
+	}
+
+	// externalTrafficPolicy Cluster: any endpoint, and the client is masqueraded so the
+	// reply comes back through this node.
+	writeEndpoints(ctx, t, l, "ext", l.Pods)
+	for kind, url := range entryPoints {
+		expectFlow(ctx, t, "Cluster policy, "+kind, fromClient(url), l.Pods, lab.PodGatewayIP, "")
+	}
+
+	// externalTrafficPolicy Local: only this node's endpoint, client address preserved.
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	if svc, err = l.Client.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("setting externalTrafficPolicy Local: %v", err)
+	}
+	for kind, url := range entryPoints {
+		expectFlow(ctx, t, "Local policy, "+kind, fromClient(url), local, lab.ClientIP, "")
+	}
+
+	// No endpoint on this node: external clients are dropped (the load balancer's health
+	// check steers them away), while a pod on this node still reaches the Service through
+	// its external addresses (short-circuit to any endpoint).
+	writeEndpoints(ctx, t, l, "ext", remote)
+	expectFlow(ctx, t, "Local policy without a local endpoint, nodePort", fromClientOnce(entryPoints["nodePort"]), nil, "", "timeout")
+	expectFlow(ctx, t, "Local policy without a local endpoint, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
+	if mode.flag == "iptables" {
+		fromPod := func() (lab.Result, error) { return l.PodGet(ctx, l.Pods[0], entryPoints["load-balancer IP"], 12) }
+		expectFlow(ctx, t, "a pod to a Local Service's load-balancer IP", fromPod, remote, "", "")
+	}
+
+	// loadBalancerSourceRanges: a client outside them is dropped at the load-balancer IP
+	// only; NodePorts are not subject to the ranges (as in kube-proxy).
+	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	svc.Spec.LoadBalancerSourceRanges = []string{"10.99.0.0/16"}
+	if _, err = l.Client.CoreV1().Services("default").Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("setting loadBalancerSourceRanges: %v", err)
+	}
+	expectFlow(ctx, t, "outside loadBalancerSourceRanges, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
+	expectFlow(ctx, t, "outside loadBalancerSourceRanges, nodePort", fromClient(entryPoints["nodePort"]), remote, lab.PodGatewayIP, "")
+}
