@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 )
@@ -21,6 +22,8 @@ type Options struct {
 	SyncPeriod    time.Duration
 	Metrics       *Metrics
 	Health        *Health
+	// ServiceHealth, when set, serves the healthCheckNodePorts.
+	ServiceHealth *ServiceHealth
 	Clock         clock.WithTicker
 	Logger        klog.Logger
 }
@@ -130,6 +133,9 @@ func (p *Proxier) sync() error {
 		p.opts.Metrics.NetworkProgrammingDuration.Observe(now.Sub(t).Seconds())
 	}
 	p.pendingTriggers = p.pendingTriggers[:0]
+	if p.opts.ServiceHealth != nil {
+		p.updateServiceHealth(flushed.State, full, flushed.Changed)
+	}
 	p.logger.V(2).Info("Sync complete", "full", full, "changedServicePorts", len(flushed.Changed),
 		"servicePorts", len(flushed.State.Services), "elapsed", time.Duration(elapsed*float64(time.Second)))
 	p.succeeded()
@@ -139,4 +145,40 @@ func (p *Proxier) sync() error {
 func (p *Proxier) succeeded() {
 	p.opts.Health.Updated()
 	p.opts.Metrics.LastSyncTimestamp.SetToCurrentTime()
+}
+
+// updateServiceHealth tells the health check servers what was just programmed: each
+// Service's healthCheckNodePort and how many ready endpoints it has on this node (over all
+// its ports, as kube-proxy counts them).
+func (p *Proxier) updateServiceHealth(state *State, full bool, changed map[ServicePortName]struct{}) {
+	names := map[types.NamespacedName]bool{}
+	if full {
+		for _, n := range p.opts.ServiceHealth.Services() {
+			names[n] = true
+		}
+		for n := range p.tracker.portNames {
+			names[n] = true
+		}
+	} else {
+		for spn := range changed {
+			names[spn.NamespacedName] = true
+		}
+	}
+	ports := map[types.NamespacedName]int32{}
+	counts := map[types.NamespacedName]int{}
+	list := make([]types.NamespacedName, 0, len(names))
+	for name := range names {
+		list = append(list, name)
+		for _, spn := range p.tracker.portNames[name] {
+			if sp := state.Services[spn]; sp != nil && sp.HealthCheckNodePort != 0 {
+				ports[name] = sp.HealthCheckNodePort
+			}
+			for _, e := range state.Endpoints[spn] {
+				if e.Ready && e.IsLocal(state.NodeName) {
+					counts[name]++
+				}
+			}
+		}
+	}
+	p.opts.ServiceHealth.Update(ports, counts, list)
 }

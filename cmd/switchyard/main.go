@@ -134,6 +134,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		SyncPeriod:    cfg.SyncPeriod,
 		Metrics:       metrics,
 		Health:        health,
+		ServiceHealth: proxier.NewServiceHealth(logger),
 		Clock:         clk,
 		Logger:        logger,
 	})

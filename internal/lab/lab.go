@@ -322,9 +322,18 @@ func (l *Lab) get(cmd *exec.Cmd, url string) (Result, error) {
 
 // NodeOutput runs a command on the node and returns its combined output.
 func (l *Lab) NodeOutput(ctx context.Context, name string, args ...string) (string, error) {
-	out, err := l.NodeCommand(ctx, name, args...).CombinedOutput()
+	return output(l.NodeCommand(ctx, name, args...), "the node")
+}
+
+// ClientOutput runs a command on the off-node client and returns its combined output.
+func (l *Lab) ClientOutput(ctx context.Context, name string, args ...string) (string, error) {
+	return output(l.client.Exec(ctx, name, args...), "the client")
+}
+
+func output(cmd *exec.Cmd, where string) (string, error) {
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("%s %v on the node: %w: %s", name, args, err, out)
+		return "", fmt.Errorf("%v on %s: %w: %s", cmd.Args, where, err, out)
 	}
 	return string(out), nil
 }

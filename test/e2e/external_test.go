@@ -1,8 +1,11 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,11 +73,15 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	for kind, url := range entryPoints {
 		expectFlow(ctx, t, "Local policy, "+kind, fromClient(url), local, lab.ClientIP, "")
 	}
+	// The load balancer's health check asks the node whether it has endpoints.
+	healthURL := fmt.Sprintf("http://%s:%d/", lab.NodeIP, svc.Spec.HealthCheckNodePort)
+	expectHealthCheck(ctx, t, l, healthURL, "200", `"localEndpoints":1`)
 
 	// No endpoint on this node: external clients are dropped (the load balancer's health
 	// check steers them away), while a pod on this node still reaches the Service through
 	// its external addresses (short-circuit to any endpoint).
 	writeEndpoints(ctx, t, l, "ext", remote)
+	expectHealthCheck(ctx, t, l, healthURL, "503", `"localEndpoints":0`)
 	expectFlow(ctx, t, "Local policy without a local endpoint, nodePort", fromClientOnce(entryPoints["nodePort"]), nil, "", "timeout")
 	expectFlow(ctx, t, "Local policy without a local endpoint, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
 	if mode.flag == "iptables" {
@@ -91,4 +98,24 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	}
 	expectFlow(ctx, t, "outside loadBalancerSourceRanges, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
 	expectFlow(ctx, t, "outside loadBalancerSourceRanges, nodePort", fromClient(entryPoints["nodePort"]), remote, lab.PodGatewayIP, "")
+}
+
+// expectHealthCheck waits until the healthCheckNodePort answers the client with the status
+// and a body containing want.
+func expectHealthCheck(ctx context.Context, t *testing.T, l *lab.Lab, url, status, want string) {
+	t.Helper()
+	err := lab.Eventually(ctx, 30*time.Second, 250*time.Millisecond, func() error {
+		out, err := l.ClientOutput(ctx, "curl", "-s", "--max-time", "2", "-w", " %{http_code}", url)
+		if err != nil {
+			return err
+		}
+		if !strings.HasSuffix(strings.TrimSpace(out), " "+status) || !strings.Contains(out, want) {
+			return fmt.Errorf("GET %s answered %q, want status %s and %s", url, out, status, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("health check: %v", err)
+	}
+	t.Logf("health check %s: %s with %s", url, status, want)
 }
