@@ -3,12 +3,16 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"github.com/switchyard/switchyard/conntrack"
 )
 
 // Options configures a Proxier.
@@ -24,8 +28,10 @@ type Options struct {
 	Health        *Health
 	// ServiceHealth, when set, serves the healthCheckNodePorts.
 	ServiceHealth *ServiceHealth
-	Clock         clock.WithTicker
-	Logger        klog.Logger
+	// Conntrack, when set, deletes the UDP flows a sync made stale.
+	Conntrack conntrack.Interface
+	Clock     clock.WithTicker
+	Logger    klog.Logger
 }
 
 // Proxier is the control loop: informer events go into its Tracker, its Runner decides
@@ -46,6 +52,7 @@ type Proxier struct {
 	needFull        bool
 	lastFull        time.Time
 	pendingTriggers []time.Time
+	pendingStale    []StaleFlows
 }
 
 // retryMin is the first retry delay after a failed sync; it doubles up to SyncPeriod.
@@ -102,6 +109,7 @@ func (p *Proxier) sync() error {
 	p.opts.Metrics.ServiceChangesPending.Set(0)
 	p.opts.Metrics.EndpointChangesPending.Set(0)
 	p.pendingTriggers = append(p.pendingTriggers, flushed.TriggerTimes...)
+	p.pendingStale = append(p.pendingStale, flushed.Stale...)
 
 	full := p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.opts.SyncPeriod
 	if !full && len(flushed.Changed) == 0 {
@@ -136,6 +144,9 @@ func (p *Proxier) sync() error {
 	if p.opts.ServiceHealth != nil {
 		p.updateServiceHealth(flushed.State, full, flushed.Changed)
 	}
+	// Only now that the new rules are in place: deleted earlier, a flow could be
+	// recreated through the old rules.
+	p.clearStaleFlows()
 	p.logger.V(2).Info("Sync complete", "full", full, "changedServicePorts", len(flushed.Changed),
 		"servicePorts", len(flushed.State.Services), "elapsed", time.Duration(elapsed*float64(time.Second)))
 	p.succeeded()
@@ -181,4 +192,48 @@ func (p *Proxier) updateServiceHealth(state *State, full bool, changed map[Servi
 		}
 	}
 	p.opts.ServiceHealth.Update(ports, counts, list)
+}
+
+// clearStaleFlows deletes the conntrack entries of UDP flows that the synced changes made
+// wrong: those DNATed to endpoints that are gone, and, for a port that had no endpoint,
+// those to its addresses (created while it rejected traffic). Never a blanket flush.
+func (p *Proxier) clearStaleFlows() {
+	if p.opts.Conntrack == nil || len(p.pendingStale) == 0 {
+		p.pendingStale = p.pendingStale[:0]
+		return
+	}
+	var filters []conntrack.Filter
+	for _, s := range p.pendingStale {
+		sp := s.Port
+		type dest struct {
+			ip   netip.Addr
+			port int32
+		}
+		dests := []dest{{sp.ClusterIP, sp.Port}}
+		for _, ip := range append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...) {
+			dests = append(dests, dest{ip, sp.Port})
+		}
+		if sp.NodePort != 0 {
+			dests = append(dests, dest{netip.Addr{}, sp.NodePort}) // any node address
+		}
+		for _, d := range dests {
+			base := conntrack.Filter{Protocol: sp.Protocol, OrigDst: d.ip, OrigDstPort: uint16(d.port)}
+			if s.NowReachable {
+				filters = append(filters, base)
+			}
+			for _, ep := range s.GoneEndpoints {
+				f := base
+				f.ReplySrc = ep
+				filters = append(filters, f)
+			}
+		}
+	}
+	n, err := p.opts.Conntrack.Clear(p.opts.Family == IPv6, filters...)
+	if err != nil {
+		// Not worth failing the sync: the entries expire by themselves, later.
+		p.logger.Error(err, "Deleting stale conntrack entries", "filters", len(filters))
+	} else {
+		p.logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
+	}
+	p.pendingStale = p.pendingStale[:0]
 }

@@ -2,6 +2,7 @@ package proxier
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -35,6 +36,48 @@ type Tracker struct {
 	// Owned by the sync goroutine (Flush and whoever reads State after it).
 	portNames map[types.NamespacedName][]ServicePortName
 	state     State
+	stale     []StaleFlows
+}
+
+// StaleFlows are connection-tracking entries that a change made wrong, for a UDP
+// ServicePort: flows still DNATed to endpoints that are gone, and flows created while the
+// port had no endpoint (rejected, never DNATed). The kernel applies NAT to a flow's first
+// packet only, so these keep going wrong until deleted.
+type StaleFlows struct {
+	Port *ServicePort
+	// GoneEndpoints are the endpoint addresses that can no longer serve.
+	GoneEndpoints []netip.Addr
+	// NowReachable is set when the port had no usable endpoint and now has one.
+	NowReachable bool
+}
+
+// usableIPs are the addresses of endpoints that can take traffic (ready, or serving
+// while terminating).
+func usableIPs(eps []Endpoint) []netip.Addr {
+	var out []netip.Addr
+	for _, e := range eps {
+		if (e.Ready || e.Serving) && !slices.Contains(out, e.IP) {
+			out = append(out, e.IP)
+		}
+	}
+	return out
+}
+
+// noteStale records what conntrack entries a change of one UDP ServicePort made wrong.
+func (t *Tracker) noteStale(port *ServicePort, before, after []Endpoint) {
+	if port.Protocol != v1.ProtocolUDP {
+		return
+	}
+	was, now := usableIPs(before), usableIPs(after)
+	f := StaleFlows{Port: port, NowReachable: len(was) == 0 && len(now) > 0}
+	for _, ip := range was {
+		if !slices.Contains(now, ip) {
+			f.GoneEndpoints = append(f.GoneEndpoints, ip)
+		}
+	}
+	if f.NowReachable || len(f.GoneEndpoints) > 0 {
+		t.stale = append(t.stale, f)
+	}
 }
 
 // NewTracker makes a tracker for one IP family, started at the given time. onFieldError,
@@ -141,6 +184,9 @@ type FlushResult struct {
 	// NodeChanged is set when this node's topology zone changed since the last flush,
 	// which affects every ServicePort.
 	NodeChanged bool
+	// Stale lists the UDP flows the folded changes made wrong, to delete once the new
+	// rules are in place.
+	Stale []StaleFlows
 	// TriggerTimes are the last-change-trigger-time annotations of the EndpointSlice
 	// changes folded into this flush, for the network-programming latency metric.
 	TriggerTimes []time.Time
@@ -184,7 +230,9 @@ func (t *Tracker) Flush() FlushResult {
 			triggerTimes = append(triggerTimes, triggers[name]...)
 		}
 	}
-	return FlushResult{State: &t.state, Changed: changed, NodeChanged: nodeChanged, TriggerTimes: triggerTimes}
+	stale := t.stale
+	t.stale = nil
+	return FlushResult{State: &t.state, Changed: changed, NodeChanged: nodeChanged, TriggerTimes: triggerTimes, Stale: stale}
 }
 
 // recompute translates one Service again, records which of its ServicePorts changed, and
@@ -215,6 +263,7 @@ func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceInd
 		eps := endpoints[p.Name]
 		if !existed || !old.equal(p) || !slices.EqualFunc(t.state.Endpoints[p.Name], eps, Endpoint.equal) {
 			changed[p.Name] = struct{}{}
+			t.noteStale(p, t.state.Endpoints[p.Name], eps)
 		}
 		t.state.Services[p.Name] = p
 		if len(eps) > 0 {
@@ -225,6 +274,7 @@ func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceInd
 	}
 	for _, old := range t.portNames[name] {
 		if !slices.Contains(newNames, old) {
+			t.noteStale(t.state.Services[old], t.state.Endpoints[old], nil)
 			delete(t.state.Services, old)
 			delete(t.state.Endpoints, old)
 			changed[old] = struct{}{}

@@ -27,6 +27,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/switchyard/switchyard/config"
+	"github.com/switchyard/switchyard/conntrack"
 	"github.com/switchyard/switchyard/dummy"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
@@ -135,6 +136,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		Metrics:       metrics,
 		Health:        health,
 		ServiceHealth: proxier.NewServiceHealth(logger),
+		Conntrack:     conntrack.New(),
 		Clock:         clk,
 		Logger:        logger,
 	})

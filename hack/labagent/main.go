@@ -2,8 +2,9 @@
 // that answers HTTP with its own name, and a client that sends requests through a Service
 // and reports which pod answered each one.
 //
-//	labagent serve NAME ADDR       answer every request on ADDR with NAME
-//	labagent get URL COUNT         make COUNT requests (a new connection each) and print JSON
+//	labagent serve NAME ADDR         answer every request on ADDR (TCP: HTTP, and UDP) with NAME
+//	labagent get URL COUNT           make COUNT HTTP requests (a new connection each), print JSON
+//	labagent udp ADDR COUNT SRCPORT  send COUNT datagrams from local port SRCPORT, print JSON
 package main
 
 import (
@@ -44,6 +45,11 @@ func run(args []string) error {
 	switch {
 	case len(args) == 3 && args[0] == "serve":
 		name := args[1]
+		udp, err := net.ListenPacket("udp", args[2])
+		if err != nil {
+			return err
+		}
+		go serveUDP(udp, name)
 		return http.ListenAndServe(args[2], http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
@@ -57,8 +63,19 @@ func run(args []string) error {
 			return fmt.Errorf("count %q: %w", args[2], err)
 		}
 		return json.NewEncoder(os.Stdout).Encode(get(args[1], count))
+	case len(args) == 4 && args[0] == "udp":
+		count, err1 := strconv.Atoi(args[2])
+		srcPort, err2 := strconv.Atoi(args[3])
+		if err := errors.Join(err1, err2); err != nil {
+			return err
+		}
+		res, err := sendUDP(args[1], count, srcPort)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(res)
 	default:
-		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT")
+		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT")
 	}
 }
 
@@ -84,16 +101,7 @@ func get(url string, count int) Result {
 			}
 			err = readErr
 		}
-		kind := "other"
-		switch {
-		case errors.Is(err, syscall.ECONNREFUSED):
-			kind = "refused"
-		case errors.Is(err, os.ErrDeadlineExceeded), isTimeout(err):
-			kind = "timeout"
-		}
-		res.Failures[kind]++
-		res.LastError = err.Error()
-		res.MaxFailureSeconds = max(res.MaxFailureSeconds, time.Since(start).Seconds())
+		res.fail(err, start)
 	}
 	return res
 }
@@ -101,4 +109,63 @@ func get(url string, count int) Result {
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()
+}
+
+// serveUDP answers every datagram with the pod's name.
+func serveUDP(conn net.PacketConn, name string) {
+	buf := make([]byte, 1500)
+	for {
+		_, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		_, _ = conn.WriteTo([]byte(name), from)
+	}
+}
+
+// sendUDP sends count datagrams from a fixed local port, so they all belong to one flow
+// (one conntrack entry), and records who answered each.
+func sendUDP(addr string, count, srcPort int) (Result, error) {
+	res := Result{Answers: map[string]int{}, Clients: map[string]int{}, Failures: map[string]int{}}
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return res, err
+	}
+	conn, err := net.DialUDP("udp", &net.UDPAddr{Port: srcPort}, raddr)
+	if err != nil {
+		return res, err
+	}
+	defer conn.Close()
+	buf := make([]byte, 1500)
+	for range count {
+		start := time.Now()
+		_ = conn.SetDeadline(time.Now().Add(time.Second))
+		_, err := conn.Write([]byte("ping"))
+		var n int
+		if err == nil {
+			n, err = conn.Read(buf)
+		}
+		if err == nil {
+			res.Answers[string(buf[:n])]++
+			continue
+		}
+		res.fail(err, start)
+	}
+	return res, nil
+}
+
+// fail records a failed request by kind. "refused" is an active rejection: a TCP reset
+// or ICMP unreachable (ECONNREFUSED), or, for a sender on the node itself, its packet
+// rejected by the firewall on the way out (EPERM).
+func (res *Result) fail(err error, start time.Time) {
+	kind := "other"
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPERM):
+		kind = "refused"
+	case errors.Is(err, os.ErrDeadlineExceeded), isTimeout(err):
+		kind = "timeout"
+	}
+	res.Failures[kind]++
+	res.LastError = err.Error()
+	res.MaxFailureSeconds = max(res.MaxFailureSeconds, time.Since(start).Seconds())
 }

@@ -296,6 +296,11 @@ func (l *Lab) Get(ctx context.Context, url string, count int) (Result, error) {
 	return l.get(l.NodeCommand(ctx, l.agent, "get", url, fmt.Sprint(count)), url)
 }
 
+// UDP sends count datagrams from the node, all from the local port srcPort (one flow).
+func (l *Lab) UDP(ctx context.Context, addr string, count, srcPort int) (Result, error) {
+	return l.get(l.NodeCommand(ctx, l.agent, "udp", addr, fmt.Sprint(count), fmt.Sprint(srcPort)), addr)
+}
+
 // ClientGet sends count HTTP requests, each on a new connection, from the off-node client.
 func (l *Lab) ClientGet(ctx context.Context, url string, count int) (Result, error) {
 	return l.get(l.client.Exec(ctx, l.agent, "get", url, fmt.Sprint(count)), url)

@@ -1,0 +1,56 @@
+package e2e
+
+import (
+	"fmt"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/switchyard/switchyard/internal/lab"
+)
+
+// TestUDPFlowFollowsEndpoints keeps one UDP flow (same client port) going while a
+// Service's endpoints change. The kernel NATs only a flow's first packet, so the flow only
+// follows the change if the proxy deletes the stale conntrack entries: those DNATed to a
+// removed endpoint, and those created while the Service had no endpoint.
+func TestUDPFlowFollowsEndpoints(t *testing.T) {
+	forEachMode(t, "TestUDPFlowFollowsEndpoints", testUDPFlowFollowsEndpoints)
+}
+
+func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
+	l, ctx := startProxy(t, mode)
+	svc := lab.Service("dns")
+	svc.Spec.Ports[0].Protocol = v1.ProtocolUDP
+	svc.Spec.Ports[0].Port = 53
+	svc, err := l.Client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating the Service: %v", err)
+	}
+	addr := fmt.Sprintf("%s:53", svc.Spec.ClusterIP)
+	const clientPort = 40053
+	flow := func() (lab.Result, error) { return l.UDP(ctx, addr, 3, clientPort) }
+	udpSlice := func(pods []*lab.Pod) {
+		t.Helper()
+		slice := lab.EndpointSlice("dns", pods)
+		for i := range slice.Ports {
+			slice.Ports[i].Protocol = ptrTo(v1.ProtocolUDP)
+		}
+		if _, err := l.Client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+			if _, err := l.Client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("writing the EndpointSlice: %v", err)
+			}
+		}
+	}
+
+	udpSlice(l.Pods[:1])
+	expectFlow(ctx, t, "first endpoint", flow, l.Pods[:1], "", "")
+	udpSlice(l.Pods[1:2])
+	expectFlow(ctx, t, "endpoint replaced, same flow", flow, l.Pods[1:2], "", "")
+	udpSlice(nil)
+	expectFlow(ctx, t, "no endpoints, same flow", flow, nil, "", "refused")
+	udpSlice(l.Pods[2:3])
+	expectFlow(ctx, t, "endpoints again, same flow", flow, l.Pods[2:3], "", "")
+}
+
+func ptrTo[T any](v T) *T { return &v }
