@@ -10,7 +10,7 @@ GO ?= go
 # user-mode-linux is the kernel lab: a Linux kernel with IPVS that runs as a process.
 DEB_PACKAGES := iptables ipset ipvsadm conntrack iproute2 procps kmod curl iputils-ping ca-certificates user-mode-linux
 
-.PHONY: all build deps controlplane lint test demo clean
+.PHONY: all build deps controlplane lint test demo parity clean
 
 all: build
 
@@ -47,6 +47,13 @@ test: deps controlplane lint
 	# detector cannot map its shadow memory.
 	$(GO) test -count=1 -timeout 20m -v ./test/e2e/ 2>&1 | grep -vE '^\s+I[0-9]{4} |Feature gate'; exit $${PIPESTATUS[0]}
 	$(GO) test -tags kernellab -exec $(CURDIR)/hack/kernel-lab/run.sh -count=1 -timeout 10m ./ipvs/
+
+# parity runs the end-to-end suite in every mode and regenerates docs/parity.md from the
+# flows that passed.
+parity: deps controlplane
+	rm -rf $(CURDIR)/.cache/parity && mkdir -p $(CURDIR)/.cache/parity
+	SWYD_PARITY_DIR=$(CURDIR)/.cache/parity $(GO) test -count=1 -timeout 30m ./test/e2e/
+	$(GO) run ./hack/parity -in $(CURDIR)/.cache/parity/flows.jsonl -out docs/parity.md
 
 demo: deps controlplane build
 	$(GO) run ./hack/demo -switchyard bin/switchyard -agent bin/labagent

@@ -141,6 +141,9 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 	add(sp.ClusterIP, sp.Port, internal)
 	p.addrs = append(p.addrs, sp.ClusterIP)
 	p.sets = append(p.sets, entry(clusterIPSet, sp.ClusterIP, sp.Port), setEntry{set: serviceIPsSet, ip: sp.ClusterIP})
+	if sp.InternalPolicyLocal && len(internal) == 0 && sel.HasAny {
+		p.sets = append(p.sets, entry(noLocalEndpointsSet, sp.ClusterIP, sp.Port))
+	}
 
 	// External traffic is masqueraded under the Cluster policy (so replies come back
 	// through this node) and keeps the client's address under Local. With Local and no
@@ -148,7 +151,7 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 	externalSet := externalSet
 	switch {
 	case sp.ExternalPolicyLocal && len(external) == 0 && sel.HasAny:
-		externalSet = externalDropSet
+		externalSet = noLocalEndpointsSet
 	case sp.ExternalPolicyLocal:
 		externalSet = externalLocalSet
 	}
@@ -232,15 +235,27 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 			}
 		}
 	}
-	current, err := b.ipvs.VirtualServers()
+	// Set members go in before the virtual servers they describe, so the first packet a
+	// new virtual server takes is already masqueraded and filtered as it should be; stale
+	// members go after the virtual servers that used them.
+	members, err := listSets()
 	if err != nil {
 		return err
+	}
+	var errs []error
+	for e := range setUsers {
+		if !members[e] {
+			errs = append(errs, b.addEntry(e))
+		}
+	}
+	current, err := b.ipvs.VirtualServers()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
 	}
 	inKernel := map[Key]*VirtualServer{}
 	for _, vs := range current {
 		inKernel[vs.Key()] = vs
 	}
-	var errs []error
 	for key, s := range wanted {
 		errs = append(errs, b.syncVirtualServer(inKernel[key], s))
 	}
@@ -252,15 +267,6 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	for a := range bound {
 		if addrUsers[a] == 0 {
 			errs = append(errs, b.unbind(a))
-		}
-	}
-	members, err := listSets()
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	for e := range setUsers {
-		if !members[e] {
-			errs = append(errs, b.addEntry(e))
 		}
 	}
 	for e := range members {
@@ -326,11 +332,7 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) 
 		}
 		b.addrUsers[a]++
 	}
-	for _, s := range cur.servers {
-		if err := b.syncVirtualServer(old.server(s.vs.Key()), s); err != nil {
-			return err
-		}
-	}
+	// As in a full sync: set members before the virtual servers they describe.
 	for _, e := range cur.sets {
 		if b.setUsers[e] == 0 {
 			if err := b.addEntry(e); err != nil {
@@ -338,6 +340,11 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) 
 			}
 		}
 		b.setUsers[e]++
+	}
+	for _, s := range cur.servers {
+		if err := b.syncVirtualServer(old.server(s.vs.Key()), s); err != nil {
+			return err
+		}
 	}
 	var errs []error
 	for _, s := range old.servers {
@@ -562,7 +569,7 @@ func (b *Backend) ruleset() iptables.Ruleset {
 	// INPUT sees Service traffic before IPVS does (IPVS hooks in after the filter table).
 	filter := []string{
 		fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges" -m set --match-set %s dst,dst -m set ! --match-set %s dst,dst,src -j DROP`, loadBalancerFirewallSet, loadBalancerSourceSet),
-		fmt.Sprintf(`-m comment --comment "switchyard externalTrafficPolicy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, externalDropSet),
+		fmt.Sprintf(`-m comment --comment "switchyard traffic policy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, noLocalEndpointsSet),
 	}
 	for _, set := range []string{clusterIPSet, externalSet, externalLocalSet} {
 		filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, set))

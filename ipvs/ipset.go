@@ -31,8 +31,12 @@ const (
 	externalSet = iptables.ChainPrefix + "EXTERNAL"
 	// externalLocalSet holds the same for externalTrafficPolicy Local: not masqueraded.
 	externalLocalSet = iptables.ChainPrefix + "EXTERNAL-LOCAL"
-	// externalDropSet holds the same for Local Services without a local endpoint: dropped.
-	externalDropSet = iptables.ChainPrefix + "EXTERNAL-DROP"
+	// noLocalEndpointsSet holds the Service address,proto:port whose traffic policy is
+	// Local while this node has no endpoint (but others do): their traffic is dropped,
+	// not refused, as in iptables mode. It applies to traffic that enters the node (from
+	// pods or outside); the node's own connections are refused by IPVS, which sees them
+	// before any filter rule.
+	noLocalEndpointsSet = iptables.ChainPrefix + "NO-LOCAL-ENDPOINTS"
 	// loadBalancerFirewallSet holds the load-balancer IP,proto:port that have
 	// loadBalancerSourceRanges; loadBalancerSourceSet holds IP,proto:port,range for each
 	// allowed range. Traffic to the first from outside the second is dropped.
@@ -46,7 +50,7 @@ var setTypes = map[string]string{
 	serviceIPsSet:           "hash:ip",
 	externalSet:             "hash:ip,port",
 	externalLocalSet:        "hash:ip,port",
-	externalDropSet:         "hash:ip,port",
+	noLocalEndpointsSet:     "hash:ip,port",
 	loadBalancerFirewallSet: "hash:ip,port",
 	loadBalancerSourceSet:   "hash:ip,port,net",
 }

@@ -186,9 +186,10 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			// to the client's link.
 			[]string{pod.Netns.Name, "route", "add", "10.251.0.0/30", "via", PodGatewayIP, "dev", podLink},
 			[]string{pod.Netns.Name, "route", "add", "10.252.0.0/30", "via", PodGatewayIP, "dev", podLink},
-			// Pods reach each other, and external and load-balancer IPs, through the
-			// node, as in a cluster.
+			// Pods reach each other, Services, and external and load-balancer IPs
+			// through the node, as in a cluster.
 			[]string{pod.Netns.Name, "route", "add", ClusterCIDR, "via", PodGatewayIP, "dev", podLink},
+			[]string{pod.Netns.Name, "route", "add", ServiceCIDR, "via", PodGatewayIP, "dev", podLink},
 			[]string{pod.Netns.Name, "route", "add", ExternalRange, "via", PodGatewayIP, "dev", podLink},
 		)
 	}
@@ -248,6 +249,13 @@ func (l *Lab) StartProxy(bin string, flags ...string) (string, error) {
 	}
 	l.proxies = append(l.proxies, cmd)
 	return logPath, nil
+}
+
+// StartNodeServer runs a "host process" on the node: a server on addr (all of the node's
+// addresses) answering with name, to check that Service addresses never reach it.
+func (l *Lab) StartNodeServer(name, addr string) error {
+	_, err := l.startProcess(l.Node, filepath.Join(l.Dir, name+".log"), l.agent, "serve", name, addr)
+	return err
 }
 
 // StopProxy sends SIGTERM to every switchyard the lab started and waits for it to exit.
