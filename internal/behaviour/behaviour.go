@@ -1,0 +1,156 @@
+// Package behaviour is the behaviour suite written once: a node's worth of Services (one
+// desired State) and the packet flows service-semantics.md prescribes for them, each with
+// its outcome. Each backend runs the same flows against its own rendered state through a
+// stateful fake (iptables: a rule tracer over the restore input; IPVS: a model of the
+// virtual servers, sets and filter rules), so both modes are held to one table. The real
+// counterpart, with packets, is test/e2e.
+package behaviour
+
+import (
+	"net/netip"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/switchyard/switchyard/proxier"
+)
+
+// Facts of the node the suite's State is for.
+var (
+	NodeName    = "node-a"
+	NodeIP      = netip.MustParseAddr("192.0.2.1")
+	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
+)
+
+// Endpoints: L runs on this node, R on another; P is a pod that backs no Service.
+var (
+	L = netip.MustParseAddr("10.244.1.2")
+	R = netip.MustParseAddr("10.244.2.2")
+	P = netip.MustParseAddr("10.244.1.9")
+	// Outside is a client outside the cluster; Allowed is one inside the load-balancer
+	// source range of the "fw" Service.
+	Outside = netip.MustParseAddr("203.0.113.50")
+	Allowed = netip.MustParseAddr("198.18.0.5")
+)
+
+// Verdicts other than delivery to endpoints.
+const (
+	Reject    = "REJECT"
+	Drop      = "DROP"
+	Untouched = "UNTOUCHED"
+)
+
+// Outcome is what happens to a flow: delivered to one of Endpoints (each "ip:port"),
+// masqueraded or not; or a Verdict.
+type Outcome struct {
+	Endpoints []string
+	Masq      bool
+	Verdict   string
+}
+
+// Flow is one packet flow and what must happen to it.
+type Flow struct {
+	Name string
+	// Src is the client; FromNode marks a process on the node itself.
+	Src      netip.Addr
+	FromNode bool
+	Protocol v1.Protocol
+	Dst      netip.AddrPort
+	Want     Outcome
+	// ModeWant overrides Want for a proxy mode where the kernel makes it differ
+	// (docs/node-contract.md explains each).
+	ModeWant map[string]Outcome
+}
+
+// WantFor is the outcome the flow must have in a mode.
+func (f Flow) WantFor(mode string) Outcome {
+	if o, ok := f.ModeWant[mode]; ok {
+		return o
+	}
+	return f.Want
+}
+
+func ep(ip netip.Addr) string { return netip.AddrPortFrom(ip, 8080).String() }
+
+func at(ip string, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(ip), port)
+}
+
+// Flows is the suite: at least one flow per line of service-semantics.md that a rule
+// or a virtual server decides.
+func Flows() []Flow {
+	both := []string{ep(L), ep(R)}
+	tcp, udp := v1.ProtocolTCP, v1.ProtocolUDP
+	node := NodeIP.String()
+	return []Flow{
+		{Name: "node to a cluster IP: any endpoint, masqueraded (outside the cluster CIDR)", Src: NodeIP, FromNode: true, Protocol: tcp, Dst: at("10.96.0.10", 80), Want: Outcome{Endpoints: both, Masq: true}},
+		{Name: "pod to a cluster IP: any endpoint, not masqueraded", Src: P, Protocol: tcp, Dst: at("10.96.0.10", 80), Want: Outcome{Endpoints: both}},
+		{Name: "endpoint pod to its own Service (hairpin): masqueraded", Src: L, Protocol: tcp, Dst: at("10.96.0.17", 80), Want: Outcome{Endpoints: []string{ep(L)}, Masq: true}},
+		{Name: "cluster IP of a Service without endpoints: rejected", Src: P, Protocol: tcp, Dst: at("10.96.0.15", 80), Want: Outcome{Verdict: Reject}},
+		{Name: "cluster IP on a port the Service does not have: never a host process", Src: P, Protocol: tcp, Dst: at("10.96.0.10", 81), Want: Outcome{Verdict: Untouched},
+			ModeWant: map[string]Outcome{"ipvs": {Verdict: Reject}}},
+		{Name: "internalTrafficPolicy Local with a local endpoint: only it", Src: P, Protocol: tcp, Dst: at("10.96.0.13", 80), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "internalTrafficPolicy Local without a local endpoint: dropped", Src: P, Protocol: tcp, Dst: at("10.96.0.14", 80), Want: Outcome{Verdict: Drop}},
+		{Name: "off-node client to a NodePort, Cluster policy: any endpoint, masqueraded", Src: Outside, Protocol: tcp, Dst: at(node, 30080), Want: Outcome{Endpoints: both, Masq: true}},
+		{Name: "off-node client to an external IP, Cluster policy: any endpoint, masqueraded", Src: Outside, Protocol: tcp, Dst: at("203.0.113.7", 80), Want: Outcome{Endpoints: both, Masq: true}},
+		{Name: "off-node client to a load-balancer IP, Cluster policy: any endpoint, masqueraded", Src: Outside, Protocol: tcp, Dst: at("198.51.100.9", 80), Want: Outcome{Endpoints: both, Masq: true}},
+		{Name: "off-node client to a NodePort, Local policy: the local endpoint, client kept", Src: Outside, Protocol: tcp, Dst: at(node, 30081), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "off-node client to a load-balancer IP, Local policy: the local endpoint, client kept", Src: Outside, Protocol: tcp, Dst: at("198.51.100.10", 80), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "off-node client to a NodePort, Local policy, no local endpoint: dropped", Src: Outside, Protocol: tcp, Dst: at(node, 30082), Want: Outcome{Verdict: Drop}},
+		{Name: "pod to the load-balancer IP of a Local Service without a local endpoint: short-circuit", Src: P, Protocol: tcp, Dst: at("198.51.100.11", 80), Want: Outcome{Endpoints: []string{ep(R)}},
+			ModeWant: map[string]Outcome{"ipvs": {Verdict: Drop}}},
+		{Name: "client outside loadBalancerSourceRanges: dropped", Src: Outside, Protocol: tcp, Dst: at("198.51.100.12", 80), Want: Outcome{Verdict: Drop}},
+		{Name: "client inside loadBalancerSourceRanges: any endpoint, masqueraded", Src: Allowed, Protocol: tcp, Dst: at("198.51.100.12", 80), Want: Outcome{Endpoints: both, Masq: true}},
+		{Name: "NodePorts are not subject to loadBalancerSourceRanges", Src: Outside, Protocol: tcp, Dst: at(node, 30086), Want: Outcome{Endpoints: both, Masq: true}},
+		{Name: "off-node client to the NodePort of a Service without endpoints: rejected", Src: Outside, Protocol: tcp, Dst: at(node, 30085), Want: Outcome{Verdict: Reject}},
+		{Name: "UDP to a cluster IP: the endpoint", Src: P, Protocol: udp, Dst: at("10.96.0.16", 53), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "an address no Service has: untouched", Src: P, Protocol: tcp, Dst: at("10.96.0.99", 80), Want: Outcome{Verdict: Untouched}},
+	}
+}
+
+// State is the desired state the flows are about.
+func State() *proxier.State {
+	s := &proxier.State{NodeName: NodeName, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
+	add := func(name, clusterIP string, port, nodePort int32, protocol v1.Protocol, eps []netip.Addr, tweak func(*proxier.ServicePort)) {
+		n := proxier.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "default", Name: name}, Protocol: protocol}
+		sp := &proxier.ServicePort{Name: n, ClusterIP: netip.MustParseAddr(clusterIP), Port: port, Protocol: protocol, NodePort: nodePort}
+		if tweak != nil {
+			tweak(sp)
+		}
+		s.Services[n] = sp
+		for _, ip := range eps {
+			node := NodeName
+			if ip == R {
+				node = "node-b"
+			}
+			s.Endpoints[n] = append(s.Endpoints[n], proxier.Endpoint{IP: ip, Port: 8080, Ready: true, Serving: true, NodeName: node})
+		}
+	}
+	addrs := func(ss ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range ss {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out
+	}
+	tcp := v1.ProtocolTCP
+	add("web", "10.96.0.10", 80, 30080, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
+		sp.ExternalIPs, sp.LoadBalancerIPs = addrs("203.0.113.7"), addrs("198.51.100.9")
+	})
+	add("local", "10.96.0.11", 80, 30081, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
+		sp.LoadBalancerIPs, sp.ExternalPolicyLocal = addrs("198.51.100.10"), true
+	})
+	add("nolocal", "10.96.0.12", 80, 30082, tcp, []netip.Addr{R}, func(sp *proxier.ServicePort) {
+		sp.LoadBalancerIPs, sp.ExternalPolicyLocal = addrs("198.51.100.11"), true
+	})
+	add("itp", "10.96.0.13", 80, 0, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) { sp.InternalPolicyLocal = true })
+	add("itpnone", "10.96.0.14", 80, 0, tcp, []netip.Addr{R}, func(sp *proxier.ServicePort) { sp.InternalPolicyLocal = true })
+	add("empty", "10.96.0.15", 80, 30085, tcp, nil, nil)
+	add("dns", "10.96.0.16", 53, 0, v1.ProtocolUDP, []netip.Addr{L}, nil)
+	add("self", "10.96.0.17", 80, 0, tcp, []netip.Addr{L}, nil)
+	add("fw", "10.96.0.18", 80, 30086, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
+		sp.LoadBalancerIPs = addrs("198.51.100.12")
+		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
+	})
+	return s
+}
