@@ -36,11 +36,15 @@ type Backend struct {
 
 // NewBackend makes an iptables backend and registers its metrics with reg.
 func NewBackend(ipt Interface, cfg RenderConfig, reg prometheus.Registerer, logger klog.Logger) *Backend {
-	labels := prometheus.Labels{"backend": "iptables"}
+	family := "IPv4"
+	if cfg.IPv6 {
+		family = "IPv6"
+	}
+	labels := prometheus.Labels{"backend": "iptables", "ip_family": family}
 	b := &Backend{
 		ipt:     ipt,
 		cfg:     cfg,
-		logger:  logger.WithValues("flavor", ipt.Flavor()),
+		logger:  logger.WithValues("flavor", ipt.Flavor(), "ipFamily", family),
 		written: map[proxier.ServicePortName]*servicePortRules{},
 		restoreFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy",
 			Name: "sync_proxy_rules_iptables_restore_failures_total", Help: "Cumulative proxy iptables restore failures", ConstLabels: labels}),

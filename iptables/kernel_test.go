@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"net/netip"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -177,4 +178,55 @@ func hasLineWithAll(dump string, fragments []string) bool {
 		}
 	}
 	return false
+}
+
+// TestBackendInKernelIPv6 programs an IPv6 Service through ip6tables, in both flavors.
+func TestBackendInKernelIPv6(t *testing.T) {
+	for _, flavor := range []Flavor{Nft, Legacy} {
+		t.Run(string(flavor), func(t *testing.T) {
+			inFreshNetns(t, func() {
+				ipt, err := New(flavor, true)
+				if err != nil {
+					t.Fatalf("ip6tables %s: %v (install the Debian package iptables)", flavor, err)
+				}
+				cfg := RenderConfig{IPv6: true, ClusterCIDR: netip.MustParsePrefix("fd00:244::/64"), MasqueradeMark: "0x4000", NodeName: "node-a"}
+				b := NewBackend(ipt, cfg, prometheus.NewRegistry(), klog.Background())
+				web, empty := spn("default", "web6", ""), spn("default", "empty6", "")
+				state := &proxier.State{NodeName: "node-a",
+					Services: map[proxier.ServicePortName]*proxier.ServicePort{
+						web:   clusterIPService(web, "fd00:96::10", 80),
+						empty: clusterIPService(empty, "fd00:96::11", 80),
+					},
+					Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{web: readyEndpoints("fd00:244::2")},
+				}
+				if err := b.Sync(context.Background(), state, proxier.Changes{Full: true}); err != nil {
+					t.Fatal(err)
+				}
+				save := func(table Table) string {
+					out, err := exec.Command("ip6tables-"+string(flavor)+"-save", "-t", string(table)).CombinedOutput()
+					if err != nil {
+						t.Fatalf("ip6tables-save: %v: %s", err, out)
+					}
+					return string(out)
+				}
+				for table, want := range map[Table][]string{
+					TableNAT:    {"-d fd00:96::10/128 -p tcp|--dport 80 -j " + servicePortChain(web), "-j DNAT --to-destination [fd00:244::2]:8080", "! -d ::1/128 -m comment|-j SWYD-NODEPORTS"},
+					TableFilter: {"-d fd00:96::11/128 -p tcp|default/empty6 has no endpoints|-j REJECT"},
+				} {
+					dump := save(table)
+					for _, w := range want {
+						if !hasLineWithAll(dump, strings.Split(w, "|")) {
+							t.Errorf("%s table lacks %q:\n%s", table, w, dump)
+						}
+					}
+				}
+				if err := Cleanup(context.Background(), ipt); err != nil {
+					t.Fatal(err)
+				}
+				if dump := save(TableNAT); strings.Contains(dump, "SWYD-") {
+					t.Errorf("cleanup left rules:\n%s", dump)
+				}
+			})
+		})
+	}
 }

@@ -77,6 +77,8 @@ type RenderConfig struct {
 	// NodePortAddresses limits NodePorts to local addresses in these ranges; empty means
 	// every local address but loopback.
 	NodePortAddresses []netip.Prefix
+	// IPv6 is set for the ip6tables backend.
+	IPv6 bool
 }
 
 // nodePortJumps are the last rules of nat SWYD-SERVICES: traffic to the node's own
@@ -85,7 +87,11 @@ type RenderConfig struct {
 func nodePortJumps(cfg *RenderConfig) []string {
 	const comment = `-m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain"`
 	if len(cfg.NodePortAddresses) == 0 {
-		return []string{fmt.Sprintf("%s -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j %s", comment, NodePortsChain)}
+		loopback := "127.0.0.0/8"
+		if cfg.IPv6 {
+			loopback = "::1/128"
+		}
+		return []string{fmt.Sprintf("%s -m addrtype --dst-type LOCAL ! -d %s -j %s", comment, loopback, NodePortsChain)}
 	}
 	var rules []string
 	for _, p := range cfg.NodePortAddresses {

@@ -54,10 +54,24 @@ func (h *Health) Healthy() (bool, time.Time) {
 	return h.oldestPending.IsZero() || h.clock.Since(h.oldestPending) <= h.timeout, h.lastUpdated
 }
 
+// ServeHTTP answers /healthz and /livez for one proxier (see Healths).
+func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) { Healths{h}.ServeHTTP(w, r) }
+
+// Healths is the health of a proxier per IP family: healthy only when every family is.
+type Healths []*Health
+
 // ServeHTTP answers /healthz and /livez like kube-proxy: 200 when healthy, 503 when not,
-// with a small JSON body either way.
-func (h *Health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	healthy, lastUpdated := h.Healthy()
+// with a small JSON body either way. lastUpdated is the oldest of the families'.
+func (hs Healths) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	healthy := true
+	var lastUpdated time.Time
+	for i, h := range hs {
+		ok, updated := h.Healthy()
+		healthy = healthy && ok
+		if i == 0 || updated.Before(lastUpdated) {
+			lastUpdated = updated
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	if !healthy {
@@ -67,5 +81,5 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
 		LastUpdated  time.Time `json:"lastUpdated"`
 		CurrentTime  time.Time `json:"currentTime"`
 		NodeEligible bool      `json:"nodeEligible"`
-	}{lastUpdated, h.clock.Now(), true})
+	}{lastUpdated, hs[0].clock.Now(), true})
 }

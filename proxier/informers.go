@@ -40,10 +40,15 @@ func ProxyNameSelector(serviceProxyName string) (labels.Selector, error) {
 	return labels.NewSelector().Add(*proxyName, *notHeadless), nil
 }
 
-// Watch starts informers for Services, EndpointSlices and this Node, feeds their events to
-// the tracker, and marks the Proxier initialized once all three are listed. It returns
-// when the caches have synced (or ctx ends).
-func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName string, resync time.Duration) error {
+// Watch starts one set of informers for Services, EndpointSlices and this Node, and feeds
+// their events to every Proxier given (one per IP family, like kube-proxy's dual-stack
+// proxier), marking each initialized once all three are listed. It returns when the caches
+// have synced (or ctx ends). All proxiers must be for the same node.
+func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName string, resync time.Duration, proxiers ...*Proxier) error {
+	if len(proxiers) == 0 {
+		return fmt.Errorf("watching: no proxier to feed")
+	}
+	nodeName := proxiers[0].opts.NodeName
 	selector, err := ProxyNameSelector(serviceProxyName)
 	if err != nil {
 		return err
@@ -52,36 +57,43 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, servic
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = selector.String() }))
 	nodes := informers.NewSharedInformerFactoryWithOptions(client, resync,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", p.opts.NodeName).String()
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", nodeName).String()
 		}))
 
-	t := p.tracker
-	m := p.opts.Metrics
+	// each runs an event against every proxier's tracker and queues its sync.
+	each := func(event func(*Proxier)) {
+		for _, p := range proxiers {
+			event(p)
+			p.Changed()
+		}
+	}
 	svcInformer := objects.Core().V1().Services().Informer()
-	if _, err := svcInformer.AddEventHandler(handler(func(s *v1.Service) { t.OnServiceUpdate(s); m.ServiceChangesTotal.Inc(); p.Changed() },
-		func(s *v1.Service) { t.OnServiceDelete(s); m.ServiceChangesTotal.Inc(); p.Changed() })); err != nil {
+	if _, err := svcInformer.AddEventHandler(handler(
+		func(s *v1.Service) { each(func(p *Proxier) { p.tracker.OnServiceUpdate(s); p.opts.Metrics.ServiceChangesTotal.Inc() }) },
+		func(s *v1.Service) { each(func(p *Proxier) { p.tracker.OnServiceDelete(s); p.opts.Metrics.ServiceChangesTotal.Inc() }) },
+	)); err != nil {
 		return fmt.Errorf("watching Services: %w", err)
 	}
 	sliceInformer := objects.Discovery().V1().EndpointSlices().Informer()
-	if _, err := sliceInformer.AddEventHandler(handler(func(s *discovery.EndpointSlice) {
-		t.OnEndpointSliceUpdate(s)
-		m.EndpointChangesTotal.Inc()
-		p.Changed()
-	},
+	if _, err := sliceInformer.AddEventHandler(handler(
 		func(s *discovery.EndpointSlice) {
-			t.OnEndpointSliceDelete(s)
-			m.EndpointChangesTotal.Inc()
-			p.Changed()
-		})); err != nil {
+			each(func(p *Proxier) { p.tracker.OnEndpointSliceUpdate(s); p.opts.Metrics.EndpointChangesTotal.Inc() })
+		},
+		func(s *discovery.EndpointSlice) {
+			each(func(p *Proxier) { p.tracker.OnEndpointSliceDelete(s); p.opts.Metrics.EndpointChangesTotal.Inc() })
+		},
+	)); err != nil {
 		return fmt.Errorf("watching EndpointSlices: %w", err)
 	}
 	nodeInformer := nodes.Core().V1().Nodes().Informer()
 	if _, err := nodeInformer.AddEventHandler(handler(func(n *v1.Node) {
-		if t.OnNodeUpdate(n) {
-			p.Changed()
+		for _, p := range proxiers {
+			if p.tracker.OnNodeUpdate(n) {
+				p.Changed()
+			}
 		}
 	}, func(*v1.Node) {})); err != nil {
-		return fmt.Errorf("watching Node %s: %w", p.opts.NodeName, err)
+		return fmt.Errorf("watching Node %s: %w", nodeName, err)
 	}
 
 	objects.Start(ctx.Done())
@@ -89,7 +101,9 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface, servic
 	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
 		return fmt.Errorf("waiting for Service, EndpointSlice and Node caches: %w", ctx.Err())
 	}
-	p.SetInitialized()
+	for _, p := range proxiers {
+		p.SetInitialized()
+	}
 	return nil
 }
 

@@ -92,7 +92,7 @@ func TestLoopAgainstAPIServer(t *testing.T) {
 		Logger:        klog.Background(),
 	})
 	go p.Run(ctx)
-	if err := p.Watch(ctx, client, "", 0); err != nil {
+	if err := proxier.Watch(ctx, client, "", 0, p); err != nil {
 		t.Fatal(err)
 	}
 	// The apiserver's own "kubernetes" Service is there from the start.

@@ -73,12 +73,8 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ipt, err := iptables.New(flavor, false)
-	if err != nil {
-		return err
-	}
 	if cfg.Cleanup {
-		return cleanup(ctx, ipt, logger)
+		return cleanup(ctx, flavor, logger)
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
 	tuneNode(cfg, logger)
@@ -97,62 +93,50 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxier.NewMetrics(reg, cfg.Mode)
 	clk := clock.RealClock{}
-	health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
-
-	var clusterCIDR netip.Prefix
-	for _, c := range cfg.ClusterCIDRs {
-		if c.Addr().Is4() {
-			clusterCIDR = c
-		}
-	}
-	if !clusterCIDR.IsValid() && !cfg.MasqueradeAll {
-		logger.Info("No --cluster-cidr for IPv4 and no --masquerade-all: traffic to cluster IPs is not masqueraded")
-	}
+	serviceHealth := proxier.NewServiceHealth(logger)
+	stale := conntrack.New()
 	mark := fmt.Sprintf("%#08x", uint32(1)<<cfg.MasqueradeBit)
-	var backend proxier.Backend
-	switch cfg.Mode {
-	case config.ModeIPVS:
-		b, err := newIPVSBackend(cfg, ipt, clusterCIDR, mark, reg, logger)
+
+	// One proxier per IP family, like kube-proxy: each programs its family's addresses of
+	// every Service, and a dual-stack Service gets both.
+	var proxiers []*proxier.Proxier
+	var healths proxier.Healths
+	for _, family := range families(cfg, flavor, logger) {
+		backend, err := newBackend(ctx, cfg, family, flavor, mark, reg, logger)
 		if err != nil {
 			return err
 		}
-		go b.RunDrainer(ctx, drainInterval)
-		backend = b
-	default:
-		backend = iptables.NewBackend(ipt, iptables.RenderConfig{
-			ClusterCIDR:       clusterCIDR,
-			MasqueradeAll:     cfg.MasqueradeAll,
-			MasqueradeMark:    mark,
-			NodeName:          cfg.NodeName,
-			NodePortAddresses: cfg.NodePortPrefixes(true),
-		}, reg, logger)
+		health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
+		healths = append(healths, health)
+		proxiers = append(proxiers, proxier.New(proxier.Options{
+			Backend:       backend,
+			Family:        family,
+			NodeName:      cfg.NodeName,
+			MinSyncPeriod: cfg.MinSyncPeriod,
+			SyncPeriod:    cfg.SyncPeriod,
+			Metrics:       metrics,
+			Health:        health,
+			ServiceHealth: serviceHealth,
+			Conntrack:     stale,
+			Clock:         clk,
+			Logger:        logger.WithValues("ipFamily", familyName(family)),
+		}))
 	}
-	p := proxier.New(proxier.Options{
-		Backend:       backend,
-		Family:        proxier.IPv4,
-		NodeName:      cfg.NodeName,
-		MinSyncPeriod: cfg.MinSyncPeriod,
-		SyncPeriod:    cfg.SyncPeriod,
-		Metrics:       metrics,
-		Health:        health,
-		ServiceHealth: proxier.NewServiceHealth(logger),
-		Conntrack:     conntrack.New(),
-		Clock:         clk,
-		Logger:        logger,
-	})
 
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	metricsMux.Handle("/healthz", health)
+	metricsMux.Handle("/healthz", healths)
 	metricsMux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, cfg.Mode) })
 	healthMux := http.NewServeMux()
-	healthMux.Handle("/healthz", health)
-	healthMux.Handle("/livez", health)
+	healthMux.Handle("/healthz", healths)
+	healthMux.Handle("/livez", healths)
 	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
 	listen(ctx, "healthz", cfg.HealthzBindAddress, healthMux, logger)
 
-	go p.Run(ctx)
-	if err := p.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod); err != nil {
+	for _, p := range proxiers {
+		go p.Run(ctx)
+	}
+	if err := proxier.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod, proxiers...); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -163,6 +147,65 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	// is upgraded, and the next instance adopts them.
 	logger.Info("Shutting down; rules are left in place")
 	return nil
+}
+
+// families are the IP families this node gets a proxier for: IPv4 always, and IPv6 in
+// iptables mode when the node has IPv6 and ip6tables works.
+func families(cfg config.Config, flavor iptables.Flavor, logger klog.Logger) []proxier.Family {
+	out := []proxier.Family{proxier.IPv4}
+	if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
+		return out
+	}
+	if cfg.Mode == config.ModeIPVS {
+		logger.Info("IPv6 is not yet supported in IPVS mode: the IPv6 addresses of Services are not programmed")
+		return out
+	}
+	if _, err := iptables.New(flavor, true); err != nil {
+		logger.Info("ip6tables is not usable: the IPv6 addresses of Services are not programmed", "err", err)
+		return out
+	}
+	return append(out, proxier.IPv6)
+}
+
+func familyName(f proxier.Family) string {
+	if f == proxier.IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// newBackend makes the backend of the proxy mode for one IP family.
+func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, flavor iptables.Flavor, mark string, reg prometheus.Registerer, logger klog.Logger) (proxier.Backend, error) {
+	ipv4 := family == proxier.IPv4
+	ipt, err := iptables.New(flavor, !ipv4)
+	if err != nil {
+		return nil, err
+	}
+	var clusterCIDR netip.Prefix
+	for _, c := range cfg.ClusterCIDRs {
+		if c.Addr().Is4() == ipv4 {
+			clusterCIDR = c
+		}
+	}
+	if !clusterCIDR.IsValid() && !cfg.MasqueradeAll {
+		logger.Info("No --cluster-cidr for this IP family and no --masquerade-all: traffic to cluster IPs is not masqueraded", "ipFamily", familyName(family))
+	}
+	if cfg.Mode == config.ModeIPVS {
+		b, err := newIPVSBackend(cfg, ipt, clusterCIDR, mark, reg, logger)
+		if err != nil {
+			return nil, err
+		}
+		go b.RunDrainer(ctx, drainInterval)
+		return b, nil
+	}
+	return iptables.NewBackend(ipt, iptables.RenderConfig{
+		IPv6:              !ipv4,
+		ClusterCIDR:       clusterCIDR,
+		MasqueradeAll:     cfg.MasqueradeAll,
+		MasqueradeMark:    mark,
+		NodeName:          cfg.NodeName,
+		NodePortAddresses: cfg.NodePortPrefixes(ipv4),
+	}, reg, logger), nil
 }
 
 // drainInterval is how often IPVS mode checks whether removed real servers have drained.
@@ -201,9 +244,18 @@ func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip
 	}, reg, logger), nil
 }
 
-// cleanup removes what either proxy mode left on the node, so that it works whichever
-// mode ran before. IPVS state is only looked at where the kernel has IPVS.
-func cleanup(ctx context.Context, ipt iptables.Interface, logger klog.Logger) error {
+// cleanup removes what either proxy mode left on the node, in both IP families, so that
+// it works whichever mode ran before. IPVS state is only looked at where the kernel has IPVS.
+func cleanup(ctx context.Context, flavor iptables.Flavor, logger klog.Logger) error {
+	if ip6t, err := iptables.New(flavor, true); err == nil {
+		if err := iptables.Cleanup(ctx, ip6t); err != nil {
+			return err
+		}
+	}
+	ipt, err := iptables.New(flavor, false)
+	if err != nil {
+		return err
+	}
 	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
 		handle, err := ipvs.New()
 		if err != nil {

@@ -51,7 +51,13 @@ const (
 	ServiceCIDR  = "10.96.0.0/16"
 	ClusterCIDR  = "10.244.0.0/16"
 	PodGatewayIP = "10.244.0.1"
-	PodPort      = 8080
+	// The IPv6 side of the lab (dual-stack): Services, pods and their gateway, and the
+	// sink link. Addresses are unique local (fd00::/8) and added without duplicate
+	// address detection, so they are usable at once.
+	ServiceCIDR6  = "fd00:10:96::/112"
+	ClusterCIDR6  = "fd00:10:244::/64"
+	PodGatewayIP6 = "fd00:10:244::1"
+	PodPort       = 8080
 	// NodeIP is the node's address on the client's link, where NodePorts are reached.
 	NodeIP   = "10.252.0.1"
 	ClientIP = "10.252.0.2"
@@ -92,6 +98,7 @@ type Lab struct {
 type Pod struct {
 	Name  string
 	IP    string
+	IPv6  string
 	Netns *testenv.Netns
 	// NodeName is the node EndpointSlices report the pod on: NodeName by default; set it
 	// to another name to make the pod a remote endpoint for traffic policies.
@@ -159,12 +166,15 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		{nodeNetns, "addr", "add", "10.251.0.1/30", "dev", "swyd-s0"},
 		{SinkNetns, "addr", "add", "10.251.0.2/30", "dev", "swyd-s1"},
 		{nodeNetns, "route", "add", ServiceCIDR, "via", "10.251.0.2", "dev", "swyd-s0"},
+		{nodeNetns, "addr", "add", "fd00:10:251::1/126", "dev", "swyd-s0", "nodad"},
+		{SinkNetns, "addr", "add", "fd00:10:251::2/126", "dev", "swyd-s1", "nodad"},
+		{nodeNetns, "-6", "route", "add", ServiceCIDR6, "via", "fd00:10:251::2", "dev", "swyd-s0"},
 		{nodeNetns, "addr", "add", NodeIP + "/30", "dev", "swyd-c0"},
 		{ClientNetns, "addr", "add", ClientIP + "/30", "dev", "swyd-c1"},
 		{ClientNetns, "route", "add", ExternalRange, "via", NodeIP, "dev", "swyd-c1"},
 	}
 	for i := 1; i <= opts.Pods; i++ {
-		pod := &Pod{Name: fmt.Sprintf("pod-%d", i), IP: fmt.Sprintf("10.244.0.%d", 10+i), NodeName: NodeName}
+		pod := &Pod{Name: fmt.Sprintf("pod-%d", i), IP: fmt.Sprintf("10.244.0.%d", 10+i), IPv6: fmt.Sprintf("fd00:10:244::%d", 10+i), NodeName: NodeName}
 		if pod.Netns, err = testenv.NewNetns(fmt.Sprintf("swyd-pod-%d", i)); err != nil {
 			return nil, err
 		}
@@ -191,6 +201,14 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			[]string{pod.Netns.Name, "route", "add", ClusterCIDR, "via", PodGatewayIP, "dev", podLink},
 			[]string{pod.Netns.Name, "route", "add", ServiceCIDR, "via", PodGatewayIP, "dev", podLink},
 			[]string{pod.Netns.Name, "route", "add", ExternalRange, "via", PodGatewayIP, "dev", podLink},
+			// The same on the IPv6 side.
+			[]string{nodeNetns, "addr", "add", PodGatewayIP6 + "/128", "dev", link, "nodad"},
+			[]string{nodeNetns, "-6", "route", "add", pod.IPv6 + "/128", "dev", link},
+			[]string{pod.Netns.Name, "addr", "add", pod.IPv6 + "/128", "dev", podLink, "nodad"},
+			[]string{pod.Netns.Name, "-6", "route", "add", PodGatewayIP6, "dev", podLink},
+			[]string{pod.Netns.Name, "-6", "route", "add", "fd00:10:251::/126", "via", PodGatewayIP6, "dev", podLink},
+			[]string{pod.Netns.Name, "-6", "route", "add", ClusterCIDR6, "via", PodGatewayIP6, "dev", podLink},
+			[]string{pod.Netns.Name, "-6", "route", "add", ServiceCIDR6, "via", PodGatewayIP6, "dev", podLink},
 		)
 	}
 	for _, s := range steps {
@@ -200,7 +218,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	// The node forwards between its pods. This is the node namespace's own setting, or
 	// the guest kernel's: never the host's.
-	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1").Run(); err != nil {
+	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1").Run(); err != nil {
 		return nil, fmt.Errorf("enabling forwarding on the node: %w", err)
 	}
 	for _, pod := range l.Pods {
@@ -222,7 +240,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	l.controlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{
 		BindAddress: HostLinkIP,
 		Dir:         filepath.Join(l.Dir, "controlplane"),
-		ServiceCIDR: ServiceCIDR,
+		ServiceCIDR: ServiceCIDR + "," + ServiceCIDR6,
 	})
 	if err != nil {
 		return nil, err
@@ -364,6 +382,15 @@ func (l *Lab) Close() error {
 	if l.controlPlane != nil {
 		l.controlPlane.Stop()
 	}
+	// Links in our own namespace first, so that no namespace deletion is still removing
+	// them in the background when we look.
+	if l.Node != nil {
+		errs = append(errs, testenv.DeleteLink(hostLink, ""))
+	} else {
+		// The node is our own namespace: the node's ends of the sink's and the client's
+		// links are here (the pods' go with their namespaces).
+		errs = append(errs, testenv.DeleteLink("swyd-s0", ""), testenv.DeleteLink("swyd-c0", ""))
+	}
 	for _, pod := range l.Pods {
 		errs = append(errs, pod.Netns.Delete())
 	}
@@ -371,13 +398,6 @@ func (l *Lab) Close() error {
 		if ns != nil {
 			errs = append(errs, ns.Delete())
 		}
-	}
-	if l.Node != nil {
-		errs = append(errs, testenv.DeleteLink(hostLink, ""))
-	} else {
-		// The node is our own namespace: its ends of the veth pairs went with the pods',
-		// the sink's and the client's namespaces.
-		errs = append(errs, testenv.DeleteLink("swyd-s0", ""), testenv.DeleteLink("swyd-c0", ""))
 	}
 	return errors.Join(errs...)
 }
@@ -411,18 +431,27 @@ func Service(name string) *v1.Service {
 // backed by the given pods, all ready, each on its NodeName. It carries the trigger-time
 // annotation, so the proxy's network-programming latency metric gets a sample.
 func EndpointSlice(service string, pods []*Pod) *discovery.EndpointSlice {
+	return endpointSlice(service, service+"-1", discovery.AddressTypeIPv4, pods, func(p *Pod) string { return p.IP })
+}
+
+// EndpointSliceIPv6 is EndpointSlice's IPv6 sibling, for a dual-stack Service.
+func EndpointSliceIPv6(service string, pods []*Pod) *discovery.EndpointSlice {
+	return endpointSlice(service, service+"-v6", discovery.AddressTypeIPv6, pods, func(p *Pod) string { return p.IPv6 })
+}
+
+func endpointSlice(service, name string, family discovery.AddressType, pods []*Pod, addr func(*Pod) string) *discovery.EndpointSlice {
 	slice := &discovery.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        service + "-1",
+			Name:        name,
 			Labels:      map[string]string{discovery.LabelServiceName: service},
 			Annotations: map[string]string{v1.EndpointsLastChangeTriggerTime: time.Now().UTC().Format(time.RFC3339Nano)},
 		},
-		AddressType: discovery.AddressTypeIPv4,
+		AddressType: family,
 		Ports:       []discovery.EndpointPort{{Name: ptr.To(""), Port: ptr.To(int32(PodPort)), Protocol: ptr.To(v1.ProtocolTCP)}},
 	}
 	for _, p := range pods {
 		slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{
-			Addresses:  []string{p.IP},
+			Addresses:  []string{addr(p)},
 			Conditions: discovery.EndpointConditions{Ready: ptr.To(true)},
 			NodeName:   ptr.To(p.NodeName),
 		})

@@ -113,7 +113,8 @@ type ControlPlaneOptions struct {
 	// the processes' logs (etcd.log, kube-apiserver.log). Tests pass t.TempDir(). If
 	// empty, a temporary directory is created and removed again by Stop.
 	Dir string
-	// ServiceCIDR is --service-cluster-ip-range. Default 10.96.0.0/16.
+	// ServiceCIDR is --service-cluster-ip-range: one CIDR, or one per IP family separated
+	// by a comma for a dual-stack cluster. Default 10.96.0.0/16.
 	ServiceCIDR string
 	// Authorization is --authorization-mode. Default AlwaysAllow; use "RBAC" to test the
 	// ClusterRole the DaemonSet ships with. The test token is in system:masters, so it is
@@ -171,8 +172,10 @@ func StartControlPlane(ctx context.Context, opts ControlPlaneOptions) (*ControlP
 		// has to be a concrete address.
 		return nil, fmt.Errorf("control plane: BindAddress %s: need a specific IP, not the unspecified address", bindIP)
 	}
-	if _, err := netip.ParsePrefix(opts.ServiceCIDR); err != nil {
-		return nil, fmt.Errorf("control plane: ServiceCIDR %q: %w", opts.ServiceCIDR, err)
+	for _, cidr := range strings.Split(opts.ServiceCIDR, ",") {
+		if _, err := netip.ParsePrefix(cidr); err != nil {
+			return nil, fmt.Errorf("control plane: ServiceCIDR %q: %w", opts.ServiceCIDR, err)
+		}
 	}
 
 	// Fail before creating anything if the binaries are missing.

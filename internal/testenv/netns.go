@@ -178,7 +178,13 @@ func DeleteLink(name, netns string) error {
 		// Not there (or the namespace itself is gone): nothing to delete.
 		return nil
 	}
-	return RunIP(netns, "link", "delete", "dev", name)
+	err := RunIP(netns, "link", "delete", "dev", name)
+	if err != nil && strings.Contains(err.Error(), "Cannot find device") {
+		// Gone in between: deleting a namespace removes the veth ends in it, and their
+		// peers elsewhere, asynchronously.
+		return nil
+	}
+	return err
 }
 
 // CleanupLink registers DeleteLink(name, netns) with t.Cleanup. Use it for a veth end in

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/switchyard/switchyard/internal/lab"
@@ -119,8 +120,9 @@ func forEachMode(t *testing.T, test string, scenario func(t *testing.T, mode pro
 	}
 }
 
-// startProxy builds a lab and runs switchyard there with kube-proxy's flags.
-func startProxy(t *testing.T, mode proxyMode) (*lab.Lab, context.Context) {
+// startProxy builds a lab and runs switchyard there with kube-proxy's flags (extra ones
+// are added after, so they win).
+func startProxy(t *testing.T, mode proxyMode, extraFlags ...string) (*lab.Lab, context.Context) {
 	t.Helper()
 	l := startLab(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -131,16 +133,16 @@ func startProxy(t *testing.T, mode proxyMode) (*lab.Lab, context.Context) {
 			t.Fatalf("creating the legacy hint chain: %v", err)
 		}
 	}
-	logPath, err := l.StartProxy(filepath.Join(binDir, "switchyard"),
-		"--proxy-mode="+mode.flag,
-		"--kubeconfig="+l.Kubeconfig,
-		"--hostname-override="+lab.NodeName,
-		"--cluster-cidr="+lab.ClusterCIDR,
+	logPath, err := l.StartProxy(filepath.Join(binDir, "switchyard"), append([]string{
+		"--proxy-mode=" + mode.flag,
+		"--kubeconfig=" + l.Kubeconfig,
+		"--hostname-override=" + lab.NodeName,
+		"--cluster-cidr=" + lab.ClusterCIDR,
 		"--metrics-bind-address=127.0.0.1:10249",
 		"--healthz-bind-address=127.0.0.1:10256",
 		"--conntrack-max-per-core=0",
 		"-v=2",
-	)
+	}, extraFlags...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,14 +239,21 @@ func recordParity(t *testing.T, step string, pods []*lab.Pod, wantClient, wantFa
 // writeEndpoints creates or replaces the EndpointSlice of a Service.
 func writeEndpoints(ctx context.Context, t *testing.T, l *lab.Lab, service string, pods []*lab.Pod) {
 	t.Helper()
-	slice := lab.EndpointSlice(service, pods)
+	if err := createSlice(ctx, l, lab.EndpointSlice(service, pods)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// createSlice creates an EndpointSlice, or replaces it when it exists.
+func createSlice(ctx context.Context, l *lab.Lab, slice *discovery.EndpointSlice) error {
 	_, err := l.Client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{})
 	if err != nil {
 		_, err = l.Client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{})
 	}
 	if err != nil {
-		t.Fatalf("writing the EndpointSlice of %s: %v", service, err)
+		return fmt.Errorf("writing EndpointSlice %s: %w", slice.Name, err)
 	}
+	return nil
 }
 
 // TestClusterIPLifecycle is the end-to-end scenario every proxy mode must pass: a Service
@@ -416,7 +425,7 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode p
 	if mode.flag == "ipvs" {
 		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `switchyard_ipvs_operations_total{backend="ipvs",operation="add_virtual_server"}`})
 	} else {
-		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_iptables_total{backend="iptables",table="nat"}`})
+		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_iptables_total{backend="iptables",ip_family="IPv4",table="nat"}`})
 	}
 	for _, c := range checks {
 		out, err := l.NodeOutput(ctx, "curl", "-sf", c.url)

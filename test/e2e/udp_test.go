@@ -36,10 +36,8 @@ func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
 		for i := range slice.Ports {
 			slice.Ports[i].Protocol = ptrTo(v1.ProtocolUDP)
 		}
-		if _, err := l.Client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
-			if _, err := l.Client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
-				t.Fatalf("writing the EndpointSlice: %v", err)
-			}
+		if err := createSlice(ctx, l, slice); err != nil {
+			t.Fatal(err)
 		}
 	}
 
