@@ -69,8 +69,12 @@ func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName st
 	}
 	svcInformer := objects.Core().V1().Services().Informer()
 	if _, err := svcInformer.AddEventHandler(handler(
-		func(s *v1.Service) { each(func(p *Proxier) { p.tracker.OnServiceUpdate(s); p.opts.Metrics.ServiceChangesTotal.Inc() }) },
-		func(s *v1.Service) { each(func(p *Proxier) { p.tracker.OnServiceDelete(s); p.opts.Metrics.ServiceChangesTotal.Inc() }) },
+		func(s *v1.Service) {
+			each(func(p *Proxier) { p.tracker.OnServiceUpdate(s); p.opts.Metrics.ServiceChangesTotal.Inc() })
+		},
+		func(s *v1.Service) {
+			each(func(p *Proxier) { p.tracker.OnServiceDelete(s); p.opts.Metrics.ServiceChangesTotal.Inc() })
+		},
 	)); err != nil {
 		return fmt.Errorf("watching Services: %w", err)
 	}
