@@ -81,6 +81,24 @@ func (d *Device) Addresses() (map[netip.Addr]bool, error) {
 	return out, nil
 }
 
+// AddressesIPv6 lists the global IPv6 addresses on the device. IPv6 addresses carry no
+// label, so the caller decides which of them are ours.
+//
+// Equivalent to: `ip -6 addr show dev kube-ipvs0 scope global`
+func (d *Device) AddressesIPv6() (map[netip.Addr]bool, error) {
+	addrs, err := netlink.AddrList(d.link, netlink.FAMILY_V6)
+	if err != nil {
+		return nil, fmt.Errorf("listing IPv6 addresses on %s: %w", d.Name(), err)
+	}
+	out := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLinkLocalUnicast() {
+			out[ip] = true
+		}
+	}
+	return out, nil
+}
+
 // Bind binds a Service address. Binding one that is already bound is not an error.
 //
 // Equivalent to: `ip addr add ADDR/32 dev kube-ipvs0 label kube-ipvs0:swyd`
@@ -106,6 +124,10 @@ func (d *Device) addr(a netip.Addr) *netlink.Addr {
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}}
 	if a.Is4() {
 		addr.Label = d.label
+	} else {
+		// No duplicate address detection: the address is the node's own Service
+		// address, usable at once rather than after DAD.
+		addr.Flags = unix.IFA_F_NODAD
 	}
 	return addr
 }

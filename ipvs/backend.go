@@ -33,6 +33,8 @@ type Config struct {
 	// NodePortAddresses limits NodePorts to node addresses in these ranges; empty means
 	// every address of the node but loopback and link-local ones.
 	NodePortAddresses []netip.Prefix
+	// IPv6 is set for the backend of the IPv6 proxier.
+	IPv6 bool
 }
 
 // vsPlan is one virtual server and the endpoints it sends traffic to.
@@ -75,6 +77,7 @@ type Backend struct {
 	ipvs   Interface
 	ipt    iptables.Interface
 	dev    *dummy.Device
+	sets   ipsets
 	cfg    Config
 	logger klog.Logger
 
@@ -95,14 +98,19 @@ type Backend struct {
 
 // NewBackend makes an IPVS backend and registers its metrics with reg.
 func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg Config, reg prometheus.Registerer, logger klog.Logger) *Backend {
+	family := "IPv4"
+	if cfg.IPv6 {
+		family = "IPv6"
+	}
+	logger = logger.WithValues("ipFamily", family)
 	b := &Backend{
-		ipvs: ipvs, ipt: ipt, dev: dev, cfg: cfg, logger: logger,
+		ipvs: ipvs, ipt: ipt, dev: dev, cfg: cfg, logger: logger, sets: ipsets{ipv6: cfg.IPv6},
 		plans:       map[proxier.ServicePortName]*portPlan{},
 		addrUsers:   map[netip.Addr]int{},
 		setUsers:    map[setEntry]int{},
 		terminating: map[Key]map[netip.AddrPort]terminating{},
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "ipvs_operations_total",
-			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs"}}, []string{"operation"}),
+			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs", "ip_family": family}}, []string{"operation"}),
 	}
 	reg.MustRegister(b.operations)
 	return b
@@ -194,13 +202,13 @@ func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxie
 }
 
 func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
-	if err := ensureSets(); err != nil {
+	if err := b.sets.ensure(); err != nil {
 		return err
 	}
 	if _, _, err := iptables.Apply(ctx, b.ipt, b.ruleset()); err != nil {
 		return fmt.Errorf("static iptables rules: %w", err)
 	}
-	nodeIPs, err := nodeAddresses(b.dev, b.cfg.NodePortAddresses)
+	nodeIPs, err := nodeAddresses(b.dev, b.cfg.NodePortAddresses, b.cfg.IPv6)
 	if err != nil {
 		return err
 	}
@@ -224,7 +232,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 		}
 	}
 
-	bound, err := b.dev.Addresses()
+	bound, err := b.boundAddresses(addrUsers)
 	if err != nil {
 		return err
 	}
@@ -238,7 +246,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	// Set members go in before the virtual servers they describe, so the first packet a
 	// new virtual server takes is already masqueraded and filtered as it should be; stale
 	// members go after the virtual servers that used them.
-	members, err := listSets()
+	members, err := b.sets.list()
 	if err != nil {
 		return err
 	}
@@ -280,6 +288,31 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	b.plans, b.addrUsers, b.setUsers = plans, addrUsers, setUsers
 	b.logger.V(2).Info("Full IPVS sync", "servicePorts", len(plans), "virtualServers", len(wanted), "addresses", len(addrUsers))
 	return nil
+}
+
+// boundAddresses lists the Service addresses of this family that we bound on kube-ipvs0.
+// IPv4 ones carry our label. IPv6 addresses have no labels: one is ours when a Service
+// wants it or a virtual server uses it, so an address someone else put on the device
+// without a virtual server stays.
+func (b *Backend) boundAddresses(wanted map[netip.Addr]int) (map[netip.Addr]bool, error) {
+	if !b.cfg.IPv6 {
+		return b.dev.Addresses()
+	}
+	all, err := b.dev.AddressesIPv6()
+	if err != nil {
+		return nil, err
+	}
+	current, err := b.ipvs.VirtualServers()
+	if err != nil {
+		return nil, err
+	}
+	ours := map[netip.Addr]bool{}
+	for a := range all {
+		if wanted[a] > 0 || slices.ContainsFunc(current, func(vs *VirtualServer) bool { return vs.Address == a }) {
+			ours[a] = true
+		}
+	}
+	return ours, nil
 }
 
 // owns tells whether a virtual server in the kernel is ours: one on an address we bound,
@@ -528,7 +561,7 @@ func (b *Backend) unbind(a netip.Addr) error {
 }
 
 func (b *Backend) addEntry(e setEntry) error {
-	if err := addEntry(e); err != nil {
+	if err := b.sets.add(e); err != nil {
 		return err
 	}
 	b.count("add_ipset_entry")
@@ -536,7 +569,7 @@ func (b *Backend) addEntry(e setEntry) error {
 }
 
 func (b *Backend) delEntry(e setEntry) error {
-	if err := delEntry(e); err != nil {
+	if err := b.sets.del(e); err != nil {
 		return err
 	}
 	b.count("delete_ipset_entry")
@@ -555,26 +588,26 @@ func (b *Backend) ruleset() iptables.Ruleset {
 	var services []string
 	switch {
 	case b.cfg.MasqueradeAll:
-		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, clusterIPSet, iptables.MarkMasqChain))
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, b.sets.name(clusterIPSet), iptables.MarkMasqChain))
 	case b.cfg.ClusterCIDR.IsValid():
-		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst ! -s %s -j %s`, clusterIPSet, b.cfg.ClusterCIDR, iptables.MarkMasqChain))
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst ! -s %s -j %s`, b.sets.name(clusterIPSet), b.cfg.ClusterCIDR, iptables.MarkMasqChain))
 	}
 	services = append(services,
-		fmt.Sprintf(`-m comment --comment "switchyard external traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, externalSet, iptables.MarkMasqChain))
+		fmt.Sprintf(`-m comment --comment "switchyard external traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, b.sets.name(externalSet), iptables.MarkMasqChain))
 	// IPVS takes it from here; skip the rest of nat for Service traffic.
-	for _, set := range []string{clusterIPSet, externalSet, externalLocalSet} {
+	for _, set := range []string{b.sets.name(clusterIPSet), b.sets.name(externalSet), b.sets.name(externalLocalSet)} {
 		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic" -m set --match-set %s dst,dst -j ACCEPT`, set))
 	}
-	hairpin := fmt.Sprintf(`-m comment --comment "switchyard hairpin traffic" -m set --match-set %s dst,dst,src -j MASQUERADE`, loopbackSet)
+	hairpin := fmt.Sprintf(`-m comment --comment "switchyard hairpin traffic" -m set --match-set %s dst,dst,src -j MASQUERADE`, b.sets.name(loopbackSet))
 	// INPUT sees Service traffic before IPVS does (IPVS hooks in after the filter table).
 	filter := []string{
-		fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges" -m set --match-set %s dst,dst -m set ! --match-set %s dst,dst,src -j DROP`, loadBalancerFirewallSet, loadBalancerSourceSet),
-		fmt.Sprintf(`-m comment --comment "switchyard traffic policy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, noLocalEndpointsSet),
+		fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges" -m set --match-set %s dst,dst -m set ! --match-set %s dst,dst,src -j DROP`, b.sets.name(loadBalancerFirewallSet), b.sets.name(loadBalancerSourceSet)),
+		fmt.Sprintf(`-m comment --comment "switchyard traffic policy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, b.sets.name(noLocalEndpointsSet)),
 	}
-	for _, set := range []string{clusterIPSet, externalSet, externalLocalSet} {
+	for _, set := range []string{b.sets.name(clusterIPSet), b.sets.name(externalSet), b.sets.name(externalLocalSet)} {
 		filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, set))
 	}
-	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, serviceIPsSet))
+	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, b.sets.name(serviceIPsSet)))
 	return iptables.Ruleset{
 		Chains: map[iptables.Table][]iptables.Chain{
 			iptables.TableNAT:    append([]iptables.Chain{{Name: iptables.ServicesChain, Rules: services}}, iptables.MasqueradeChains(mark, hairpin)...),

@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard/switchyard/iptables"
@@ -82,35 +83,54 @@ func (e setEntry) toNetlink() *netlink.IPSetEntry {
 	return n
 }
 
-// ensureSets creates our sets when missing.
+// ipsets is our sets for one IP family. The IPv4 sets have the names above; the IPv6
+// ones the same names with "-6" appended (an ipset holds one family).
+type ipsets struct{ ipv6 bool }
+
+// name is the kernel's name of one of our sets in this family.
+func (s ipsets) name(set string) string {
+	if s.ipv6 {
+		return set + "-6"
+	}
+	return set
+}
+
+func (s ipsets) family() uint8 {
+	if s.ipv6 {
+		return syscall.AF_INET6
+	}
+	return syscall.AF_INET
+}
+
+// ensure creates our sets when missing.
 //
-// Equivalent to: `ipset create SWYD-CLUSTER-IP hash:ip,port` (and the others)
-func ensureSets() error {
-	for name, typ := range setTypes {
-		err := netlink.IpsetCreate(name, typ, netlink.IpsetCreateOptions{})
+// Equivalent to: `ipset create SWYD-CLUSTER-IP hash:ip,port [family inet6]` (and the others)
+func (s ipsets) ensure() error {
+	for set, typ := range setTypes {
+		err := netlink.IpsetCreate(s.name(set), typ, netlink.IpsetCreateOptions{Family: s.family()})
 		if err != nil && !errors.Is(err, syscall.EEXIST) {
-			return fmt.Errorf("creating ipset %s (%s): %w", name, typ, err)
+			return fmt.Errorf("creating ipset %s (%s): %w", s.name(set), typ, err)
 		}
 	}
 	return nil
 }
 
-// listSets returns every member of our sets.
+// list returns every member of our sets.
 //
 // Equivalent to: `ipset list SWYD-CLUSTER-IP` (and the others)
-func listSets() (map[setEntry]bool, error) {
+func (s ipsets) list() (map[setEntry]bool, error) {
 	out := map[setEntry]bool{}
-	for name := range setTypes {
-		res, err := netlink.IpsetList(name)
+	for set := range setTypes {
+		res, err := netlink.IpsetList(s.name(set))
 		if err != nil {
-			return nil, fmt.Errorf("listing ipset %s: %w", name, err)
+			return nil, fmt.Errorf("listing ipset %s: %w", s.name(set), err)
 		}
 		for _, e := range res.Entries {
 			ip, ok := netip.AddrFromSlice(e.IP)
 			if !ok {
 				continue
 			}
-			entry := setEntry{set: name, ip: ip.Unmap()}
+			entry := setEntry{set: set, ip: ip.Unmap()}
 			if e.Port != nil && e.Protocol != nil {
 				entry.port = *e.Port
 				for p, n := range ipProtocols {
@@ -120,7 +140,7 @@ func listSets() (map[setEntry]bool, error) {
 				}
 			}
 			if ip2, ok := netip.AddrFromSlice(e.IP2); ok {
-				if setTypes[name] == "hash:ip,port,net" {
+				if setTypes[set] == "hash:ip,port,net" {
 					entry.net = netip.PrefixFrom(ip2.Unmap(), int(e.CIDR2))
 				} else {
 					entry.ip2 = ip2.Unmap()
@@ -132,38 +152,42 @@ func listSets() (map[setEntry]bool, error) {
 	return out, nil
 }
 
-// addEntry equivalent: `ipset add SET MEMBER -exist`
-func addEntry(e setEntry) error {
+// add equivalent: `ipset add SET MEMBER -exist`
+func (s ipsets) add(e setEntry) error {
 	n := e.toNetlink()
 	n.Replace = true // like -exist: adding a member twice is not an error
-	if err := netlink.IpsetAdd(e.set, n); err != nil {
-		return fmt.Errorf("adding %v to ipset %s: %w", e, e.set, err)
+	if err := netlink.IpsetAdd(s.name(e.set), n); err != nil {
+		return fmt.Errorf("adding %v to ipset %s: %w", e, s.name(e.set), err)
 	}
 	return nil
 }
 
-// delEntry equivalent: `ipset del SET MEMBER -exist`
-func delEntry(e setEntry) error {
-	if err := netlink.IpsetDel(e.set, e.toNetlink()); err != nil && !errors.Is(err, syscall.ENOENT) && !isIpsetNotExist(err) {
-		return fmt.Errorf("deleting %v from ipset %s: %w", e, e.set, err)
+// del equivalent: `ipset del SET MEMBER -exist`
+func (s ipsets) del(e setEntry) error {
+	if err := netlink.IpsetDel(s.name(e.set), e.toNetlink()); err != nil && !errors.Is(err, syscall.ENOENT) && !isIpsetNotExist(err) {
+		return fmt.Errorf("deleting %v from ipset %s: %w", e, s.name(e.set), err)
 	}
 	return nil
 }
 
-// isIpsetNotExist recognises ipset's own "element is missing" error (IPSET_ERR_EXIST).
+// isIpsetNotExist recognises ipset's own "element is missing" error (IPSET_ERR_EXIST),
+// which the kernel also uses for deleting a member that is not there.
 func isIpsetNotExist(err error) bool {
-	var errno syscall.Errno
-	return errors.As(err, &errno) && errno == 4105
+	var ipsetErr nl.IPSetError
+	return errors.As(err, &ipsetErr) && ipsetErr == nl.IPSetError(nl.IPSET_ERR_EXIST)
 }
 
-// destroySets removes our sets (--cleanup); the rules that use them must be gone first.
+// destroySets removes our sets of both families (--cleanup); the rules that use them must
+// be gone first.
 //
 // Equivalent to: `ipset destroy SWYD-CLUSTER-IP` (and the others)
 func destroySets() error {
 	var errs []error
-	for name := range setTypes {
-		if err := netlink.IpsetDestroy(name); err != nil && !errors.Is(err, syscall.ENOENT) {
-			errs = append(errs, fmt.Errorf("destroying ipset %s: %w", name, err))
+	for _, s := range []ipsets{{ipv6: false}, {ipv6: true}} {
+		for set := range setTypes {
+			if err := netlink.IpsetDestroy(s.name(set)); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("destroying ipset %s: %w", s.name(set), err))
+			}
 		}
 	}
 	return errors.Join(errs...)

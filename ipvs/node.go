@@ -36,7 +36,7 @@ type sysctl struct {
 }
 
 // nodeSysctls are the settings kube-proxy's IPVS mode makes, for the same reasons.
-func nodeSysctls(strictARP bool) []sysctl {
+func nodeSysctls(strictARP, ipv6 bool) []sysctl {
 	s := []sysctl{
 		// Without conntrack entries for IPVS connections, iptables cannot masquerade them.
 		{"net/ipv4/vs/conntrack", "1"},
@@ -55,6 +55,9 @@ func nodeSysctls(strictARP bool) []sysctl {
 	if kernelBefore(5, 9) {
 		s = append(s, sysctl{"net/ipv4/vs/conn_reuse_mode", "0"})
 	}
+	if ipv6 {
+		s = append(s, sysctl{"net/ipv6/conf/all/forwarding", "1"})
+	}
 	if strictARP {
 		// Do not answer ARP for Service addresses bound on kube-ipvs0 (needed by
 		// load balancers such as MetalLB in L2 mode).
@@ -63,10 +66,10 @@ func nodeSysctls(strictARP bool) []sysctl {
 	return s
 }
 
-// PrepareNode applies the sysctls IPVS mode depends on.
-func PrepareNode(strictARP bool) error {
+// PrepareNode applies the sysctls IPVS mode depends on (for IPv6 too when ipv6 is set).
+func PrepareNode(strictARP, ipv6 bool) error {
 	var errs []error
-	for _, s := range nodeSysctls(strictARP) {
+	for _, s := range nodeSysctls(strictARP, ipv6) {
 		path := filepath.Join("/proc/sys", s.path)
 		if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == s.value {
 			continue
@@ -78,13 +81,17 @@ func PrepareNode(strictARP bool) error {
 	return errors.Join(errs...)
 }
 
-// nodeAddresses lists the node's IPv4 addresses that NodePorts are served on: those in
+// nodeAddresses lists the node's addresses of one family that NodePorts are served on: those in
 // the given ranges (all when none), never loopback, link-local, or Service addresses on
 // kube-ipvs0.
 //
-// Equivalent to: `ip -4 addr show`
-func nodeAddresses(dev *dummy.Device, ranges []netip.Prefix) ([]netip.Addr, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+// Equivalent to: `ip -4 addr show` (or -6)
+func nodeAddresses(dev *dummy.Device, ranges []netip.Prefix, ipv6 bool) ([]netip.Addr, error) {
+	family := netlink.FAMILY_V4
+	if ipv6 {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := netlink.AddrList(nil, family)
 	if err != nil {
 		return nil, fmt.Errorf("listing the node's addresses: %w", err)
 	}

@@ -101,7 +101,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	// every Service, and a dual-stack Service gets both.
 	var proxiers []*proxier.Proxier
 	var healths proxier.Healths
-	for _, family := range families(cfg, flavor, logger) {
+	for _, family := range families(flavor, logger) {
 		backend, err := newBackend(ctx, cfg, family, flavor, mark, reg, logger)
 		if err != nil {
 			return err
@@ -149,18 +149,20 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	return nil
 }
 
-// families are the IP families this node gets a proxier for: IPv4 always, and IPv6 in
-// iptables mode when the node has IPv6 and ip6tables works.
-func families(cfg config.Config, flavor iptables.Flavor, logger klog.Logger) []proxier.Family {
+// families are the IP families this node gets a proxier for: IPv4 always, and IPv6 when
+// the node has IPv6 and ip6tables works.
+func families(flavor iptables.Flavor, logger klog.Logger) []proxier.Family {
 	out := []proxier.Family{proxier.IPv4}
 	if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
 		return out
 	}
-	if cfg.Mode == config.ModeIPVS {
-		logger.Info("IPv6 is not yet supported in IPVS mode: the IPv6 addresses of Services are not programmed")
-		return out
+	ip6t, err := iptables.New(flavor, true)
+	if err == nil {
+		// The binaries can exist while the kernel cannot load the IPv6 tables; reading
+		// them tells.
+		_, err = ip6t.Save(context.Background(), iptables.TableNAT)
 	}
-	if _, err := iptables.New(flavor, true); err != nil {
+	if err != nil {
 		logger.Info("ip6tables is not usable: the IPv6 addresses of Services are not programmed", "err", err)
 		return out
 	}
@@ -191,7 +193,7 @@ func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, f
 		logger.Info("No --cluster-cidr for this IP family and no --masquerade-all: traffic to cluster IPs is not masqueraded", "ipFamily", familyName(family))
 	}
 	if cfg.Mode == config.ModeIPVS {
-		b, err := newIPVSBackend(cfg, ipt, clusterCIDR, mark, reg, logger)
+		b, err := newIPVSBackend(cfg, !ipv4, ipt, clusterCIDR, mark, reg, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -214,7 +216,7 @@ const drainInterval = 5 * time.Second
 // terminationGrace bounds how long a removed IPVS real server keeps its connections.
 const terminationGrace = 2 * time.Minute
 
-func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
+func newIPVSBackend(cfg config.Config, ipv6 bool, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
 	// Opening IPVS loads the ip_vs module when it can; the IPVS sysctls exist only after.
 	handle, err := ipvs.New()
 	if err != nil {
@@ -225,7 +227,7 @@ func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip
 		// servers fails and says so on every sync.
 		logger.Error(err, "IPVS scheduler may be unavailable")
 	}
-	if err := ipvs.PrepareNode(cfg.IPVSStrictARP); err != nil {
+	if err := ipvs.PrepareNode(cfg.IPVSStrictARP, ipv6); err != nil {
 		// Like kube-proxy: a sysctl that cannot be set (read-only in some containers) is
 		// worth a loud log line, not a node without Services.
 		logger.Error(err, "Some IPVS sysctls could not be set")
@@ -240,7 +242,8 @@ func newIPVSBackend(cfg config.Config, ipt iptables.Interface, clusterCIDR netip
 		MasqueradeAll:     cfg.MasqueradeAll,
 		MasqueradeMark:    mark,
 		TerminationGrace:  terminationGrace,
-		NodePortAddresses: cfg.NodePortPrefixes(true),
+		NodePortAddresses: cfg.NodePortPrefixes(!ipv6),
+		IPv6:              ipv6,
 	}, reg, logger), nil
 }
 

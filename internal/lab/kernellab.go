@@ -54,7 +54,7 @@ func StartGuestLink(ctx context.Context, dir, runner string) (_ *GuestLink, err 
 			return nil, err
 		}
 	}
-	g.controlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{BindAddress: tapHost, Dir: dir, ServiceCIDR: ServiceCIDR})
+	g.controlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{BindAddress: tapHost, Dir: dir, ServiceCIDR: ServiceCIDR + "," + ServiceCIDR6})
 	if err != nil {
 		return nil, fmt.Errorf("starting the control plane: %w", err)
 	}

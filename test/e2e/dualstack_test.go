@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"testing"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -15,19 +14,9 @@ import (
 )
 
 // TestDualStack reaches a dual-stack Service through both of its cluster IPs: each IP
-// family is programmed by its own proxier (iptables and ip6tables). IPVS mode programs
-// IPv4 only so far (see README), so this runs in the iptables modes.
+// family is programmed by its own proxier (iptables and ip6tables, or IPVS for both).
 func TestDualStack(t *testing.T) {
-	for _, mode := range proxyModes {
-		if mode.kernelLab {
-			continue
-		}
-		t.Run(mode.name, func(t *testing.T) {
-			start := time.Now()
-			testDualStack(t, mode)
-			t.Logf("%s e2e took %s", mode.name, time.Since(start).Round(100*time.Millisecond))
-		})
-	}
+	forEachMode(t, "TestDualStack", testDualStack)
 }
 
 func testDualStack(t *testing.T, mode proxyMode) {

@@ -423,7 +423,7 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode p
 		{"http://127.0.0.1:10249/metrics", "kubeproxy_network_programming_duration_seconds_count" + backend},
 	}
 	if mode.flag == "ipvs" {
-		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `switchyard_ipvs_operations_total{backend="ipvs",operation="add_virtual_server"}`})
+		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `switchyard_ipvs_operations_total{backend="ipvs",ip_family="IPv4",operation="add_virtual_server"}`})
 	} else {
 		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_iptables_total{backend="iptables",ip_family="IPv4",table="nat"}`})
 	}
