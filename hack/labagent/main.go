@@ -5,6 +5,9 @@
 //	labagent serve NAME ADDR         answer every request on ADDR (TCP: HTTP, and UDP) with NAME
 //	labagent get URL COUNT           make COUNT HTTP requests (a new connection each), print JSON
 //	labagent udp ADDR COUNT SRCPORT  send COUNT datagrams from local port SRCPORT, print JSON
+//	labagent sctp ADDR COUNT         make COUNT SCTP associations (IPv4), read the name, print JSON
+//
+// serve also answers SCTP where the kernel has it.
 package main
 
 import (
@@ -14,10 +17,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Result is what `get` prints: how many requests each pod answered, from which client
@@ -50,6 +56,7 @@ func run(args []string) error {
 			return err
 		}
 		go serveUDP(udp, name)
+		go serveSCTP(args[2], name)
 		return http.ListenAndServe(args[2], http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
@@ -74,8 +81,18 @@ func run(args []string) error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(res)
+	case len(args) == 3 && args[0] == "sctp":
+		count, err := strconv.Atoi(args[2])
+		if err != nil {
+			return err
+		}
+		res, err := sendSCTP(args[1], count)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(res)
 	default:
-		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT")
+		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT | labagent sctp ADDR COUNT")
 	}
 }
 
@@ -162,10 +179,81 @@ func (res *Result) fail(err error, start time.Time) {
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPERM):
 		kind = "refused"
-	case errors.Is(err, os.ErrDeadlineExceeded), isTimeout(err):
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, syscall.EINPROGRESS), isTimeout(err):
 		kind = "timeout"
 	}
 	res.Failures[kind]++
 	res.LastError = err.Error()
 	res.MaxFailureSeconds = max(res.MaxFailureSeconds, time.Since(start).Seconds())
+}
+
+// serveSCTP answers every SCTP association on the port of addr with the pod's name. The
+// standard library has no SCTP, so it uses one-to-one style sockets directly. Where the
+// kernel has no SCTP it serves nothing.
+func serveSCTP(addr, name string) {
+	_, portText, err := net.SplitHostPort(addr)
+	if err != nil {
+		return
+	}
+	port, _ := strconv.Atoi(portText)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "labagent: no SCTP here:", err)
+		return
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port}); err != nil {
+		fmt.Fprintln(os.Stderr, "labagent: SCTP bind:", err)
+		return
+	}
+	if err := unix.Listen(fd, 16); err != nil {
+		fmt.Fprintln(os.Stderr, "labagent: SCTP listen:", err)
+		return
+	}
+	for {
+		conn, _, err := unix.Accept(fd)
+		if err != nil {
+			continue
+		}
+		_, _ = unix.Write(conn, []byte(name))
+		_ = unix.Close(conn)
+	}
+}
+
+// sendSCTP opens count SCTP associations to addr and records who answered each.
+func sendSCTP(addr string, count int) (Result, error) {
+	res := Result{Answers: map[string]int{}, Clients: map[string]int{}, Failures: map[string]int{}}
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !ap.Addr().Is4() {
+		return res, fmt.Errorf("sctp: %q is not an IPv4 address:port", addr)
+	}
+	for range count {
+		start := time.Now()
+		name, err := sctpOnce(unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())})
+		if err != nil {
+			res.fail(err, start)
+			continue
+		}
+		res.Answers[name]++
+	}
+	return res, nil
+}
+
+func sctpOnce(to unix.SockaddrInet4) (string, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	timeout := unix.Timeval{Sec: 2}
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &timeout)
+	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout)
+	if err := unix.Connect(fd, &to); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 256)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
 }

@@ -104,6 +104,9 @@ func Flows() []Flow {
 		{Name: "NodePorts are not subject to loadBalancerSourceRanges", Src: Outside, Protocol: tcp, Dst: at(node, 30086), Want: Outcome{Endpoints: both, Masq: true}},
 		{Name: "off-node client to the NodePort of a Service without endpoints: rejected", Src: Outside, Protocol: tcp, Dst: at(node, 30085), Want: Outcome{Verdict: Reject}},
 		{Name: "UDP to a cluster IP: the endpoint", Src: P, Protocol: udp, Dst: at("10.96.0.16", 53), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "SCTP to a cluster IP: the endpoint", Src: P, Protocol: v1.ProtocolSCTP, Dst: at("10.96.0.19", 80), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "TCP to the port of a UDP Service: not that Service", Src: P, Protocol: tcp, Dst: at("10.96.0.16", 53), Want: Outcome{Verdict: Untouched},
+			ModeWant: map[string]Outcome{"ipvs": {Verdict: Reject}}},
 		{Name: "an address no Service has: untouched", Src: P, Protocol: tcp, Dst: at("10.96.0.99", 80), Want: Outcome{Verdict: Untouched}},
 	}
 }
@@ -148,6 +151,7 @@ func State() *proxier.State {
 	add("empty", "10.96.0.15", 80, 30085, tcp, nil, nil)
 	add("dns", "10.96.0.16", 53, 0, v1.ProtocolUDP, []netip.Addr{L}, nil)
 	add("self", "10.96.0.17", 80, 0, tcp, []netip.Addr{L}, nil)
+	add("sctp", "10.96.0.19", 80, 0, v1.ProtocolSCTP, []netip.Addr{L}, nil)
 	add("fw", "10.96.0.18", 80, 30086, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
 		sp.LoadBalancerIPs = addrs("198.51.100.12")
 		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}

@@ -327,6 +327,11 @@ func (l *Lab) UDP(ctx context.Context, addr string, count, srcPort int) (Result,
 	return l.get(l.NodeCommand(ctx, l.agent, "udp", addr, fmt.Sprint(count), fmt.Sprint(srcPort)), addr)
 }
 
+// SCTP opens count SCTP associations from the node to addr (IPv4 "ip:port").
+func (l *Lab) SCTP(ctx context.Context, addr string, count int) (Result, error) {
+	return l.get(l.NodeCommand(ctx, l.agent, "sctp", addr, fmt.Sprint(count)), addr)
+}
+
 // ClientGet sends count HTTP requests, each on a new connection, from the off-node client.
 func (l *Lab) ClientGet(ctx context.Context, url string, count int) (Result, error) {
 	return l.get(l.client.Exec(ctx, l.agent, "get", url, fmt.Sprint(count)), url)

@@ -107,7 +107,12 @@ var proxyModes = []proxyMode{
 
 // forEachMode runs a scenario once per proxy mode; IPVS modes run inside the kernel lab.
 func forEachMode(t *testing.T, test string, scenario func(t *testing.T, mode proxyMode)) {
-	for _, mode := range proxyModes {
+	forModes(t, test, proxyModes, scenario)
+}
+
+// forModes runs a scenario once per given mode; kernel-lab modes run inside the guest.
+func forModes(t *testing.T, test string, modes []proxyMode, scenario func(t *testing.T, mode proxyMode)) {
+	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			start := time.Now()
 			if mode.kernelLab && os.Getenv(envGuestKubeconfig) == "" {
@@ -213,6 +218,8 @@ func recordParity(t *testing.T, step string, pods []*lab.Pod, wantClient, wantFa
 		outcome = "REJECT (refused at once)"
 	case wantFailure == "timeout":
 		outcome = "DROP (times out)"
+	case wantFailure == "untouched":
+		outcome = "untouched (no rule, no virtual server)"
 	case pods == nil:
 		outcome = "→ an endpoint"
 	default:

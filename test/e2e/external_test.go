@@ -17,6 +17,9 @@ import (
 const (
 	externalIP     = "10.253.0.10"
 	loadBalancerIP = "10.253.0.20"
+	// proxyModeIP is a load-balancer ingress with ipMode Proxy: the load balancer proxies
+	// to the node itself, so the node must leave the address alone.
+	proxyModeIP = "10.253.0.30"
 )
 
 // TestExternalEntryPoints sends traffic from a client outside the cluster to a
@@ -36,7 +39,7 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 		t.Fatalf("creating the Service: %v", err)
 	}
 	// No cloud controller runs here: publish the load balancer's address ourselves.
-	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: loadBalancerIP}}
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: loadBalancerIP}, {IP: proxyModeIP, IPMode: ptrTo(v1.LoadBalancerIPModeProxy)}}
 	if svc, err = l.Client.CoreV1().Services("default").UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("setting the load balancer status: %v", err)
 	}
@@ -64,6 +67,8 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	for kind, url := range entryPoints {
 		expectFlow(ctx, t, "Cluster policy, "+kind, fromClient(url), l.Pods, lab.PodGatewayIP, "")
 	}
+
+	expectUntouched(ctx, t, l, mode, proxyModeIP)
 
 	// externalTrafficPolicy Local: only this node's endpoint, client address preserved.
 	svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
@@ -123,4 +128,24 @@ func expectHealthCheck(ctx context.Context, t *testing.T, l *lab.Lab, url, statu
 		t.Fatalf("health check: %v", err)
 	}
 	t.Logf("health check %s: %s with %s", url, status, want)
+}
+
+// expectUntouched fails if anything the proxy programmed mentions the address.
+func expectUntouched(ctx context.Context, t *testing.T, l *lab.Lab, mode proxyMode, addr string) {
+	t.Helper()
+	dumps := [][]string{{"iptables-" + mode.flavor + "-save"}}
+	if mode.flag == "ipvs" {
+		dumps = append(dumps, []string{"ipvsadm", "-Ln"}, []string{"ip", "addr", "show", "dev", "kube-ipvs0"})
+	}
+	for _, cmd := range dumps {
+		out, err := l.NodeOutput(ctx, cmd[0], cmd[1:]...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, addr) {
+			t.Fatalf("%v mentions %s, which must be left untouched:\n%s", cmd, addr, out)
+		}
+	}
+	t.Logf("load-balancer IP with ipMode Proxy: untouched")
+	recordParity(t, "load-balancer IP with ipMode Proxy", nil, "", "untouched")
 }
