@@ -257,7 +257,7 @@ func TestBehaviourSuite(t *testing.T) {
 	builds := map[string]func(b *Backend) error{
 		"full sync": func(b *Backend) error { return b.Sync(context.Background(), want, proxier.Changes{Full: true}) },
 		"partial syncs": func(b *Backend) error {
-			growing := &proxier.State{NodeName: want.NodeName, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
+			growing := &proxier.State{NodeName: want.NodeName, NodeLabels: want.NodeLabels, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
 			if err := b.Sync(context.Background(), growing, proxier.Changes{Full: true}); err != nil {
 				return err
 			}

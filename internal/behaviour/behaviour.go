@@ -104,6 +104,7 @@ func Flows() []Flow {
 		{Name: "NodePorts are not subject to loadBalancerSourceRanges", Src: Outside, Protocol: tcp, Dst: at(node, 30086), Want: Outcome{Endpoints: both, Masq: true}},
 		{Name: "off-node client to the NodePort of a Service without endpoints: rejected", Src: Outside, Protocol: tcp, Dst: at(node, 30085), Want: Outcome{Verdict: Reject}},
 		{Name: "UDP to a cluster IP: the endpoint", Src: P, Protocol: udp, Dst: at("10.96.0.16", 53), Want: Outcome{Endpoints: []string{ep(L)}}},
+		{Name: "topology hints for this node's zone: only those endpoints", Src: P, Protocol: tcp, Dst: at("10.96.0.20", 80), Want: Outcome{Endpoints: []string{ep(L)}}},
 		{Name: "SCTP to a cluster IP: the endpoint", Src: P, Protocol: v1.ProtocolSCTP, Dst: at("10.96.0.19", 80), Want: Outcome{Endpoints: []string{ep(L)}}},
 		{Name: "TCP to the port of a UDP Service: not that Service", Src: P, Protocol: tcp, Dst: at("10.96.0.16", 53), Want: Outcome{Verdict: Untouched},
 			ModeWant: map[string]Outcome{"ipvs": {Verdict: Reject}}},
@@ -113,7 +114,7 @@ func Flows() []Flow {
 
 // State is the desired state the flows are about.
 func State() *proxier.State {
-	s := &proxier.State{NodeName: NodeName, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
+	s := &proxier.State{NodeName: NodeName, NodeLabels: map[string]string{v1.LabelTopologyZone: "zone-a"}, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
 	add := func(name, clusterIP string, port, nodePort int32, protocol v1.Protocol, eps []netip.Addr, tweak func(*proxier.ServicePort)) {
 		n := proxier.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "default", Name: name}, Protocol: protocol}
 		sp := &proxier.ServicePort{Name: n, ClusterIP: netip.MustParseAddr(clusterIP), Port: port, Protocol: protocol, NodePort: nodePort}
@@ -137,6 +138,7 @@ func State() *proxier.State {
 		return out
 	}
 	tcp := v1.ProtocolTCP
+	zonal := proxier.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "default", Name: "zonal"}, Protocol: tcp}
 	add("web", "10.96.0.10", 80, 30080, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
 		sp.ExternalIPs, sp.LoadBalancerIPs = addrs("203.0.113.7"), addrs("198.51.100.9")
 	})
@@ -152,6 +154,14 @@ func State() *proxier.State {
 	add("dns", "10.96.0.16", 53, 0, v1.ProtocolUDP, []netip.Addr{L}, nil)
 	add("self", "10.96.0.17", 80, 0, tcp, []netip.Addr{L}, nil)
 	add("sctp", "10.96.0.19", 80, 0, v1.ProtocolSCTP, []netip.Addr{L}, nil)
+	add("zonal", "10.96.0.20", 80, 0, tcp, []netip.Addr{L, R}, nil)
+	for i := range s.Endpoints[zonal] {
+		zone := "zone-b"
+		if s.Endpoints[zonal][i].IP == L {
+			zone = "zone-a"
+		}
+		s.Endpoints[zonal][i].ZoneHints = []string{zone}
+	}
 	add("fw", "10.96.0.18", 80, 30086, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
 		sp.LoadBalancerIPs = addrs("198.51.100.12")
 		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}

@@ -77,6 +77,27 @@ func testClusterIPSemantics(t *testing.T, mode proxyMode) {
 		return res, err
 	}, nil, lab.PodGatewayIP, "")
 
+	// Topology: with zone hints on every endpoint, only those hinted for this node's zone
+	// (its topology.kubernetes.io/zone label) are used.
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: lab.NodeName, Labels: map[string]string{v1.LabelTopologyZone: "zone-a"}}}
+	if _, err := l.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the Node: %v", err)
+	}
+	zonal := create(lab.Service("zonal"))
+	zoneSlice := lab.EndpointSlice("zonal", l.Pods)
+	for i := range zoneSlice.Endpoints {
+		zone := "zone-b"
+		if i == 0 {
+			zone = "zone-a"
+		}
+		zoneSlice.Endpoints[i].Zone = ptr.To(zone)
+		zoneSlice.Endpoints[i].Hints = &discovery.EndpointHints{ForZones: []discovery.ForZone{{Name: zone}}}
+	}
+	if err := createSlice(ctx, l, zoneSlice); err != nil {
+		t.Fatal(err)
+	}
+	expectFlow(ctx, t, "topology hints: only the endpoints hinted for this node's zone", fromPod(l.Pods[1], url(zonal, 80), 12), l.Pods[:1], "", "")
+
 	// Terminating fallback: with no ready endpoint, serving-and-terminating ones are used.
 	drain := create(lab.Service("drain"))
 	slice := lab.EndpointSlice("drain", l.Pods)
