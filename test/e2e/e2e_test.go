@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -247,6 +248,18 @@ func recordParity(t *testing.T, step string, pods []*lab.Pod, wantClient, wantFa
 func writeEndpoints(ctx context.Context, t *testing.T, l *lab.Lab, service string, pods []*lab.Pod) {
 	t.Helper()
 	if err := createSlice(ctx, l, lab.EndpointSlice(service, pods)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeProtocolEndpoints is writeEndpoints for a Service whose port uses another protocol.
+func writeProtocolEndpoints(ctx context.Context, t *testing.T, l *lab.Lab, service string, protocol v1.Protocol, pods []*lab.Pod) {
+	t.Helper()
+	slice := lab.EndpointSlice(service, pods)
+	for i := range slice.Ports {
+		slice.Ports[i].Protocol = &protocol
+	}
+	if err := createSlice(ctx, l, slice); err != nil {
 		t.Fatal(err)
 	}
 }

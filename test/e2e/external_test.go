@@ -9,6 +9,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/internal/lab"
 )
@@ -39,7 +40,7 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 		t.Fatalf("creating the Service: %v", err)
 	}
 	// No cloud controller runs here: publish the load balancer's address ourselves.
-	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: loadBalancerIP}, {IP: proxyModeIP, IPMode: ptrTo(v1.LoadBalancerIPModeProxy)}}
+	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: loadBalancerIP}, {IP: proxyModeIP, IPMode: ptr.To(v1.LoadBalancerIPModeProxy)}}
 	if svc, err = l.Client.CoreV1().Services("default").UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("setting the load balancer status: %v", err)
 	}

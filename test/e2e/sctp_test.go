@@ -34,16 +34,7 @@ func testSCTP(t *testing.T, mode proxyMode) {
 		t.Fatalf("creating the Service: %v", err)
 	}
 	addr := fmt.Sprintf("%s:80", svc.Spec.ClusterIP)
-	sctpSlice := func(pods []*lab.Pod) {
-		t.Helper()
-		slice := lab.EndpointSlice("assoc", pods)
-		for i := range slice.Ports {
-			slice.Ports[i].Protocol = ptrTo(v1.ProtocolSCTP)
-		}
-		if err := createSlice(ctx, l, slice); err != nil {
-			t.Fatal(err)
-		}
-	}
+	sctpSlice := func(pods []*lab.Pod) { writeProtocolEndpoints(ctx, t, l, "assoc", v1.ProtocolSCTP, pods) }
 	associate := func(n int) func() (lab.Result, error) {
 		return func() (lab.Result, error) { return l.SCTP(ctx, addr, n) }
 	}

@@ -30,16 +30,7 @@ func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
 	addr := fmt.Sprintf("%s:53", svc.Spec.ClusterIP)
 	const clientPort = 40053
 	flow := func() (lab.Result, error) { return l.UDP(ctx, addr, 3, clientPort) }
-	udpSlice := func(pods []*lab.Pod) {
-		t.Helper()
-		slice := lab.EndpointSlice("dns", pods)
-		for i := range slice.Ports {
-			slice.Ports[i].Protocol = ptrTo(v1.ProtocolUDP)
-		}
-		if err := createSlice(ctx, l, slice); err != nil {
-			t.Fatal(err)
-		}
-	}
+	udpSlice := func(pods []*lab.Pod) { writeProtocolEndpoints(ctx, t, l, "dns", v1.ProtocolUDP, pods) }
 
 	udpSlice(l.Pods[:1])
 	expectFlow(ctx, t, "first endpoint", flow, l.Pods[:1], "", "")
@@ -50,5 +41,3 @@ func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
 	udpSlice(l.Pods[2:3])
 	expectFlow(ctx, t, "endpoints again, same flow", flow, l.Pods[2:3], "", "")
 }
-
-func ptrTo[T any](v T) *T { return &v }
