@@ -230,3 +230,58 @@ func TestBackendInKernelIPv6(t *testing.T) {
 		})
 	}
 }
+
+// countingIPTables counts the single-rule checks a sync makes.
+type countingIPTables struct {
+	Interface
+	ensured int
+}
+
+func (c *countingIPTables) EnsureRule(table Table, chain string, rule ...string) error {
+	c.ensured++
+	return c.Interface.EnsureRule(table, chain, rule...)
+}
+
+// TestFullSyncChecksOnlyMissingHooks: a full sync reads the hooks from the dump it takes
+// anyway and inserts only those missing, because each single-rule check reads the whole
+// table (legacy flavor) and would dominate a full sync of a large ruleset.
+func TestFullSyncChecksOnlyMissingHooks(t *testing.T) {
+	for _, flavor := range []Flavor{Nft, Legacy} {
+		t.Run(string(flavor), func(t *testing.T) {
+			inFreshNetns(t, func() {
+				ctx := context.Background()
+				ipt, err := New(flavor, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				counting := &countingIPTables{Interface: ipt}
+				b := NewBackend(counting, testRenderConfig, prometheus.NewRegistry(), klog.Background())
+				state, _, _ := sampleState()
+				hooks := len(CommonHooks()) + len(filterServicesHooks)
+				for _, step := range []struct {
+					name        string
+					before      func()
+					wantEnsured int
+				}{
+					{"first sync inserts every hook", func() {}, hooks},
+					{"hooks in place are not checked again", func() {}, 0},
+					{"a deleted hook is put back", func() {
+						mustRun(t, "iptables-"+string(flavor), "-t", "nat", "-D", "OUTPUT", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain)
+					}, 1},
+				} {
+					step.before()
+					counting.ensured = 0
+					if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err != nil {
+						t.Fatalf("%s: %v", step.name, err)
+					}
+					if counting.ensured != step.wantEnsured {
+						t.Errorf("%s: %d hooks ensured, want %d", step.name, counting.ensured, step.wantEnsured)
+					}
+				}
+				if dump := iptablesSave(t, flavor, TableNAT); !strings.Contains(dump, `-A OUTPUT -m comment --comment "switchyard service portals" -j SWYD-SERVICES`) {
+					t.Errorf("the deleted hook is still missing:\n%s", dump)
+				}
+			})
+		})
+	}
+}

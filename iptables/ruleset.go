@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -43,6 +44,11 @@ var builtinChains = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD"
 func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map[Table]int, err error) {
 	var out strings.Builder
 	rules = map[Table]int{}
+	// hooked holds the hook rules the dumps show already, so that a full sync only
+	// inserts missing ones: with the legacy flavor every check of a single rule reads the
+	// whole table from the kernel, which at 10,000 Services costs far more than the
+	// restore itself.
+	hooked := map[string]bool{}
 	for _, table := range []Table{TableFilter, TableNAT} {
 		dump, err := ipt.Save(ctx, table)
 		if err != nil {
@@ -68,8 +74,11 @@ func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map
 			case strings.HasPrefix(line, "-A "):
 				fields := strings.Fields(line)
 				target := fields[len(fields)-1]
-				if builtinChains[fields[1]] && strings.HasPrefix(target, ChainPrefix) && !want[target] {
-					w.rules = append(w.rules, "-D"+line[2:])
+				if builtinChains[fields[1]] && strings.HasPrefix(target, ChainPrefix) {
+					if !want[target] {
+						w.rules = append(w.rules, "-D"+line[2:])
+					}
+					hooked[string(table)+" "+line] = true
 				}
 			}
 		}
@@ -86,11 +95,27 @@ func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map
 	// Hooks go in after the restore, which created the chains they jump to. Checking them
 	// on every full sync also puts back a hook someone deleted.
 	for _, h := range rs.Hooks {
+		if hooked[string(h.Table)+" "+h.saveLine()] {
+			continue
+		}
 		if err := ipt.EnsureRule(h.Table, h.Chain, h.Rule...); err != nil {
 			return 0, nil, err
 		}
 	}
 	return lines, rules, nil
+}
+
+// saveLine is the hook as iptables-save prints it. A hook printed differently (another
+// iptables version) is simply ensured again, which inserts nothing when it exists.
+func (h Hook) saveLine() string {
+	args := make([]string, len(h.Rule))
+	for i, a := range h.Rule {
+		if strings.ContainsAny(a, " \t") {
+			a = strconv.Quote(a)
+		}
+		args[i] = a
+	}
+	return "-A " + h.Chain + " " + strings.Join(args, " ")
 }
 
 // Cleanup removes everything switchyard owns in iptables, in either proxy mode: every

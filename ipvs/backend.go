@@ -185,7 +185,13 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 			p.sets = append(p.sets, entry(externalSet, ip, sp.NodePort))
 		}
 	}
+	// Hairpin traffic (a pod reaching itself through the Service) is masqueraded by this
+	// set; only a pod on this node can hairpin here, so remote endpoints are left out, as
+	// kube-proxy does: at 10 endpoints per Service they would double a full sync's work.
 	for _, e := range sel.AllReachable {
+		if !e.IsLocal(state.NodeName) {
+			continue
+		}
 		p.sets = append(p.sets, setEntry{set: loopbackSet, ip: e.IP, protocol: sp.Protocol, port: uint16(e.Port), ip2: e.IP})
 	}
 	return p

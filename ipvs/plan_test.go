@@ -121,3 +121,25 @@ func TestPlan(t *testing.T) {
 		})
 	}
 }
+
+// TestPlanLoopbackHoldsLocalEndpointsOnly: only a pod on this node can reach itself
+// through a Service here, so only local endpoints need the hairpin set, as in kube-proxy.
+func TestPlanLoopbackHoldsLocalEndpointsOnly(t *testing.T) {
+	name := proxier.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "ns", Name: "web"}, Protocol: v1.ProtocolTCP}
+	sp := &proxier.ServicePort{Name: name, ClusterIP: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: v1.ProtocolTCP}
+	endpoints := []proxier.Endpoint{
+		{IP: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true, NodeName: "node-a"},
+		{IP: netip.MustParseAddr("10.244.2.2"), Port: 8080, Ready: true, Serving: true, NodeName: "node-b"},
+	}
+	b := &Backend{cfg: Config{Scheduler: "rr"}}
+	p := b.plan(&proxier.State{NodeName: "node-a", Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{name: endpoints}}, sp)
+	var loopback []string
+	for _, e := range p.sets {
+		if e.set == loopbackSet {
+			loopback = append(loopback, fmt.Sprintf("%s,%d,%s", e.ip, e.port, e.ip2))
+		}
+	}
+	if diff := cmp.Diff([]string{"10.244.1.2,8080,10.244.1.2"}, loopback); diff != "" {
+		t.Errorf("loopback set members (-want +got):\n%s", diff)
+	}
+}

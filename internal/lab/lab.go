@@ -269,6 +269,15 @@ func (l *Lab) StartProxy(bin string, flags ...string) (string, error) {
 	return logPath, nil
 }
 
+// ProxyPID is the process ID of the proxy StartProxy started last, for reading its
+// resource use.
+func (l *Lab) ProxyPID() int {
+	if len(l.proxies) == 0 {
+		return 0
+	}
+	return l.proxies[len(l.proxies)-1].Process.Pid
+}
+
 // StartNodeServer runs a "host process" on the node: a server on addr (all of the node's
 // addresses) answering with name, to check that Service addresses never reach it.
 func (l *Lab) StartNodeServer(name, addr string) error {

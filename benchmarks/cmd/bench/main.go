@@ -1,0 +1,517 @@
+// Command bench runs switchyard's rule-refresh benchmarks (see benchmarks/README.md):
+//
+//	bench run      the whole harness, on the host; writes results.json, results.md and plots
+//	bench report   regenerates results.md and the plots from results.json
+//
+// and, as building blocks the harness starts itself:
+//
+//	bench backends   in-process backend runs, each in fresh network namespaces
+//	bench backend    one in-process backend run in the current network namespace
+//	bench proxies    switchyard and kube-proxy runs on a lab node (inside the kernel lab)
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/switchyard/switchyard/benchmarks"
+	"github.com/switchyard/switchyard/internal/lab"
+	"github.com/switchyard/switchyard/internal/testenv"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: bench run|report|backends|backend|proxies [flags]")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	commands := map[string]func(context.Context, []string) error{
+		"run": cmdRun, "report": cmdReport, "backends": cmdBackends, "backend": cmdBackend, "proxies": cmdProxies,
+	}
+	cmd, ok := commands[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "bench: unknown command %q: valid commands are run, report, backends, backend, proxies\n", os.Args[1])
+		os.Exit(2)
+	}
+	if err := cmd(ctx, os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// workloadFlags are the flags every command that generates the workload shares.
+type workloadFlags struct {
+	services  string
+	endpoints int
+	repeats   int
+	changes   int
+	seed      int64
+}
+
+func (w *workloadFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&w.services, "services", "100,1000,5000,10000", "comma-separated numbers of Services (N)")
+	fs.IntVar(&w.endpoints, "endpoints", 10, "endpoints per Service (M)")
+	fs.IntVar(&w.repeats, "repeats", 5, "how many times each incremental operation is measured (K)")
+	fs.IntVar(&w.changes, "changes", 100, "EndpointSlice writes the end-to-end latency is measured over")
+	fs.Int64Var(&w.seed, "seed", 1, "seed of the workload generator")
+}
+
+func (w *workloadFlags) ns() ([]int, error) {
+	var ns []int
+	for _, f := range strings.Split(w.services, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > benchmarks.MaxServices {
+			return nil, fmt.Errorf("invalid value %q in -services: want numbers of Services from 1 to %d", f, benchmarks.MaxServices)
+		}
+		if len(ns) > 0 && n <= ns[len(ns)-1] {
+			return nil, fmt.Errorf("invalid -services %q: numbers must increase", w.services)
+		}
+		ns = append(ns, n)
+	}
+	if w.endpoints < 1 || w.repeats < 1 || w.changes < 1 {
+		return nil, errors.New("-endpoints, -repeats and -changes must be at least 1")
+	}
+	return ns, nil
+}
+
+func (w *workloadFlags) args() []string {
+	return []string{"-services", w.services, "-endpoints", fmt.Sprint(w.endpoints), "-repeats", fmt.Sprint(w.repeats),
+		"-changes", fmt.Sprint(w.changes), "-seed", fmt.Sprint(w.seed)}
+}
+
+func modes(list string) ([]string, error) {
+	if list == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, m := range strings.Split(list, ",") {
+		switch m {
+		case benchmarks.ModeIPVS, benchmarks.ModeIPTablesLegacy, benchmarks.ModeIPTablesNft:
+			out = append(out, m)
+		default:
+			return nil, fmt.Errorf("invalid mode %q: valid modes are ipvs, iptables-legacy, iptables-nft", m)
+		}
+	}
+	return out, nil
+}
+
+func cmdRun(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	var w workloadFlags
+	w.register(fs)
+	out := fs.String("out", "benchmarks/results", "directory for results.json, results.md and the plots")
+	hostModes := fs.String("host-modes", "iptables-nft,iptables-legacy", "modes measured natively on the host, in network namespaces")
+	labModes := fs.String("lab-modes", "ipvs,iptables-legacy", "modes measured in the kernel lab")
+	binDir := fs.String("bin", "bin", "directory holding switchyard, labagent, bench and kube-proxy")
+	kernelLab := fs.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab's runner")
+	skipProxies := fs.Bool("skip-proxies", false, "measure only the in-process backends")
+	_ = fs.Parse(args)
+	ns, err := w.ns()
+	if err != nil {
+		return err
+	}
+	host, err := modes(*hostModes)
+	if err != nil {
+		return err
+	}
+	inLab, err := modes(*labModes)
+	if err != nil {
+		return err
+	}
+	bins, err := binaries(*binDir)
+	if err != nil {
+		return err
+	}
+	runner, err := filepath.Abs(*kernelLab)
+	if err != nil {
+		return err
+	}
+	scratch, err := os.MkdirTemp("", "switchyard-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(scratch)
+
+	results := &benchmarks.Results{Command: "bench " + strings.Join(args, " "), Machine: machine(),
+		Config: benchmarks.Config{Endpoints: w.endpoints, Repeats: w.repeats, Changes: w.changes, Seed: w.seed, Services: ns}}
+	// In-process backends: natively on the host, then in the kernel lab.
+	if len(host) > 0 {
+		runs, err := backends(ctx, bins["bench"], "host", host, &w)
+		if err != nil {
+			return err
+		}
+		results.Backends = append(results.Backends, runs...)
+	}
+	if len(inLab) > 0 {
+		file := filepath.Join(scratch, "lab-backends.json")
+		cmd := exec.CommandContext(ctx, runner, append([]string{bins["bench"], "backends", "-kernel", "lab", "-modes", strings.Join(inLab, ","), "-out", file}, w.args()...)...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		logf("kernel lab: in-process backends %v", inLab)
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("in-process backends in the kernel lab: %w", err)
+		}
+		var runs []benchmarks.BackendRun
+		if err := readJSON(file, &runs); err != nil {
+			return err
+		}
+		results.Backends = append(results.Backends, runs...)
+	}
+	if !*skipProxies {
+		if len(host) > 0 {
+			runs, err := hostProxies(ctx, bins, scratch, host, ns, &w)
+			if err != nil {
+				return err
+			}
+			results.Proxies = append(results.Proxies, runs...)
+		}
+		if len(inLab) > 0 {
+			runs, err := labProxies(ctx, bins, runner, scratch, inLab, ns, &w)
+			if err != nil {
+				return err
+			}
+			results.Proxies = append(results.Proxies, runs...)
+		}
+	}
+	results.Generated = time.Now().UTC().Format(time.RFC3339)
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	if err := benchmarks.WriteJSON(filepath.Join(*out, "results.json"), results); err != nil {
+		return err
+	}
+	if err := benchmarks.WriteReport(results, *out); err != nil {
+		return err
+	}
+	table, err := os.ReadFile(filepath.Join(*out, "results.md"))
+	if err != nil {
+		return err
+	}
+	fmt.Print(string(table))
+	return nil
+}
+
+func cmdReport(_ context.Context, args []string) error {
+	fs := flag.NewFlagSet("report", flag.ExitOnError)
+	dir := fs.String("dir", "benchmarks/results", "directory holding results.json; the report is written next to it")
+	_ = fs.Parse(args)
+	r, err := benchmarks.ReadResults(filepath.Join(*dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	return benchmarks.WriteReport(r, *dir)
+}
+
+// binaries finds the programs the harness runs, as absolute paths (the kernel lab's guest
+// sees the host's filesystem, so the same paths work inside it).
+func binaries(dir string) (map[string]string, error) {
+	bins := map[string]string{}
+	for _, name := range []string{"switchyard", "labagent", "bench"} {
+		path, err := filepath.Abs(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("%s not found in %s: run make build (make bench does)", name, dir)
+		}
+		bins[name] = path
+	}
+	kubeProxy, err := testenv.Binary("kube-proxy")
+	if err != nil {
+		return nil, err
+	}
+	bins[benchmarks.ProxyKubeProxy] = kubeProxy
+	return bins, nil
+}
+
+// cmdBackends runs one in-process backend run per mode and N, each in a fresh pair of
+// network namespaces (one for the backend, one for the floor) so that runs do not see
+// each other's rules.
+func cmdBackends(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("backends", flag.ExitOnError)
+	var w workloadFlags
+	w.register(fs)
+	kernel := fs.String("kernel", "host", "where this runs: host or lab")
+	modeList := fs.String("modes", "", "modes to measure")
+	out := fs.String("out", "", "JSON file for the results")
+	_ = fs.Parse(args)
+	ms, err := modes(*modeList)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	runs, err := backends(ctx, self, *kernel, ms, &w)
+	if err != nil {
+		return err
+	}
+	return benchmarks.WriteJSON(*out, runs)
+}
+
+func backends(ctx context.Context, self, kernel string, ms []string, w *workloadFlags) ([]benchmarks.BackendRun, error) {
+	ns, err := w.ns()
+	if err != nil {
+		return nil, err
+	}
+	var runs []benchmarks.BackendRun
+	for _, n := range ns {
+		for _, mode := range ms {
+			run, err := backendInNetns(ctx, self, kernel, mode, n, w)
+			if err != nil {
+				return nil, err
+			}
+			runs = append(runs, *run)
+		}
+	}
+	return runs, nil
+}
+
+func backendInNetns(ctx context.Context, self, kernel, mode string, n int, w *workloadFlags) (_ *benchmarks.BackendRun, err error) {
+	var nss []*testenv.Netns
+	defer func() {
+		for _, ns := range nss {
+			if derr := ns.Delete(); derr != nil && err == nil {
+				err = derr
+			}
+		}
+	}()
+	for _, name := range []string{"swyd-bench", "swyd-floor"} {
+		ns, err := testenv.NewNetns(name)
+		if err != nil {
+			return nil, err
+		}
+		nss = append(nss, ns)
+	}
+	file, err := os.CreateTemp("", "switchyard-bench-*.json")
+	if err != nil {
+		return nil, err
+	}
+	file.Close()
+	defer os.Remove(file.Name())
+	cmd := nss[0].Exec(ctx, self, "backend", "-kernel", kernel, "-mode", mode, "-n", fmt.Sprint(n),
+		"-endpoints", fmt.Sprint(w.endpoints), "-repeats", fmt.Sprint(w.repeats), "-seed", fmt.Sprint(w.seed),
+		"-floor-netns", nss[1].Path(), "-out", file.Name())
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s at %d Services (%s): %w", mode, n, kernel, err)
+	}
+	var run benchmarks.BackendRun
+	return &run, readJSON(file.Name(), &run)
+}
+
+// cmdBackend is one run, in its own process so that its peak memory is its own.
+func cmdBackend(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("backend", flag.ExitOnError)
+	var o benchmarks.BackendOptions
+	fs.StringVar(&o.Kernel, "kernel", "host", "where this runs: host or lab")
+	fs.StringVar(&o.Mode, "mode", "", "the mode to measure")
+	fs.IntVar(&o.Services, "n", 100, "number of Services")
+	fs.IntVar(&o.Endpoints, "endpoints", 10, "endpoints per Service")
+	fs.IntVar(&o.Repeats, "repeats", 5, "runs of each incremental operation")
+	fs.Int64Var(&o.Seed, "seed", 1, "seed of the workload generator")
+	fs.StringVar(&o.FloorNetns, "floor-netns", "", "path of an empty network namespace for the floor")
+	out := fs.String("out", "", "JSON file for the result")
+	_ = fs.Parse(args)
+	o.Logf = logf
+	run, err := benchmarks.RunBackend(ctx, o)
+	if err != nil {
+		return err
+	}
+	return benchmarks.WriteJSON(*out, run)
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	// A private apiserver: client-side throttling would only slow the workload down.
+	cfg.QPS = -1
+	return kubernetes.NewForConfig(cfg)
+}
+
+// hostProxies runs the proxies natively: a lab with its own apiserver, the workload
+// grown N by N, each proxy in each mode at each N.
+func hostProxies(ctx context.Context, bins map[string]string, scratch string, ms []string, ns []int, w *workloadFlags) (_ []benchmarks.ProxyRun, err error) {
+	l, err := lab.Start(ctx, lab.Options{Dir: filepath.Join(scratch, "host-lab"), Pods: 2, Agent: bins["labagent"]})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := l.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	workload := &benchmarks.Workload{Endpoints: w.endpoints, Seed: w.seed}
+	var runs []benchmarks.ProxyRun
+	populated := 0
+	for _, n := range ns {
+		logf("host: populating the apiserver to %d Services", n)
+		if err := benchmarks.Populate(ctx, l.Client, workload, populated, n); err != nil {
+			return nil, err
+		}
+		populated = n
+		for _, mode := range ms {
+			got, err := benchmarks.RunProxies(ctx, benchmarks.ProxyOptions{Kernel: "host", Mode: mode, Services: n,
+				Endpoints: w.endpoints, Changes: w.changes, Binaries: bins, Lab: l, Scratch: scratch, Logf: logf})
+			if err != nil {
+				return nil, err
+			}
+			runs = append(runs, got...)
+		}
+	}
+	return runs, nil
+}
+
+// labProxies runs the proxies in the kernel lab: the apiserver on the host, grown N by N
+// from the host, and for each N one guest that runs each proxy in each mode.
+func labProxies(ctx context.Context, bins map[string]string, runner, scratch string, ms []string, ns []int, w *workloadFlags) (_ []benchmarks.ProxyRun, err error) {
+	g, err := lab.StartGuestLink(ctx, filepath.Join(scratch, "guest-link"), runner)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := g.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	client, err := kubeClient(g.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	workload := &benchmarks.Workload{Endpoints: w.endpoints, Seed: w.seed}
+	var runs []benchmarks.ProxyRun
+	populated := 0
+	for _, n := range ns {
+		logf("kernel lab: populating the apiserver to %d Services", n)
+		if err := benchmarks.Populate(ctx, client, workload, populated, n); err != nil {
+			return nil, err
+		}
+		populated = n
+		file := filepath.Join(scratch, fmt.Sprintf("lab-proxies-%d.json", n))
+		args := []string{bins["bench"], "proxies", "-kubeconfig", g.Kubeconfig, "-modes", strings.Join(ms, ","),
+			"-n", fmt.Sprint(n), "-endpoints", fmt.Sprint(w.endpoints), "-changes", fmt.Sprint(w.changes),
+			"-bin-switchyard", bins["switchyard"], "-bin-kube-proxy", bins[benchmarks.ProxyKubeProxy], "-agent", bins["labagent"],
+			"-scratch", filepath.Join(scratch, fmt.Sprintf("guest-%d", n)), "-out", file}
+		if err := g.Run(ctx, os.Stderr, nil, args...); err != nil {
+			return nil, fmt.Errorf("proxies in the kernel lab at %d Services: %w", n, err)
+		}
+		var got []benchmarks.ProxyRun
+		if err := readJSON(file, &got); err != nil {
+			return nil, err
+		}
+		runs = append(runs, got...)
+	}
+	return runs, nil
+}
+
+// cmdProxies runs inside the kernel lab's guest: the guest is the node, and the apiserver
+// (already holding the workload) is on the host.
+func cmdProxies(ctx context.Context, args []string) (err error) {
+	fs := flag.NewFlagSet("proxies", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the apiserver on the host")
+	modeList := fs.String("modes", "", "modes to measure")
+	n := fs.Int("n", 0, "number of Services the apiserver holds")
+	endpoints := fs.Int("endpoints", 10, "endpoints per Service")
+	changes := fs.Int("changes", 100, "EndpointSlice writes to measure")
+	switchyard := fs.String("bin-switchyard", "", "switchyard binary")
+	kubeProxy := fs.String("bin-kube-proxy", "", "kube-proxy binary")
+	agent := fs.String("agent", "", "labagent binary")
+	scratch := fs.String("scratch", "", "scratch directory")
+	out := fs.String("out", "", "JSON file for the results")
+	_ = fs.Parse(args)
+	ms, err := modes(*modeList)
+	if err != nil {
+		return err
+	}
+	l, err := lab.Start(ctx, lab.Options{Dir: *scratch, Pods: 2, Agent: *agent, Kubeconfig: *kubeconfig})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := l.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	var runs []benchmarks.ProxyRun
+	for _, mode := range ms {
+		got, err := benchmarks.RunProxies(ctx, benchmarks.ProxyOptions{Kernel: "lab", Mode: mode, Services: *n,
+			Endpoints: *endpoints, Changes: *changes, Lab: l, Scratch: *scratch, Logf: logf,
+			Binaries: map[string]string{benchmarks.ProxySwitchyard: *switchyard, benchmarks.ProxyKubeProxy: *kubeProxy}})
+		if err != nil {
+			return err
+		}
+		runs = append(runs, got...)
+	}
+	return benchmarks.WriteJSON(*out, runs)
+}
+
+func readJSON(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
+}
+
+// machine describes the host the figures come from.
+func machine() string {
+	cpu := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	var uts syscall.Utsname
+	_ = syscall.Uname(&uts)
+	release := make([]byte, 0, len(uts.Release))
+	for _, c := range uts.Release {
+		if c == 0 {
+			break
+		}
+		release = append(release, byte(c))
+	}
+	uml := "unknown"
+	if entries, err := os.ReadDir("/usr/lib/uml/modules"); err == nil && len(entries) > 0 {
+		uml = entries[0].Name()
+	}
+	return fmt.Sprintf("%s, %d CPUs, %d GiB; host kernel %s; kernel lab: UML %s", cpu, runtime.NumCPU(), memGiB(), release, uml)
+}
+
+func memGiB() int64 {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var kb int64
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+		}
+	}
+	return (kb + 1<<19) >> 20
+}
