@@ -10,13 +10,14 @@ GO ?= go
 # user-mode-linux is the kernel lab: a Linux kernel with IPVS that runs as a process.
 DEB_PACKAGES := iptables ipset ipvsadm conntrack iproute2 procps kmod curl iputils-ping ca-certificates user-mode-linux
 
-.PHONY: all build deps controlplane lint test demo parity clean
+.PHONY: all build deps controlplane lint test demo parity bench bench-ci clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/switchyard ./cmd/switchyard
 	$(GO) build -o bin/labagent ./hack/labagent
+	$(GO) build -o bin/bench ./benchmarks/cmd/bench
 
 # deps installs the Debian packages (only when one is missing, so a warm machine pays
 # nothing) and downloads the Go modules.
@@ -54,6 +55,20 @@ parity: deps controlplane
 	rm -rf $(CURDIR)/.cache/parity && mkdir -p $(CURDIR)/.cache/parity
 	SWYD_PARITY_DIR=$(CURDIR)/.cache/parity $(GO) test -count=1 -timeout 30m ./test/e2e/
 	$(GO) run ./hack/parity -in $(CURDIR)/.cache/parity/flows.jsonl -out docs/parity.md
+
+# bench measures rule-refresh latency for every backend at N = 100 to 10,000 Services,
+# next to the kernel's own tools and upstream kube-proxy, and writes benchmarks/results/
+# (JSON, Markdown, plots). It takes about an hour on 2 cores; BENCH_FLAGS adds flags
+# (e.g. BENCH_FLAGS='-services 100,1000,5000,10000,20000').
+bench: deps controlplane build
+	hack/controlplane/build.sh kube-proxy
+	bin/bench run -out benchmarks/results $(BENCH_FLAGS)
+
+# bench-ci runs the same harness at a small size so that it keeps working; it fails when
+# the harness breaks or the kernel holds the wrong state, never on a timing.
+bench-ci: deps controlplane build
+	hack/controlplane/build.sh kube-proxy
+	bin/bench run -out $(CURDIR)/.cache/bench-ci -services 100,1000 -repeats 2 -changes 30
 
 demo: deps controlplane build
 	$(GO) run ./hack/demo -switchyard bin/switchyard -agent bin/labagent

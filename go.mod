@@ -3,7 +3,6 @@ module github.com/switchyard/switchyard
 go 1.26.0
 
 require (
-	github.com/coreos/go-iptables v0.8.0
 	github.com/go-logr/logr v1.4.3
 	github.com/google/go-cmp v0.7.0
 	github.com/moby/ipvs v1.1.0

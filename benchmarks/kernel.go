@@ -15,7 +15,7 @@ import (
 )
 
 // timedIPTables measures the kernel writes of an iptables backend: how long its
-// iptables-restore and rule insertions take, and how many restore lines it sends. It
+// iptables-restore runs take, and how many restore lines it sends. It
 // keeps each restore input, so that the floor can replay exactly the same change.
 type timedIPTables struct {
 	iptables.Interface
@@ -30,13 +30,6 @@ func (t *timedIPTables) Restore(ctx context.Context, data []byte) error {
 	t.writing += time.Since(start)
 	t.lines += bytes.Count(data, []byte("\n"))
 	t.inputs = append(t.inputs, bytes.Clone(data))
-	return err
-}
-
-func (t *timedIPTables) EnsureRule(table iptables.Table, chain string, rule ...string) error {
-	start := time.Now()
-	err := t.Interface.EnsureRule(table, chain, rule...)
-	t.writing += time.Since(start)
 	return err
 }
 
@@ -100,26 +93,43 @@ func runInNetns(nsPath string, stdin []byte, name string, args ...string) (time.
 
 // inNetns runs fn on a thread inside the network namespace at nsPath ("" is the
 // current one): sockets it opens and processes it starts live there.
+//
+// The thread goes back to its namespace afterwards and stays in the process. Letting it
+// exit instead would kill every child started with Pdeathsig from that thread earlier
+// (the proxies under test), since Linux ties Pdeathsig to the thread, not the process.
 func inNetns(nsPath string, fn func() error) error {
 	if nsPath == "" {
 		return fn()
 	}
 	done := make(chan error, 1)
 	go func() {
-		// The thread is never unlocked: it leaves the process with this goroutine, so no
-		// other goroutine ever runs in the namespace.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- fmt.Errorf("reading the current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
 		ns, err := netns.GetFromPath(nsPath)
 		if err != nil {
+			runtime.UnlockOSThread()
 			done <- fmt.Errorf("opening network namespace %s: %w", nsPath, err)
 			return
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
 			done <- fmt.Errorf("entering network namespace %s: %w", nsPath, err)
 			return
 		}
-		done <- fn()
+		err = fn()
+		// Only a thread back in its own namespace may run other goroutines; if the way
+		// back fails, the thread stays locked and leaves the process with this goroutine.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- err
 	}()
 	return <-done
 }

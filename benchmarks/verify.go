@@ -161,8 +161,6 @@ func (r *recordingIPTables) Restore(_ context.Context, data []byte) error {
 
 func (r *recordingIPTables) Save(context.Context, iptables.Table) ([]byte, error) { return nil, nil }
 
-func (r *recordingIPTables) EnsureRule(iptables.Table, string, ...string) error { return nil }
-
 func (r *recordingIPTables) Flavor() iptables.Flavor { return r.flavor }
 
 // virtualServers is the IPVS table the desired state implies: for each cluster IP:port,

@@ -25,7 +25,10 @@ type fakeTables struct {
 }
 
 func newFakeTables() *fakeTables {
-	return &fakeTables{chains: map[Table]map[string][][]string{TableNAT: {}, TableFilter: {}}}
+	return &fakeTables{chains: map[Table]map[string][][]string{
+		TableNAT:    {"PREROUTING": nil, "OUTPUT": nil, "POSTROUTING": nil},
+		TableFilter: {"INPUT": nil, "FORWARD": nil, "OUTPUT": nil},
+	}}
 }
 
 func (f *fakeTables) Restore(_ context.Context, data []byte) error {
@@ -68,7 +71,6 @@ func (f *fakeTables) Restore(_ context.Context, data []byte) error {
 }
 
 func (f *fakeTables) Save(context.Context, Table) ([]byte, error) { return nil, nil }
-func (f *fakeTables) EnsureRule(Table, string, ...string) error   { return nil }
 func (f *fakeTables) Flavor() Flavor                              { return Nft }
 func (f *fakeTables) rules(table Table, chain string) ([][]string, bool) {
 	r, ok := f.chains[table][chain]

@@ -11,8 +11,6 @@ import (
 	"os/exec"
 	"strings"
 	"time"
-
-	goiptables "github.com/coreos/go-iptables/iptables"
 )
 
 // Flavor is the iptables implementation the node uses. Both program the same tables with
@@ -46,10 +44,6 @@ type Interface interface {
 	//
 	// Equivalent to: `iptables-save -t TABLE`
 	Save(ctx context.Context, table Table) ([]byte, error)
-	// EnsureRule inserts a rule at the top of a chain unless it is already there.
-	//
-	// Equivalent to: `iptables -C ... || iptables -I CHAIN 1 ...`
-	EnsureRule(table Table, chain string, rule ...string) error
 	// Flavor tells which iptables implementation this is.
 	Flavor() Flavor
 }
@@ -63,15 +57,13 @@ type runner struct {
 	ipv6    bool
 	restore string
 	save    string
-	single  *goiptables.IPTables
 }
 
 // New returns the Interface for one flavor and IP family.
 func New(flavor Flavor, ipv6 bool) (Interface, error) {
 	base := "iptables"
-	proto := goiptables.ProtocolIPv4
 	if ipv6 {
-		base, proto = "ip6tables", goiptables.ProtocolIPv6
+		base = "ip6tables"
 	}
 	r := &runner{flavor: flavor, ipv6: ipv6}
 	var err error
@@ -80,13 +72,6 @@ func New(flavor Flavor, ipv6 bool) (Interface, error) {
 	}
 	if r.save, err = exec.LookPath(fmt.Sprintf("%s-%s-save", base, flavor)); err != nil {
 		return nil, fmt.Errorf("iptables %s flavor: %w (install the iptables package)", flavor, err)
-	}
-	single, err := exec.LookPath(fmt.Sprintf("%s-%s", base, flavor))
-	if err != nil {
-		return nil, fmt.Errorf("iptables %s flavor: %w (install the iptables package)", flavor, err)
-	}
-	if r.single, err = goiptables.New(goiptables.IPFamily(proto), goiptables.Path(single), goiptables.Timeout(int(lockWait.Seconds()))); err != nil {
-		return nil, fmt.Errorf("iptables %s flavor: %w", flavor, err)
 	}
 	return r, nil
 }
@@ -116,13 +101,6 @@ func (r *runner) Save(ctx context.Context, table Table) ([]byte, error) {
 		return nil, fmt.Errorf("%s -t %s: %w", r.save, table, err)
 	}
 	return out, nil
-}
-
-func (r *runner) EnsureRule(table Table, chain string, rule ...string) error {
-	if err := r.single.InsertUnique(string(table), chain, 1, rule...); err != nil {
-		return fmt.Errorf("ensuring rule in %s %s: %w", table, chain, err)
-	}
-	return nil
 }
 
 // RestoreError is a failed iptables-restore, with the lines around the one it rejected.

@@ -231,21 +231,23 @@ func TestBackendInKernelIPv6(t *testing.T) {
 	}
 }
 
-// countingIPTables counts the single-rule checks a sync makes.
+// countingIPTables counts the restores a sync makes.
 type countingIPTables struct {
 	Interface
-	ensured int
+	restores int
 }
 
-func (c *countingIPTables) EnsureRule(table Table, chain string, rule ...string) error {
-	c.ensured++
-	return c.Interface.EnsureRule(table, chain, rule...)
+func (c *countingIPTables) Restore(ctx context.Context, data []byte) error {
+	c.restores++
+	return c.Interface.Restore(ctx, data)
 }
 
-// TestFullSyncChecksOnlyMissingHooks: a full sync reads the hooks from the dump it takes
-// anyway and inserts only those missing, because each single-rule check reads the whole
-// table (legacy flavor) and would dominate a full sync of a large ruleset.
-func TestFullSyncChecksOnlyMissingHooks(t *testing.T) {
+// TestFullSyncWritesHooksInItsRestore: a full sync puts its hooks in place in the same
+// single restore as its chains, whatever state they are in: missing, present, deleted
+// by hand, or duplicated. (Checking them one command at a time would read the whole
+// table per hook with the legacy flavor, which dominated full syncs at 10,000 Services.)
+func TestFullSyncWritesHooksInItsRestore(t *testing.T) {
+	const outputHook = `-A OUTPUT -m comment --comment "switchyard service portals" -j SWYD-SERVICES`
 	for _, flavor := range []Flavor{Nft, Legacy} {
 		t.Run(string(flavor), func(t *testing.T) {
 			inFreshNetns(t, func() {
@@ -257,29 +259,40 @@ func TestFullSyncChecksOnlyMissingHooks(t *testing.T) {
 				counting := &countingIPTables{Interface: ipt}
 				b := NewBackend(counting, testRenderConfig, prometheus.NewRegistry(), klog.Background())
 				state, _, _ := sampleState()
-				hooks := len(CommonHooks()) + len(filterServicesHooks)
+				bin := "iptables-" + string(flavor)
+				hookArgs := []string{"-t", "nat", "OUTPUT", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}
+				withOp := func(op string) []string { return append([]string{hookArgs[0], hookArgs[1], op}, hookArgs[2:]...) }
 				for _, step := range []struct {
-					name        string
-					before      func()
-					wantEnsured int
+					name   string
+					before func()
 				}{
-					{"first sync inserts every hook", func() {}, hooks},
-					{"hooks in place are not checked again", func() {}, 0},
-					{"a deleted hook is put back", func() {
-						mustRun(t, "iptables-"+string(flavor), "-t", "nat", "-D", "OUTPUT", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain)
-					}, 1},
+					{"first sync", func() {}},
+					{"hooks in place", func() {}},
+					{"a hook deleted by hand", func() { mustRun(t, bin, withOp("-D")...) }},
+					{"a hook duplicated by hand", func() { mustRun(t, bin, withOp("-A")...) }},
 				} {
 					step.before()
-					counting.ensured = 0
+					counting.restores = 0
 					if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err != nil {
 						t.Fatalf("%s: %v", step.name, err)
 					}
-					if counting.ensured != step.wantEnsured {
-						t.Errorf("%s: %d hooks ensured, want %d", step.name, counting.ensured, step.wantEnsured)
+					if counting.restores != 1 {
+						t.Errorf("%s: %d restores, want 1", step.name, counting.restores)
 					}
-				}
-				if dump := iptablesSave(t, flavor, TableNAT); !strings.Contains(dump, `-A OUTPUT -m comment --comment "switchyard service portals" -j SWYD-SERVICES`) {
-					t.Errorf("the deleted hook is still missing:\n%s", dump)
+					for _, table := range []Table{TableNAT, TableFilter} {
+						dump := iptablesSave(t, flavor, table)
+						for _, h := range append(CommonHooks(), filterServicesHooks...) {
+							if h.Table != table {
+								continue
+							}
+							if n := strings.Count(dump, h.saveLine()+"\n"); n != 1 {
+								t.Errorf("%s: hook %q is in the %s table %d times, want once:\n%s", step.name, h.saveLine(), table, n, dump)
+							}
+						}
+					}
+					if dump := iptablesSave(t, flavor, TableNAT); !strings.Contains(dump, outputHook) {
+						t.Errorf("%s: the save format changed: %q not found", step.name, outputHook)
+					}
 				}
 			})
 		})

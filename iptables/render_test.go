@@ -30,8 +30,7 @@ func (r *recordingIPTables) Restore(_ context.Context, data []byte) error {
 func (r *recordingIPTables) Save(_ context.Context, t Table) ([]byte, error) {
 	return []byte(r.saved[t]), nil
 }
-func (r *recordingIPTables) EnsureRule(Table, string, ...string) error { return nil }
-func (r *recordingIPTables) Flavor() Flavor                            { return Nft }
+func (r *recordingIPTables) Flavor() Flavor { return Nft }
 
 func spn(ns, name, port string) proxier.ServicePortName {
 	return proxier.ServicePortName{NamespacedName: types.NamespacedName{Namespace: ns, Name: name}, Port: port, Protocol: v1.ProtocolTCP}
@@ -90,6 +89,10 @@ COMMIT
 -A SWYD-SERVICES -m comment --comment "default/empty has no endpoints" -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j REJECT
 -A SWYD-FORWARD -m comment --comment "switchyard forwarding rules" -m mark --mark 0x00004000/0x00004000 -j ACCEPT
 -A SWYD-FORWARD -m comment --comment "switchyard forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-I FORWARD 1 -m comment --comment "switchyard forwarding rules" -j SWYD-FORWARD
+-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard service portals" -j SWYD-SERVICES
+-I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "switchyard service portals" -j SWYD-SERVICES
+-I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard service portals" -j SWYD-SERVICES
 COMMIT
 *nat
 :SWYD-SERVICES - [0:0]
@@ -114,6 +117,9 @@ COMMIT
 -A {SEP1} -m comment --comment "default/web:http" -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080
 -A {SEP2} -m comment --comment "default/web:http" -s 10.244.2.3/32 -j SWYD-MARK-MASQ
 -A {SEP2} -m comment --comment "default/web:http" -p tcp -m tcp -j DNAT --to-destination 10.244.2.3:8080
+-I PREROUTING 1 -m comment --comment "switchyard service portals" -j SWYD-SERVICES
+-I OUTPUT 1 -m comment --comment "switchyard service portals" -j SWYD-SERVICES
+-I POSTROUTING 1 -m comment --comment "switchyard postrouting rules" -j SWYD-POSTROUTING
 -D OUTPUT -m comment --comment "old mode" -j SWYD-IPVS-OLD
 -X SWYD-SVC-STALE
 -X SWYD-IPVS-OLD

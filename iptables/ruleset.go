@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -44,11 +46,6 @@ var builtinChains = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD"
 func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map[Table]int, err error) {
 	var out strings.Builder
 	rules = map[Table]int{}
-	// hooked holds the hook rules the dumps show already, so that a full sync only
-	// inserts missing ones: with the legacy flavor every check of a single rule reads the
-	// whole table from the kernel, which at 10,000 Services costs far more than the
-	// restore itself.
-	hooked := map[string]bool{}
 	for _, table := range []Table{TableFilter, TableNAT} {
 		dump, err := ipt.Save(ctx, table)
 		if err != nil {
@@ -61,6 +58,8 @@ func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map
 			want[c.Name] = true
 			rules[table] += len(c.Rules)
 		}
+		// hooks holds our rules in built-in chains, by "chain target", as the dump prints them.
+		hooks := map[string][]string{}
 		sc := bufio.NewScanner(bytes.NewReader(dump))
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
@@ -75,16 +74,14 @@ func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map
 				fields := strings.Fields(line)
 				target := fields[len(fields)-1]
 				if builtinChains[fields[1]] && strings.HasPrefix(target, ChainPrefix) {
-					if !want[target] {
-						w.rules = append(w.rules, "-D"+line[2:])
-					}
-					hooked[string(table)+" "+line] = true
+					hooks[fields[1]+" "+target] = append(hooks[fields[1]+" "+target], line)
 				}
 			}
 		}
 		if err := sc.Err(); err != nil {
 			return 0, nil, fmt.Errorf("reading the %s table: %w", table, err)
 		}
+		writeHooks(w, table, rs.Hooks, hooks)
 		lines += w.writeTo(&out, table)
 	}
 	if lines > 0 {
@@ -92,21 +89,37 @@ func Apply(ctx context.Context, ipt Interface, rs Ruleset) (lines int, rules map
 			return 0, nil, err
 		}
 	}
-	// Hooks go in after the restore, which created the chains they jump to. Checking them
-	// on every full sync also puts back a hook someone deleted.
-	for _, h := range rs.Hooks {
-		if hooked[string(h.Table)+" "+h.saveLine()] {
-			continue
-		}
-		if err := ipt.EnsureRule(h.Table, h.Chain, h.Rule...); err != nil {
-			return 0, nil, err
-		}
-	}
 	return lines, rules, nil
 }
 
-// saveLine is the hook as iptables-save prints it. A hook printed differently (another
-// iptables version) is simply ensured again, which inserts nothing when it exists.
+// writeHooks puts the hooks into the same restore as the chains they jump to, so a full
+// sync is one atomic write (and one process) whatever the state of the hooks. A wanted
+// hook the dump shows is kept; a missing one is inserted at the top of its chain; any
+// other rule of ours in a built-in chain (a duplicate, a hook into a chain we no longer
+// have, or a hook printed in a form this version does not write) is deleted. Checking
+// hooks one by one instead would cost a process each, and with the legacy flavor each
+// reads the whole table: at 10,000 Services, more than the restore itself.
+func writeHooks(w *restoreWriter, table Table, wanted []Hook, existing map[string][]string) {
+	for _, h := range wanted {
+		if h.Table != table {
+			continue
+		}
+		key := h.Chain + " " + h.Rule[len(h.Rule)-1]
+		line := h.saveLine()
+		if i := slices.Index(existing[key], line); i >= 0 {
+			existing[key] = slices.Delete(existing[key], i, i+1)
+			continue
+		}
+		w.rules = append(w.rules, "-I "+h.Chain+" 1"+strings.TrimPrefix(line, "-A "+h.Chain))
+	}
+	for _, key := range slices.Sorted(maps.Keys(existing)) {
+		for _, line := range existing[key] {
+			w.rules = append(w.rules, "-D"+line[2:])
+		}
+	}
+}
+
+// saveLine is the hook as iptables-save prints it.
 func (h Hook) saveLine() string {
 	args := make([]string, len(h.Rule))
 	for i, a := range h.Rule {

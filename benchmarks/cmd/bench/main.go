@@ -115,7 +115,7 @@ func modes(list string) ([]string, error) {
 	return out, nil
 }
 
-func cmdRun(ctx context.Context, args []string) error {
+func cmdRun(ctx context.Context, args []string) (err error) {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var w workloadFlags
 	w.register(fs)
@@ -150,7 +150,13 @@ func cmdRun(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(scratch)
+	defer func() {
+		if err != nil {
+			logf("kept the logs of the failed run in %s", scratch)
+			return
+		}
+		os.RemoveAll(scratch)
+	}()
 
 	results := &benchmarks.Results{Command: "bench " + strings.Join(args, " "), Machine: machine(),
 		Config: benchmarks.Config{Endpoints: w.endpoints, Repeats: w.repeats, Changes: w.changes, Seed: w.seed, Services: ns}}
