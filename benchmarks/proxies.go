@@ -125,12 +125,19 @@ type ProxyOptions struct {
 	Services  int
 	Endpoints int
 	Changes   int
-	// Binaries of the proxies, by name (ProxySwitchyard, ProxyKubeProxy).
+	// Proxies are the proxies to run, in order (ProxySwitchyard, ProxyKubeProxy); none
+	// means both.
+	Proxies []string
+	// Binaries of the proxies, by name.
 	Binaries map[string]string
 	Lab      *lab.Lab
 	// Scratch is a directory for PATH shims that pin kube-proxy's iptables flavor.
 	Scratch string
-	Logf    func(format string, args ...any)
+	// StartupTimeout bounds the wait for a proxy's first complete sync, and ChangeBudget
+	// its series of changes; a run that hits either is recorded as incomplete.
+	StartupTimeout time.Duration
+	ChangeBudget   time.Duration
+	Logf           func(format string, args ...any)
 }
 
 // RunProxies runs each proxy in turn on the lab's node, in opts.Mode, against the
@@ -139,8 +146,15 @@ type ProxyOptions struct {
 // reads the proxy's own sync and network programming histograms over those changes.
 func RunProxies(ctx context.Context, o ProxyOptions) ([]ProxyRun, error) {
 	var runs []ProxyRun
-	for _, proxy := range []string{ProxySwitchyard, ProxyKubeProxy} {
+	proxies := o.Proxies
+	if len(proxies) == 0 {
+		proxies = []string{ProxySwitchyard, ProxyKubeProxy}
+	}
+	for _, proxy := range proxies {
 		if err := cleanNode(ctx, o); err != nil {
+			return nil, err
+		}
+		if err := checkClean(ctx, o); err != nil {
 			return nil, err
 		}
 		run, err := runProxy(ctx, o, proxy)
@@ -201,7 +215,10 @@ func execPath(name string) (string, error) {
 }
 
 // cleanNode removes what either proxy left, so that each run starts from an empty
-// kernel, and sets kubelet's flavor hint for the mode.
+// kernel, and sets kubelet's flavor hint for the mode. kube-proxy's --cleanup is best
+// effort and exits non-zero when any part of it fails (in the kernel lab, its iptables
+// teardown of an IPVS node does), so what matters is checked before each run instead:
+// see checkClean.
 func cleanNode(ctx context.Context, o ProxyOptions) error {
 	for _, proxy := range []string{ProxySwitchyard, ProxyKubeProxy} {
 		bin, args, err := command(o, proxy, "--cleanup")
@@ -209,7 +226,10 @@ func cleanNode(ctx context.Context, o ProxyOptions) error {
 			return err
 		}
 		if out, err := o.Lab.NodeOutput(ctx, bin, args...); err != nil {
-			return fmt.Errorf("%s --cleanup: %w: %s", proxy, err, out)
+			if proxy == ProxySwitchyard {
+				return fmt.Errorf("%s --cleanup: %w: %s", proxy, err, out)
+			}
+			o.Logf("%s --cleanup: %v (checking the node instead): %s", proxy, err, lastLines(out, 3))
 		}
 	}
 	hint := []string{"iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"}
@@ -219,6 +239,40 @@ func cleanNode(ctx context.Context, o ProxyOptions) error {
 	// Fails harmlessly when the hint is already as wanted.
 	_, _ = o.Lab.NodeOutput(ctx, hint[0], hint[1:]...)
 	return nil
+}
+
+// checkClean fails when the node still holds either proxy's Service dispatch chain or
+// IPVS virtual servers.
+func checkClean(ctx context.Context, o ProxyOptions) error {
+	for _, fl := range []string{"legacy", "nft"} {
+		if o.Kernel == "lab" && fl == "nft" {
+			continue // the lab's kernel has no nf_tables
+		}
+		out, err := o.Lab.NodeOutput(ctx, "iptables-"+fl+"-save", "-t", "nat")
+		if err != nil {
+			return fmt.Errorf("iptables-%s-save: %w: %s", fl, err, out)
+		}
+		for _, chain := range []string{":KUBE-SERVICES", ":SWYD-SERVICES"} {
+			if strings.Contains(out, chain+" ") {
+				return fmt.Errorf("the node still holds %s in its iptables-%s nat table after both proxies' --cleanup", chain[1:], fl)
+			}
+		}
+	}
+	if o.Mode == ModeIPVS {
+		out, err := o.Lab.NodeOutput(ctx, "ipvsadm", "-Sn")
+		if err != nil {
+			return fmt.Errorf("ipvsadm -Sn: %w: %s", err, out)
+		}
+		if strings.TrimSpace(out) != "" {
+			return fmt.Errorf("the node still holds IPVS virtual servers after both proxies' --cleanup: %s", lastLines(out, 3))
+		}
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // metricsAddress is where the proxy serves metrics: the node's end of the host link,
@@ -261,8 +315,9 @@ func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, err
 		return nil, err
 	}
 	metricsURL := "http://" + addr + ":10249/metrics"
+	run := &ProxyRun{Proxy: proxy, Mode: o.Mode, Kernel: o.Kernel, Services: o.Services, Endpoints: o.Endpoints}
 	var before map[string]*dto.MetricFamily
-	err = lab.Eventually(ctx, 15*time.Minute, 20*time.Millisecond, func() error {
+	err = lab.Eventually(ctx, o.StartupTimeout, 20*time.Millisecond, func() error {
 		if before, err = scrape(ctx, metricsURL); err != nil {
 			return err
 		}
@@ -271,18 +326,28 @@ func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, err
 		}
 		return probe.expect(probe.current)
 	})
+	run.StartupSeconds = time.Since(start).Seconds()
 	if err != nil {
-		return nil, fmt.Errorf("waiting for the first sync: %w (log: %s)", err, logTail(logPath))
+		if ctx.Err() != nil || !o.Lab.ProxyRunning() {
+			return nil, fmt.Errorf("waiting for the first sync: %w (log: %s)", err, logTail(logPath))
+		}
+		run.Incomplete = fmt.Sprintf("first sync not complete after %s (%v)", o.StartupTimeout, err)
+		o.Logf("%s: %s", proxy, run.Incomplete)
+		return run, nil
 	}
-	run := &ProxyRun{Proxy: proxy, Mode: o.Mode, Kernel: o.Kernel, Services: o.Services, Endpoints: o.Endpoints,
-		StartupSeconds: time.Since(start).Seconds(), Changes: o.Changes}
 	var latencies []time.Duration
-	for range o.Changes {
-		took, err := probe.move(ctx)
-		if err != nil {
+	deadline := time.Now().Add(o.ChangeBudget)
+	for run.Changes < o.Changes {
+		run.Changes++
+		took, err := probe.move(ctx, deadline)
+		if errors.Is(err, errBudgetSpent) {
 			run.Failed++
-			o.Logf("%s: %v", proxy, err)
-			continue
+			run.Incomplete = fmt.Sprintf("change budget of %s spent after %d changes", o.ChangeBudget, run.Changes)
+			o.Logf("%s: %s", proxy, run.Incomplete)
+			break
+		}
+		if err != nil {
+			return nil, err
 		}
 		latencies = append(latencies, took)
 	}
@@ -299,8 +364,7 @@ func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, err
 
 func logTail(path string) string {
 	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	return strings.Join(lines[max(0, len(lines)-15):], "\n")
+	return lastLines(string(data), 15)
 }
 
 // prober moves the probe Service's endpoint between two pods and sees, with new
@@ -351,23 +415,31 @@ func (p *prober) write(ctx context.Context) error {
 	return nil
 }
 
+// errBudgetSpent is move's error when the deadline passed before the change was visible.
+var errBudgetSpent = errors.New("change budget spent")
+
 // move points the probe at the other pod and returns the time from the write to the
-// first new connection that reaches it.
-func (p *prober) move(ctx context.Context) (time.Duration, error) {
+// first new connection that reaches it. It waits for that until the deadline: a move
+// given up earlier would leave the kernel pointing at the pod the next move returns to,
+// and the next move would then look instantaneous.
+func (p *prober) move(ctx context.Context, deadline time.Time) (time.Duration, error) {
 	p.current = 1 - p.current
 	start := time.Now()
 	if err := p.write(ctx); err != nil {
 		return 0, err
 	}
-	for time.Since(start) < 30*time.Second {
+	for time.Now().Before(deadline) {
 		if p.expect(p.current) == nil {
 			return time.Since(start), nil
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
 		}
 		// A short pause keeps the probe from competing for the CPU with the proxy it
 		// measures, which matters most in the single-CPU kernel lab.
 		time.Sleep(2 * time.Millisecond)
 	}
-	return 0, fmt.Errorf("the move to %s was not visible after 30 s", p.pods[p.current].Name)
+	return 0, fmt.Errorf("moving to %s: %w", p.pods[p.current].Name, errBudgetSpent)
 }
 
 // expect makes one request to the probe Service on a new connection and checks that pod
@@ -469,12 +541,16 @@ func (h cumulative) summary() Histogram {
 }
 
 // quantile estimates a quantile by linear interpolation inside the bucket that holds it,
-// as Prometheus's histogram_quantile does.
+// as Prometheus's histogram_quantile does: a quantile in the +Inf bucket is reported as
+// the highest finite bound, the most the histogram can say.
 func (h cumulative) quantile(q float64) float64 {
 	rank := q * h.count
 	lower, below := 0.0, 0.0
 	for i, upper := range h.bounds {
 		if h.counts[i] >= rank {
+			if math.IsInf(upper, 1) {
+				return lower
+			}
 			if h.counts[i] == below {
 				return upper
 			}

@@ -323,7 +323,12 @@ func writeProxyTable(b *strings.Builder, r *Results) {
 		{"net-prog p50", func(p *ProxyRun) string {
 			return histogramSeconds(p.NetworkProgramming, p.NetworkProgramming.P50)
 		}},
-		{"startup", func(p *ProxyRun) string { return FormatSeconds(p.StartupSeconds) }},
+		{"startup", func(p *ProxyRun) string {
+			if p.Changes == 0 && p.Incomplete != "" {
+				return "> " + FormatSeconds(p.StartupSeconds) // it never finished its first sync
+			}
+			return FormatSeconds(p.StartupSeconds)
+		}},
 		{"RSS MiB", func(p *ProxyRun) string { return formatMiB(p.RSSBytes) }},
 		{"failed/changes", func(p *ProxyRun) string { return fmt.Sprintf("%d/%d", p.Failed, p.Changes) }},
 	}
@@ -340,6 +345,12 @@ func writeProxyTable(b *strings.Builder, r *Results) {
 		}
 		cells = append(cells, proxyRatioCell(row))
 		writeTableRow(b, cells...)
+	}
+	b.WriteString("\n")
+	for _, p := range r.Proxies {
+		if p.Incomplete != "" {
+			fmt.Fprintf(b, "- %s, %s (%s), %d Services: %s.\n", p.Proxy, p.Mode, p.Kernel, p.Services, p.Incomplete)
+		}
 	}
 	b.WriteString("\n")
 }

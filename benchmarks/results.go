@@ -102,10 +102,13 @@ type ProxyRun struct {
 	// StartupSeconds is from the process start to its first sync being complete and the
 	// probe Service answering.
 	StartupSeconds float64 `json:"startupSeconds"`
-	// Changes is the number of EndpointSlice writes measured; Failed those that were not
-	// visible in the kernel within the timeout.
+	// Changes is the number of EndpointSlice writes made; Failed those that were not
+	// visible in the kernel when the run's change budget ran out.
 	Changes int `json:"changes"`
 	Failed  int `json:"failed"`
+	// Incomplete, when set, says why the run stopped short: its first sync or its
+	// series of changes outlasted the harness's budget.
+	Incomplete string `json:"incomplete,omitempty"`
 	// EndToEnd is the time from an EndpointSlice write to the change carrying packets
 	// (a new connection to the Service reaching the new endpoint), in seconds.
 	EndToEnd Summary `json:"endToEnd"`

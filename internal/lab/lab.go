@@ -278,6 +278,22 @@ func (l *Lab) ProxyPID() int {
 	return l.proxies[len(l.proxies)-1].Process.Pid
 }
 
+// ProxyRunning reports whether the last proxy started is still alive (not exited and
+// not a zombie waiting to be reaped).
+func (l *Lab) ProxyRunning() bool {
+	pid := l.ProxyPID()
+	if pid == 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may hold spaces.
+	_, rest, _ := bytes.Cut(stat, []byte(") "))
+	return len(rest) > 0 && rest[0] != 'Z'
+}
+
 // StartNodeServer runs a "host process" on the node: a server on addr (all of the node's
 // addresses) answering with name, to check that Service addresses never reach it.
 func (l *Lab) StartNodeServer(name, addr string) error {

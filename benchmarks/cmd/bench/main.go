@@ -59,44 +59,62 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
 
-// workloadFlags are the flags every command that generates the workload shares.
+// workloadFlags are the flags that every command measuring at a given N shares.
 type workloadFlags struct {
-	services  string
 	endpoints int
 	repeats   int
 	changes   int
 	seed      int64
+	// startupTimeout and changeBudget bound a proxy run, so that a proxy too slow for the
+	// kernel it runs in (upstream's IPVS mode in the kernel lab) is recorded as such
+	// instead of stalling the harness for hours.
+	startupTimeout time.Duration
+	changeBudget   time.Duration
 }
 
 func (w *workloadFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&w.services, "services", "100,1000,5000,10000", "comma-separated numbers of Services (N)")
 	fs.IntVar(&w.endpoints, "endpoints", 10, "endpoints per Service (M)")
-	fs.IntVar(&w.repeats, "repeats", 5, "how many times each incremental operation is measured (K)")
+	fs.IntVar(&w.repeats, "repeats", 3, "how many times each incremental operation is measured (K)")
 	fs.IntVar(&w.changes, "changes", 100, "EndpointSlice writes the end-to-end latency is measured over")
 	fs.Int64Var(&w.seed, "seed", 1, "seed of the workload generator")
+	fs.DurationVar(&w.startupTimeout, "startup-timeout", 8*time.Minute, "how long a proxy may take to its first complete sync")
+	fs.DurationVar(&w.changeBudget, "change-budget", 4*time.Minute, "how long a proxy's series of EndpointSlice writes may take; it stops early past this")
 }
 
-func (w *workloadFlags) ns() ([]int, error) {
+func (w *workloadFlags) validate() error {
+	if w.endpoints < 1 || w.repeats < 1 || w.changes < 1 {
+		return errors.New("-endpoints, -repeats and -changes must be at least 1")
+	}
+	if w.startupTimeout <= 0 || w.changeBudget <= 0 {
+		return errors.New("-startup-timeout and -change-budget must be positive")
+	}
+	return nil
+}
+
+func (w *workloadFlags) args() []string {
+	return []string{"-endpoints", fmt.Sprint(w.endpoints), "-repeats", fmt.Sprint(w.repeats), "-changes", fmt.Sprint(w.changes),
+		"-seed", fmt.Sprint(w.seed), "-startup-timeout", w.startupTimeout.String(), "-change-budget", w.changeBudget.String()}
+}
+
+func (w *workloadFlags) proxyOptions(kernel, mode string, n int) benchmarks.ProxyOptions {
+	return benchmarks.ProxyOptions{Kernel: kernel, Mode: mode, Services: n, Endpoints: w.endpoints, Changes: w.changes,
+		StartupTimeout: w.startupTimeout, ChangeBudget: w.changeBudget, Logf: logf}
+}
+
+// parseServices parses the -services list of N.
+func parseServices(list string) ([]int, error) {
 	var ns []int
-	for _, f := range strings.Split(w.services, ",") {
+	for _, f := range strings.Split(list, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 || n > benchmarks.MaxServices {
 			return nil, fmt.Errorf("invalid value %q in -services: want numbers of Services from 1 to %d", f, benchmarks.MaxServices)
 		}
 		if len(ns) > 0 && n <= ns[len(ns)-1] {
-			return nil, fmt.Errorf("invalid -services %q: numbers must increase", w.services)
+			return nil, fmt.Errorf("invalid -services %q: numbers must increase", list)
 		}
 		ns = append(ns, n)
 	}
-	if w.endpoints < 1 || w.repeats < 1 || w.changes < 1 {
-		return nil, errors.New("-endpoints, -repeats and -changes must be at least 1")
-	}
 	return ns, nil
-}
-
-func (w *workloadFlags) args() []string {
-	return []string{"-services", w.services, "-endpoints", fmt.Sprint(w.endpoints), "-repeats", fmt.Sprint(w.repeats),
-		"-changes", fmt.Sprint(w.changes), "-seed", fmt.Sprint(w.seed)}
 }
 
 func modes(list string) ([]string, error) {
@@ -119,14 +137,21 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var w workloadFlags
 	w.register(fs)
+	services := fs.String("services", "100,1000,5000,10000", "comma-separated numbers of Services (N), increasing")
 	out := fs.String("out", "benchmarks/results", "directory for results.json, results.md and the plots")
 	hostModes := fs.String("host-modes", "iptables-nft,iptables-legacy", "modes measured natively on the host, in network namespaces")
 	labModes := fs.String("lab-modes", "ipvs,iptables-legacy", "modes measured in the kernel lab")
+	// Every exec costs tens of milliseconds in the lab, so the iptables modes' proxies,
+	// which exec iptables-restore on each sync, are measured natively on the host instead.
+	labProxyModes := fs.String("lab-proxy-modes", "ipvs", "modes the proxies run in inside the kernel lab")
 	binDir := fs.String("bin", "bin", "directory holding switchyard, labagent, bench and kube-proxy")
 	kernelLab := fs.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab's runner")
 	skipProxies := fs.Bool("skip-proxies", false, "measure only the in-process backends")
 	_ = fs.Parse(args)
-	ns, err := w.ns()
+	if err := w.validate(); err != nil {
+		return err
+	}
+	ns, err := parseServices(*services)
 	if err != nil {
 		return err
 	}
@@ -135,6 +160,10 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 		return err
 	}
 	inLab, err := modes(*labModes)
+	if err != nil {
+		return err
+	}
+	proxiesInLab, err := modes(*labProxyModes)
 	if err != nil {
 		return err
 	}
@@ -160,53 +189,56 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 
 	results := &benchmarks.Results{Command: "bench " + strings.Join(args, " "), Machine: machine(),
 		Config: benchmarks.Config{Endpoints: w.endpoints, Repeats: w.repeats, Changes: w.changes, Seed: w.seed, Services: ns}}
-	// In-process backends: natively on the host, then in the kernel lab.
-	if len(host) > 0 {
-		runs, err := backends(ctx, bins["bench"], "host", host, &w)
-		if err != nil {
+	var hostLab *proxyLab
+	var guestLab *guestProxyLab
+	if !*skipProxies && len(host) > 0 {
+		if hostLab, err = startHostProxyLab(ctx, bins, scratch, &w); err != nil {
 			return err
 		}
-		results.Backends = append(results.Backends, runs...)
+		defer closeInto(hostLab, &err)
 	}
-	if len(inLab) > 0 {
-		file := filepath.Join(scratch, "lab-backends.json")
-		cmd := exec.CommandContext(ctx, runner, append([]string{bins["bench"], "backends", "-kernel", "lab", "-modes", strings.Join(inLab, ","), "-out", file}, w.args()...)...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		logf("kernel lab: in-process backends %v", inLab)
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("in-process backends in the kernel lab: %w", err)
-		}
-		var runs []benchmarks.BackendRun
-		if err := readJSON(file, &runs); err != nil {
+	if !*skipProxies && len(proxiesInLab) > 0 {
+		if guestLab, err = startGuestProxyLab(ctx, bins, runner, scratch, &w); err != nil {
 			return err
 		}
-		results.Backends = append(results.Backends, runs...)
+		defer closeInto(guestLab, &err)
 	}
-	if !*skipProxies {
+	// N by N, every measurement at one N before the next, and the results written after
+	// each: a run cut short (or one whose large N outlasts the patience of whoever runs
+	// it) still leaves complete figures for the smaller N.
+	for _, n := range ns {
 		if len(host) > 0 {
-			runs, err := hostProxies(ctx, bins, scratch, host, ns, &w)
+			runs, err := backends(ctx, bins["bench"], "host", host, n, &w)
 			if err != nil {
 				return err
 			}
-			results.Proxies = append(results.Proxies, runs...)
+			results.Backends = append(results.Backends, runs...)
 		}
 		if len(inLab) > 0 {
-			runs, err := labProxies(ctx, bins, runner, scratch, inLab, ns, &w)
+			runs, err := labBackends(ctx, bins["bench"], runner, scratch, inLab, n, &w)
+			if err != nil {
+				return err
+			}
+			results.Backends = append(results.Backends, runs...)
+		}
+		if hostLab != nil {
+			runs, err := hostLab.run(ctx, host, n)
 			if err != nil {
 				return err
 			}
 			results.Proxies = append(results.Proxies, runs...)
 		}
-	}
-	results.Generated = time.Now().UTC().Format(time.RFC3339)
-	if err := os.MkdirAll(*out, 0o755); err != nil {
-		return err
-	}
-	if err := benchmarks.WriteJSON(filepath.Join(*out, "results.json"), results); err != nil {
-		return err
-	}
-	if err := benchmarks.WriteReport(results, *out); err != nil {
-		return err
+		if guestLab != nil {
+			runs, err := guestLab.run(ctx, proxiesInLab, n)
+			if err != nil {
+				return err
+			}
+			results.Proxies = append(results.Proxies, runs...)
+		}
+		if err := writeResults(results, *out); err != nil {
+			return err
+		}
+		logf("results up to %d Services written to %s", n, *out)
 	}
 	table, err := os.ReadFile(filepath.Join(*out, "results.md"))
 	if err != nil {
@@ -214,6 +246,38 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	}
 	fmt.Print(string(table))
 	return nil
+}
+
+func writeResults(results *benchmarks.Results, dir string) error {
+	results.Generated = time.Now().UTC().Format(time.RFC3339)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := benchmarks.WriteJSON(filepath.Join(dir, "results.json"), results); err != nil {
+		return err
+	}
+	return benchmarks.WriteReport(results, dir)
+}
+
+// closeInto closes c and reports its error through *err unless an earlier error is there.
+func closeInto(c interface{ Close() error }, err *error) {
+	if cerr := c.Close(); cerr != nil && *err == nil {
+		*err = cerr
+	}
+}
+
+// labBackends runs the in-process backends at one N in a kernel lab guest.
+func labBackends(ctx context.Context, bench, runner, scratch string, ms []string, n int, w *workloadFlags) ([]benchmarks.BackendRun, error) {
+	file := filepath.Join(scratch, fmt.Sprintf("lab-backends-%d.json", n))
+	cmd := exec.CommandContext(ctx, runner, append([]string{bench, "backends", "-kernel", "lab", "-modes", strings.Join(ms, ","), "-out", file,
+		"-n", fmt.Sprint(n)}, w.args()...)...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	logf("kernel lab: in-process backends %v at %d Services", ms, n)
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("in-process backends in the kernel lab at %d Services: %w", n, err)
+	}
+	var runs []benchmarks.BackendRun
+	return runs, readJSON(file, &runs)
 }
 
 func cmdReport(_ context.Context, args []string) error {
@@ -258,8 +322,12 @@ func cmdBackends(ctx context.Context, args []string) error {
 	w.register(fs)
 	kernel := fs.String("kernel", "host", "where this runs: host or lab")
 	modeList := fs.String("modes", "", "modes to measure")
+	n := fs.Int("n", 100, "number of Services")
 	out := fs.String("out", "", "JSON file for the results")
 	_ = fs.Parse(args)
+	if err := w.validate(); err != nil {
+		return err
+	}
 	ms, err := modes(*modeList)
 	if err != nil {
 		return err
@@ -268,27 +336,21 @@ func cmdBackends(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	runs, err := backends(ctx, self, *kernel, ms, &w)
+	runs, err := backends(ctx, self, *kernel, ms, *n, &w)
 	if err != nil {
 		return err
 	}
 	return benchmarks.WriteJSON(*out, runs)
 }
 
-func backends(ctx context.Context, self, kernel string, ms []string, w *workloadFlags) ([]benchmarks.BackendRun, error) {
-	ns, err := w.ns()
-	if err != nil {
-		return nil, err
-	}
+func backends(ctx context.Context, self, kernel string, ms []string, n int, w *workloadFlags) ([]benchmarks.BackendRun, error) {
 	var runs []benchmarks.BackendRun
-	for _, n := range ns {
-		for _, mode := range ms {
-			run, err := backendInNetns(ctx, self, kernel, mode, n, w)
-			if err != nil {
-				return nil, err
-			}
-			runs = append(runs, *run)
+	for _, mode := range ms {
+		run, err := backendInNetns(ctx, self, kernel, mode, n, w)
+		if err != nil {
+			return nil, err
 		}
+		runs = append(runs, *run)
 	}
 	return runs, nil
 }
@@ -334,7 +396,7 @@ func cmdBackend(ctx context.Context, args []string) error {
 	fs.StringVar(&o.Mode, "mode", "", "the mode to measure")
 	fs.IntVar(&o.Services, "n", 100, "number of Services")
 	fs.IntVar(&o.Endpoints, "endpoints", 10, "endpoints per Service")
-	fs.IntVar(&o.Repeats, "repeats", 5, "runs of each incremental operation")
+	fs.IntVar(&o.Repeats, "repeats", 3, "runs of each incremental operation")
 	fs.Int64Var(&o.Seed, "seed", 1, "seed of the workload generator")
 	fs.StringVar(&o.FloorNetns, "floor-netns", "", "path of an empty network namespace for the floor")
 	out := fs.String("out", "", "JSON file for the result")
@@ -357,77 +419,99 @@ func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// hostProxies runs the proxies natively: a lab with its own apiserver, the workload
-// grown N by N, each proxy in each mode at each N.
-func hostProxies(ctx context.Context, bins map[string]string, scratch string, ms []string, ns []int, w *workloadFlags) (_ []benchmarks.ProxyRun, err error) {
+// proxyLab runs the proxies natively: a lab with its own apiserver and node namespace,
+// the workload grown N by N, each proxy in each mode at each N.
+type proxyLab struct {
+	lab       *lab.Lab
+	bins      map[string]string
+	scratch   string
+	w         *workloadFlags
+	workload  *benchmarks.Workload
+	populated int
+}
+
+func startHostProxyLab(ctx context.Context, bins map[string]string, scratch string, w *workloadFlags) (*proxyLab, error) {
 	l, err := lab.Start(ctx, lab.Options{Dir: filepath.Join(scratch, "host-lab"), Pods: 2, Agent: bins["labagent"]})
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if cerr := l.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	workload := &benchmarks.Workload{Endpoints: w.endpoints, Seed: w.seed}
+	return &proxyLab{lab: l, bins: bins, scratch: scratch, w: w, workload: &benchmarks.Workload{Endpoints: w.endpoints, Seed: w.seed}}, nil
+}
+
+func (p *proxyLab) Close() error { return p.lab.Close() }
+
+func (p *proxyLab) run(ctx context.Context, ms []string, n int) ([]benchmarks.ProxyRun, error) {
+	logf("host: populating the apiserver to %d Services", n)
+	if err := benchmarks.Populate(ctx, p.lab.Client, p.workload, p.populated, n); err != nil {
+		return nil, err
+	}
+	p.populated = n
 	var runs []benchmarks.ProxyRun
-	populated := 0
-	for _, n := range ns {
-		logf("host: populating the apiserver to %d Services", n)
-		if err := benchmarks.Populate(ctx, l.Client, workload, populated, n); err != nil {
+	for _, mode := range ms {
+		o := p.w.proxyOptions("host", mode, n)
+		o.Binaries, o.Lab, o.Scratch = p.bins, p.lab, p.scratch
+		got, err := benchmarks.RunProxies(ctx, o)
+		if err != nil {
 			return nil, err
 		}
-		populated = n
-		for _, mode := range ms {
-			got, err := benchmarks.RunProxies(ctx, benchmarks.ProxyOptions{Kernel: "host", Mode: mode, Services: n,
-				Endpoints: w.endpoints, Changes: w.changes, Binaries: bins, Lab: l, Scratch: scratch, Logf: logf})
-			if err != nil {
-				return nil, err
-			}
-			runs = append(runs, got...)
-		}
+		runs = append(runs, got...)
 	}
 	return runs, nil
 }
 
-// labProxies runs the proxies in the kernel lab: the apiserver on the host, grown N by N
-// from the host, and for each N one guest that runs each proxy in each mode.
-func labProxies(ctx context.Context, bins map[string]string, runner, scratch string, ms []string, ns []int, w *workloadFlags) (_ []benchmarks.ProxyRun, err error) {
+// guestProxyLab runs the proxies in the kernel lab: the apiserver on the host, grown N
+// by N from the host, and for each N one guest that runs each proxy in each mode.
+type guestProxyLab struct {
+	link      *lab.GuestLink
+	client    kubernetes.Interface
+	bins      map[string]string
+	scratch   string
+	w         *workloadFlags
+	workload  *benchmarks.Workload
+	populated int
+}
+
+func startGuestProxyLab(ctx context.Context, bins map[string]string, runner, scratch string, w *workloadFlags) (*guestProxyLab, error) {
 	g, err := lab.StartGuestLink(ctx, filepath.Join(scratch, "guest-link"), runner)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if cerr := g.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
 	client, err := kubeClient(g.Kubeconfig)
 	if err != nil {
+		return nil, errors.Join(err, g.Close())
+	}
+	return &guestProxyLab{link: g, client: client, bins: bins, scratch: scratch, w: w,
+		workload: &benchmarks.Workload{Endpoints: w.endpoints, Seed: w.seed}}, nil
+}
+
+func (g *guestProxyLab) Close() error { return g.link.Close() }
+
+// run boots one guest per proxy, so that each proxy starts from a pristine kernel:
+// kube-proxy's --cleanup does not empty an IPVS node in the lab (its iptables teardown
+// fails there), and a leftover would change what the next run measures.
+func (g *guestProxyLab) run(ctx context.Context, ms []string, n int) ([]benchmarks.ProxyRun, error) {
+	logf("kernel lab: populating the apiserver to %d Services", n)
+	if err := benchmarks.Populate(ctx, g.client, g.workload, g.populated, n); err != nil {
 		return nil, err
 	}
-	workload := &benchmarks.Workload{Endpoints: w.endpoints, Seed: w.seed}
+	g.populated = n
 	var runs []benchmarks.ProxyRun
-	populated := 0
-	for _, n := range ns {
-		logf("kernel lab: populating the apiserver to %d Services", n)
-		if err := benchmarks.Populate(ctx, client, workload, populated, n); err != nil {
-			return nil, err
+	for _, mode := range ms {
+		for _, proxy := range []string{benchmarks.ProxySwitchyard, benchmarks.ProxyKubeProxy} {
+			name := fmt.Sprintf("%s-%s-%d", proxy, mode, n)
+			file := filepath.Join(g.scratch, "lab-proxies-"+name+".json")
+			args := append([]string{g.bins["bench"], "proxies", "-kubeconfig", g.link.Kubeconfig, "-modes", mode, "-proxies", proxy,
+				"-n", fmt.Sprint(n), "-bin-switchyard", g.bins["switchyard"], "-bin-kube-proxy", g.bins[benchmarks.ProxyKubeProxy],
+				"-agent", g.bins["labagent"], "-scratch", filepath.Join(g.scratch, "guest-"+name), "-out", file}, g.w.args()...)
+			if err := g.link.Run(ctx, os.Stderr, nil, args...); err != nil {
+				return nil, fmt.Errorf("%s in %s mode in the kernel lab at %d Services: %w", proxy, mode, n, err)
+			}
+			var got []benchmarks.ProxyRun
+			if err := readJSON(file, &got); err != nil {
+				return nil, err
+			}
+			runs = append(runs, got...)
 		}
-		populated = n
-		file := filepath.Join(scratch, fmt.Sprintf("lab-proxies-%d.json", n))
-		args := []string{bins["bench"], "proxies", "-kubeconfig", g.Kubeconfig, "-modes", strings.Join(ms, ","),
-			"-n", fmt.Sprint(n), "-endpoints", fmt.Sprint(w.endpoints), "-changes", fmt.Sprint(w.changes),
-			"-bin-switchyard", bins["switchyard"], "-bin-kube-proxy", bins[benchmarks.ProxyKubeProxy], "-agent", bins["labagent"],
-			"-scratch", filepath.Join(scratch, fmt.Sprintf("guest-%d", n)), "-out", file}
-		if err := g.Run(ctx, os.Stderr, nil, args...); err != nil {
-			return nil, fmt.Errorf("proxies in the kernel lab at %d Services: %w", n, err)
-		}
-		var got []benchmarks.ProxyRun
-		if err := readJSON(file, &got); err != nil {
-			return nil, err
-		}
-		runs = append(runs, got...)
 	}
 	return runs, nil
 }
@@ -438,15 +522,19 @@ func cmdProxies(ctx context.Context, args []string) (err error) {
 	fs := flag.NewFlagSet("proxies", flag.ExitOnError)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the apiserver on the host")
 	modeList := fs.String("modes", "", "modes to measure")
+	proxies := fs.String("proxies", "", "proxies to run, comma-separated (default: switchyard,kube-proxy)")
 	n := fs.Int("n", 0, "number of Services the apiserver holds")
-	endpoints := fs.Int("endpoints", 10, "endpoints per Service")
-	changes := fs.Int("changes", 100, "EndpointSlice writes to measure")
+	var w workloadFlags
+	w.register(fs)
 	switchyard := fs.String("bin-switchyard", "", "switchyard binary")
 	kubeProxy := fs.String("bin-kube-proxy", "", "kube-proxy binary")
 	agent := fs.String("agent", "", "labagent binary")
 	scratch := fs.String("scratch", "", "scratch directory")
 	out := fs.String("out", "", "JSON file for the results")
 	_ = fs.Parse(args)
+	if err := w.validate(); err != nil {
+		return err
+	}
 	ms, err := modes(*modeList)
 	if err != nil {
 		return err
@@ -462,9 +550,18 @@ func cmdProxies(ctx context.Context, args []string) (err error) {
 	}()
 	var runs []benchmarks.ProxyRun
 	for _, mode := range ms {
-		got, err := benchmarks.RunProxies(ctx, benchmarks.ProxyOptions{Kernel: "lab", Mode: mode, Services: *n,
-			Endpoints: *endpoints, Changes: *changes, Lab: l, Scratch: *scratch, Logf: logf,
-			Binaries: map[string]string{benchmarks.ProxySwitchyard: *switchyard, benchmarks.ProxyKubeProxy: *kubeProxy}})
+		o := w.proxyOptions("lab", mode, *n)
+		o.Lab, o.Scratch = l, *scratch
+		o.Binaries = map[string]string{benchmarks.ProxySwitchyard: *switchyard, benchmarks.ProxyKubeProxy: *kubeProxy}
+		if *proxies != "" {
+			o.Proxies = strings.Split(*proxies, ",")
+		}
+		for _, p := range o.Proxies {
+			if o.Binaries[p] == "" {
+				return fmt.Errorf("invalid proxy %q in -proxies: valid proxies are %s, %s", p, benchmarks.ProxySwitchyard, benchmarks.ProxyKubeProxy)
+			}
+		}
+		got, err := benchmarks.RunProxies(ctx, o)
 		if err != nil {
 			return err
 		}
