@@ -57,8 +57,14 @@ func Populate(ctx context.Context, client kubernetes.Interface, w *Workload, fro
 		Spec: v1.ServiceSpec{ClusterIP: probeClusterIP, ClusterIPs: []string{probeClusterIP},
 			Ports: []v1.ServicePort{{Name: "http", Port: ServicePort, Protocol: v1.ProtocolTCP, TargetPort: intstr.FromInt32(lab.PodPort)}}},
 	}
-	if err := create(ctx, client, probe, nil); err != nil {
-		return err
+	// The probe is looked up first: creating it again fails on its fixed cluster IP
+	// ("already allocated") before the apiserver gets to "already exists".
+	if _, err := client.CoreV1().Services(Namespace).Get(ctx, probeName, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		if err := create(ctx, client, probe, nil); err != nil {
+			return err
+		}
+	} else if err != nil {
+		return fmt.Errorf("looking up Service %s: %w", probeName, err)
 	}
 	if err := createNode(ctx, client); err != nil {
 		return err
