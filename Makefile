@@ -10,7 +10,7 @@ GO ?= go
 # user-mode-linux is the kernel lab: a Linux kernel with IPVS that runs as a process.
 DEB_PACKAGES := iptables ipset ipvsadm conntrack iproute2 procps kmod curl iputils-ping ca-certificates user-mode-linux
 
-.PHONY: all build deps controlplane lint test demo parity bench bench-ci clean
+.PHONY: all build deps controlplane lint test demo parity bench bench-ci image clean
 
 all: build
 
@@ -18,6 +18,14 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/switchyard ./cmd/switchyard
 	$(GO) build -o bin/labagent ./hack/labagent
 	$(GO) build -o bin/bench ./benchmarks/cmd/bench
+
+# image builds the DaemonSet's container image (Dockerfile) with docker or podman; push it
+# to a registry the nodes can pull from and set it in deploy/daemonset.yaml.
+IMAGE ?= ghcr.io/switchyard/switchyard:$(VERSION)
+CONTAINER_TOOL ?= $(shell command -v docker || command -v podman)
+image:
+	@if [ -z "$(CONTAINER_TOOL)" ]; then echo "image: install docker or podman"; exit 1; fi
+	$(CONTAINER_TOOL) build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 # deps installs the Debian packages (only when one is missing, so a warm machine pays
 # nothing) and downloads the Go modules.
@@ -46,7 +54,7 @@ test: deps controlplane lint
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
 	# Not under -race: the e2e binary also runs inside the kernel lab, where the race
 	# detector cannot map its shadow memory.
-	$(GO) test -count=1 -timeout 20m -v ./test/e2e/ 2>&1 | grep -vE '^\s+I[0-9]{4} |Feature gate'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | grep -vE '^\s+I[0-9]{4} |Feature gate'; exit $${PIPESTATUS[0]}
 	$(GO) test -tags kernellab -exec $(CURDIR)/hack/kernel-lab/run.sh -count=1 -timeout 10m ./ipvs/
 
 # parity runs the end-to-end suite in every mode and regenerates docs/parity.md from the

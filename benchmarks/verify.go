@@ -1,7 +1,6 @@
 package benchmarks
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -74,77 +73,17 @@ func first(s []string, n int) []string { return s[:min(n, len(s))] }
 // switchyard chain ("table chain"), the essential form of its rules.
 func parseRules(text string) map[string][]string {
 	chains := map[string][]string{}
-	table := ""
-	sc := bufio.NewScanner(strings.NewReader(text))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "*"):
-			table = line[1:]
-		case strings.HasPrefix(line, ":"+iptables.ChainPrefix):
-			name, _, _ := strings.Cut(line[1:], " ")
-			chains[table+" "+name] = []string{}
-		case strings.HasPrefix(line, "-A "+iptables.ChainPrefix):
-			fields := splitRule(line)
-			key := table + " " + fields[1]
-			chains[key] = append(chains[key], essential(fields[2:]))
+	for key, rules := range iptables.ParseSaved(text) {
+		essential := make([]string, len(rules))
+		for i, r := range rules {
+			essential[i] = r.Essential()
 		}
-	}
-	for key, rules := range chains {
 		if _, chain, _ := strings.Cut(key, " "); dispatchChains[chain] {
-			slices.Sort(rules)
+			slices.Sort(essential)
 		}
+		chains[key] = essential
 	}
 	return chains
-}
-
-// essentialFlags are the options that decide where a packet goes; the rest (comments,
-// match module names, how iptables-save spells marks and probabilities) is left out.
-var essentialFlags = map[string]bool{"-s": true, "-d": true, "-p": true, "--dport": true, "--to-destination": true, "-j": true}
-
-func essential(fields []string) string {
-	var out []string
-	negate := false
-	for i := 0; i < len(fields); i++ {
-		switch f := fields[i]; {
-		case f == "!":
-			negate = true
-			continue
-		case essentialFlags[f] && i+1 < len(fields):
-			if negate {
-				f = "!" + f
-			}
-			out = append(out, f, fields[i+1])
-			i++
-		}
-		negate = false
-	}
-	return strings.Join(out, " ")
-}
-
-// splitRule splits a rule into fields, keeping double-quoted comments whole.
-func splitRule(line string) []string {
-	var fields []string
-	var cur strings.Builder
-	quoted := false
-	for _, r := range line {
-		switch {
-		case r == '"':
-			quoted = !quoted
-		case r == ' ' && !quoted:
-			if cur.Len() > 0 {
-				fields = append(fields, cur.String())
-				cur.Reset()
-			}
-		default:
-			cur.WriteRune(r)
-		}
-	}
-	if cur.Len() > 0 {
-		fields = append(fields, cur.String())
-	}
-	return fields
 }
 
 // recordingIPTables is an empty kernel that keeps what it is asked to restore: the

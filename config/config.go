@@ -62,6 +62,8 @@ type Config struct {
 	IPVSStrictARP       bool
 	// Cleanup asks to remove everything switchyard owns on the node and exit.
 	Cleanup bool
+	// InitOnly asks to make the node settings that need full privileges and exit.
+	InitOnly bool
 }
 
 // Defaults are kube-proxy's defaults for the same settings.
@@ -161,7 +163,7 @@ func Parse(args []string, output io.Writer) (*Parsed, error) {
 type flagValues struct {
 	configFile, mode, kubeconfig, master, hostname, clusterCIDR string
 	metricsAddr, healthzAddr, proxyName, ipvsScheduler          string
-	masqAll, version, cleanup, strictARP                        bool
+	masqAll, version, cleanup, initOnly, strictARP              bool
 	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
 	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj     int32
 	nodePortAddresses                                           []string
@@ -205,6 +207,7 @@ func bindFlags(fs *pflag.FlagSet) *flagValues {
 	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
 	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", true, "Accepted for kube-proxy compatibility; NodePorts are not yet served.")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "Remove everything switchyard owns on this node and exit.")
+	fs.BoolVar(&f.initOnly, "init-only", false, "Load the kernel modules and set the sysctls the proxy mode needs, which takes full root privileges, and exit. Run switchyard again without it, with only the NET_ADMIN and NET_RAW capabilities.")
 	fs.BoolVar(&f.version, "version", false, "Print the version and exit.")
 	for _, alias := range []string{"iptables-sync-period", "iptables-min-sync-period", "ipvs-sync-period", "ipvs-min-sync-period"} {
 		_ = fs.MarkHidden(alias)
@@ -310,6 +313,7 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues) []error {
 		cfg.IPVSStrictARP = f.strictARP
 	}
 	cfg.Cleanup = f.cleanup
+	cfg.InitOnly = f.initOnly
 	return errs
 }
 

@@ -55,6 +55,9 @@ conntrack:
 		{name: "dual-stack cluster CIDR is masked", args: []string{"--hostname-override=node-a", "--cluster-cidr=10.244.1.0/16, fd00:10::/64"}, want: func(c *Config) {
 			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10::/64")}
 		}},
+		{name: "init-only", args: []string{"--hostname-override=node-a", "--init-only"}, want: func(c *Config) {
+			c.InitOnly = true
+		}},
 		{name: "deprecated sync period aliases", args: []string{"--hostname-override=node-a", "--iptables-sync-period=1m", "--iptables-min-sync-period=0s"}, want: func(c *Config) {
 			c.SyncPeriod = time.Minute
 			c.MinSyncPeriod = 0

@@ -34,7 +34,7 @@ func newFakeTables() *fakeTables {
 func (f *fakeTables) Restore(_ context.Context, data []byte) error {
 	var table Table
 	for i, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		tokens := tokenize(line)
+		tokens := splitRule(line)
 		switch {
 		case strings.HasPrefix(line, "*"):
 			table = Table(line[1:])
@@ -75,30 +75,6 @@ func (f *fakeTables) Flavor() Flavor                              { return Nft }
 func (f *fakeTables) rules(table Table, chain string) ([][]string, bool) {
 	r, ok := f.chains[table][chain]
 	return r, ok
-}
-
-// tokenize splits a rule like a shell would, keeping quoted comments whole.
-func tokenize(line string) []string {
-	var out []string
-	var cur strings.Builder
-	quoted := false
-	for _, r := range line {
-		switch {
-		case r == '"':
-			quoted = !quoted
-		case r == ' ' && !quoted:
-			if cur.Len() > 0 {
-				out = append(out, cur.String())
-				cur.Reset()
-			}
-		default:
-			cur.WriteRune(r)
-		}
-	}
-	if cur.Len() > 0 {
-		out = append(out, cur.String())
-	}
-	return out
 }
 
 // packet is what the tracer follows.

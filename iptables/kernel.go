@@ -31,6 +31,8 @@ type Table string
 const (
 	TableNAT    Table = "nat"
 	TableFilter Table = "filter"
+	// TableMangle only ever holds the canary chain (canary.go).
+	TableMangle Table = "mangle"
 )
 
 // Interface is the backend's whole boundary to the kernel's iptables.

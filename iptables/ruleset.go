@@ -137,7 +137,7 @@ func Cleanup(ctx context.Context, ipt Interface) error {
 	if _, _, err := Apply(ctx, ipt, Ruleset{}); err != nil {
 		return fmt.Errorf("removing switchyard's iptables rules: %w", err)
 	}
-	return nil
+	return removeCanary(ctx, ipt)
 }
 
 // restoreWriter accumulates one table's section of an iptables-restore input. Chain

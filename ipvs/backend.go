@@ -631,6 +631,13 @@ func Cleanup(ctx context.Context, ipvs Interface, ipt iptables.Interface, device
 	if err := iptables.Cleanup(ctx, ipt); err != nil {
 		return err
 	}
+	return CleanupKernel(ipvs, deviceName)
+}
+
+// CleanupKernel removes what IPVS mode owns outside iptables: our virtual servers, our
+// addresses and the dummy device once it is empty, and our ipsets. iptables mode runs it
+// after its first full sync, which has removed IPVS mode's rules, the sets' last users.
+func CleanupKernel(ipvs Interface, deviceName string) error {
 	var errs []error
 	if dev, err := dummy.Lookup(deviceName); err != nil {
 		errs = append(errs, err)

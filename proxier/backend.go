@@ -1,6 +1,9 @@
 package proxier
 
-import "context"
+import (
+	"context"
+	"io"
+)
 
 // Backend programs the kernel from the desired state. The two implementations (iptables
 // and IPVS) are interchangeable: the same State must give the same reachable behaviour.
@@ -12,4 +15,12 @@ type Backend interface {
 	// Name is the proxy mode, as --proxy-mode spells it; it labels metrics and logs.
 	Name() string
 	Sync(ctx context.Context, state *State, changes Changes) error
+}
+
+// Explainer is a Backend that can show what the kernel holds for some ServicePorts next to
+// what the desired state wants (switchyard explain).
+type Explainer interface {
+	// Explain writes a report for each named ServicePort to w, and tells whether the
+	// kernel matches the desired state for all of them. It changes nothing.
+	Explain(ctx context.Context, state *State, names []ServicePortName, w io.Writer) (bool, error)
 }

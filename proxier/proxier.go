@@ -8,7 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -32,7 +34,13 @@ type Options struct {
 	Conntrack conntrack.Interface
 	Clock     clock.WithTicker
 	Logger    klog.Logger
+	// Events, when set, records a Warning Event on each Service or EndpointSlice with a
+	// field that had to be skipped.
+	Events events.EventRecorder
 }
+
+// InvalidFieldReason is the reason of the Event recorded for a skipped field.
+const InvalidFieldReason = "InvalidField"
 
 // Proxier is the control loop: informer events go into its Tracker, its Runner decides
 // when to sync, and each sync hands the desired state and the changed set to the Backend.
@@ -47,6 +55,8 @@ type Proxier struct {
 	// then a sync would program a partial view of the cluster and remove rules of Services
 	// not yet seen.
 	initialized atomic.Bool
+	// fullRequested is set by RequestFullSync, from any goroutine.
+	fullRequested atomic.Bool
 
 	// Owned by the sync goroutine.
 	needFull        bool
@@ -64,7 +74,12 @@ func New(opts Options) *Proxier {
 	p := &Proxier{opts: opts, needFull: true, logger: opts.Logger.WithValues("backend", opts.Backend.Name())}
 	p.tracker = NewTracker(opts.Family, opts.NodeName, opts.Clock.Now(), func(e FieldError) {
 		opts.Metrics.InvalidObjectFieldsTotal.Inc()
-		p.logger.Error(nil, "Skipping unusable field", "object", e.Object, "field", e.Field, "value", e.Value, "reason", e.Reason)
+		p.logger.Error(nil, "Skipping unusable field", "object", e.ObjectName(), "field", e.Field, "value", e.Value, "reason", e.Reason)
+		if opts.Events != nil {
+			// The owner of the object sees this with kubectl describe; the recorder
+			// folds repeats of the same Event into one series.
+			opts.Events.Eventf(&e.Object, nil, v1.EventTypeWarning, InvalidFieldReason, "Proxy", "%s", e.Message())
+		}
 	})
 	p.runner = NewRunner(p.sync, opts.MinSyncPeriod, opts.SyncPeriod, retryMin, opts.Clock)
 	return p
@@ -91,6 +106,13 @@ func (p *Proxier) SetInitialized() {
 	p.Changed()
 }
 
+// RequestFullSync asks for a full sync as soon as the minimum sync interval allows, for
+// when something outside switchyard removed rules (see iptables.MonitorCanary).
+func (p *Proxier) RequestFullSync() {
+	p.fullRequested.Store(true)
+	p.Changed()
+}
+
 // Run runs the sync loop until ctx is cancelled.
 func (p *Proxier) Run(ctx context.Context) {
 	p.ctx = ctx
@@ -111,7 +133,7 @@ func (p *Proxier) sync() error {
 	p.pendingTriggers = append(p.pendingTriggers, flushed.TriggerTimes...)
 	p.pendingStale = append(p.pendingStale, flushed.Stale...)
 
-	full := p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.opts.SyncPeriod
+	full := p.fullRequested.Swap(false) || p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.opts.SyncPeriod
 	if !full && len(flushed.Changed) == 0 {
 		p.succeeded()
 		return nil

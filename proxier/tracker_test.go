@@ -386,8 +386,8 @@ func TestTracker(t *testing.T) {
 				},
 				wantChanged: []ServicePortName{http, dns},
 				wantFieldErrors: []FieldError{
-					{Object: "Service ns/svc", Field: "spec.externalIPs[1]", Value: "192.0.2.300"},
-					{Object: "EndpointSlice ns/svc-1", Field: "endpoints[1].addresses[0]", Value: "10.0.0"},
+					{Object: v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: "ns", Name: "svc"}, Field: "spec.externalIPs[1]", Value: "192.0.2.300"},
+					{Object: v1.ObjectReference{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice", Namespace: "ns", Name: "svc-1"}, Field: "endpoints[1].addresses[0]", Value: "10.0.0"},
 				},
 				wantEndpoints: map[ServicePortName][]string{http: {"10.0.0.1:8080"}, dns: {"10.0.0.1:5353"}},
 			}},

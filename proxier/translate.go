@@ -9,7 +9,9 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	netutils "k8s.io/utils/net"
 )
 
 // defaultSessionAffinityTimeout is the API's default for
@@ -20,14 +22,30 @@ const defaultSessionAffinityTimeout = 10800 * time.Second
 // used; only the offending value is skipped (or the whole object when nothing usable is
 // left), so one bad object never affects others.
 type FieldError struct {
-	Object string // "Service ns/name" or "EndpointSlice ns/name"
+	// Object is the Service or EndpointSlice, as the Event about it refers to it.
+	Object v1.ObjectReference
 	Field  string // a field path, e.g. "spec.externalIPs[1]"
 	Value  string
 	Reason string
 }
 
+// ObjectName is "Kind namespace/name", for log lines.
+func (e FieldError) ObjectName() string {
+	return e.Object.Kind + " " + e.Object.Namespace + "/" + e.Object.Name
+}
+
+// Message says what is wrong with the field, without naming the object.
+func (e FieldError) Message() string {
+	return fmt.Sprintf("%s: invalid value %q: %s", e.Field, e.Value, e.Reason)
+}
+
 func (e FieldError) Error() string {
-	return fmt.Sprintf("%s: %s: invalid value %q: %s", e.Object, e.Field, e.Value, e.Reason)
+	return e.ObjectName() + ": " + e.Message()
+}
+
+// objectReference refers to an API object of the given kind, as an Event's subject.
+func objectReference(apiVersion, kind string, meta metav1.ObjectMeta) v1.ObjectReference {
+	return v1.ObjectReference{APIVersion: apiVersion, Kind: kind, Namespace: meta.Namespace, Name: meta.Name, UID: meta.UID}
 }
 
 // Family is an IP family as the model uses it.
@@ -50,7 +68,7 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 	if svc.Spec.Type == v1.ServiceTypeExternalName || len(svc.Spec.Ports) == 0 {
 		return nil, nil
 	}
-	object := "Service " + svc.Namespace + "/" + svc.Name
+	object := objectReference("v1", "Service", svc.ObjectMeta)
 	var errs []FieldError
 	bad := func(field, value, reason string) {
 		errs = append(errs, FieldError{Object: object, Field: field, Value: value, Reason: reason})
@@ -64,8 +82,8 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 		if s == v1.ClusterIPNone || s == "" {
 			return nil, nil // headless
 		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
+		a, ok := parseIP(s)
+		if !ok {
 			bad(fmt.Sprintf("spec.clusterIPs[%d]", i), s, "not an IP address")
 			continue
 		}
@@ -94,8 +112,8 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 	var sourceRanges []netip.Prefix
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 		for i, s := range svc.Spec.LoadBalancerSourceRanges {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
+			p, ok := parsePrefix(s)
+			if !ok {
 				bad(fmt.Sprintf("spec.loadBalancerSourceRanges[%d]", i), s, "not a CIDR")
 				continue
 			}
@@ -163,11 +181,34 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 	return ports, errs
 }
 
+// parseIP reads an IP address as kube-proxy does: the legacy forms the apiserver still
+// accepts with a warning, leading zeros ("010.1.2.3" is 10.1.2.3) and IPv4-mapped IPv6
+// ("::ffff:10.1.2.3"), are the IPv4 address they denote.
+func parseIP(s string) (netip.Addr, bool) {
+	a, ok := netip.AddrFromSlice(netutils.ParseIPSloppy(s))
+	return a.Unmap(), ok
+}
+
+// parsePrefix reads a CIDR as kube-proxy does, with parseIP's legacy forms.
+func parsePrefix(s string) (netip.Prefix, bool) {
+	_, ipnet, err := netutils.ParseCIDRSloppy(s)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	a, _ := netip.AddrFromSlice(ipnet.IP)
+	ones, _ := ipnet.Mask.Size()
+	if a.Is4In6() {
+		ones -= 96
+	}
+	p := netip.PrefixFrom(a.Unmap(), ones)
+	return p, p.IsValid()
+}
+
 func parseAddrs(values []string, family Family, field string, bad func(field, value, reason string)) []netip.Addr {
 	var out []netip.Addr
 	for i, s := range values {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
+		a, ok := parseIP(s)
+		if !ok {
 			path := field
 			if len(values) > 1 || field == "spec.externalIPs" {
 				path = fmt.Sprintf("%s[%d]", field, i)
@@ -203,7 +244,7 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 		if slice.AddressType != wantType {
 			continue
 		}
-		object := "EndpointSlice " + slice.Namespace + "/" + slice.Name
+		object := objectReference("discovery.k8s.io/v1", "EndpointSlice", slice.ObjectMeta)
 		// Addresses are checked once per slice, not once per port, so each bad one is
 		// reported once.
 		addrs := make([]netip.Addr, len(slice.Endpoints))
@@ -213,8 +254,8 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 			}
 			// Like kube-proxy, only the first address is used: the API defines the
 			// others as interchangeable and they are never set in practice.
-			ip, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil || !family.matches(ip) {
+			ip, ok := parseIP(ep.Addresses[0])
+			if !ok || !family.matches(ip) {
 				errs = append(errs, FieldError{Object: object, Field: fmt.Sprintf("endpoints[%d].addresses[0]", ei), Value: ep.Addresses[0], Reason: "not an IP address of the slice's addressType"})
 				continue
 			}

@@ -16,7 +16,7 @@ import (
 // prose.
 var fieldErrorOpts = cmp.Options{
 	cmpopts.IgnoreFields(FieldError{}, "Reason"),
-	cmpopts.SortSlices(func(a, b FieldError) bool { return a.Object+" "+a.Field < b.Object+" "+b.Field }),
+	cmpopts.SortSlices(func(a, b FieldError) bool { return a.ObjectName()+" "+a.Field < b.ObjectName()+" "+b.Field }),
 	cmpopts.EquateEmpty(),
 }
 
@@ -34,7 +34,7 @@ func TestServicePorts(t *testing.T) {
 		}
 		return sp
 	}
-	const object = "Service ns/svc"
+	object := v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: "ns", Name: "svc"}
 
 	testCases := []struct {
 		name     string
@@ -158,12 +158,26 @@ func TestServicePorts(t *testing.T) {
 			family: IPv4,
 		},
 		{
-			name: "IPv4-mapped IPv6 cluster IP is not an IPv4 address",
+			// The apiserver accepts these legacy forms with a warning; kube-proxy reads
+			// them as the IPv4 address they denote.
+			name: "legacy IP forms are read as kube-proxy reads them",
+			svc: makeService("svc", func(s *v1.Service) {
+				s.Spec.ClusterIP = "::ffff:10.96.0.1"
+				s.Spec.ClusterIPs = []string{"::ffff:10.96.0.1"}
+				s.Spec.ExternalIPs = []string{"192.0.002.001"}
+			}),
+			family: IPv4,
+			want: []*ServicePort{wantPort(func(sp *ServicePort) {
+				sp.ExternalIPs = addrs("192.0.2.1")
+			})},
+		},
+		{
+			name: "an IPv4-mapped IPv6 cluster IP is not an IPv6 address",
 			svc: makeService("svc", func(s *v1.Service) {
 				s.Spec.ClusterIP = "::ffff:10.96.0.1"
 				s.Spec.ClusterIPs = []string{"::ffff:10.96.0.1"}
 			}),
-			family: IPv4,
+			family: IPv6,
 		},
 		{
 			name: "unparsable cluster IP is reported and the service skipped",
@@ -426,6 +440,7 @@ func TestServicePorts(t *testing.T) {
 }
 
 func TestServiceEndpoints(t *testing.T) {
+	sliceA := v1.ObjectReference{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice", Namespace: "ns", Name: "svc-a"}
 	service := nsName("svc")
 	httpPort := spn("svc", "http", v1.ProtocolTCP)
 	// ep is an endpoint of port 8080 that is ready and serving, modified by tweak.
@@ -577,8 +592,8 @@ func TestServiceEndpoints(t *testing.T) {
 				spn("svc", "https", v1.ProtocolTCP): {ep("10.0.0.1", func(e *Endpoint) { e.Port = 8443 })},
 			},
 			wantErrs: []FieldError{
-				{Object: "EndpointSlice ns/svc-a", Field: "endpoints[0].addresses[0]", Value: "bogus"},
-				{Object: "EndpointSlice ns/svc-a", Field: "endpoints[2].addresses[0]", Value: "fd00::1"},
+				{Object: sliceA, Field: "endpoints[0].addresses[0]", Value: "bogus"},
+				{Object: sliceA, Field: "endpoints[2].addresses[0]", Value: "fd00::1"},
 			},
 		},
 		{
@@ -588,7 +603,7 @@ func TestServiceEndpoints(t *testing.T) {
 			})),
 			family:   IPv4,
 			want:     map[ServicePortName][]Endpoint{httpPort: {ep("10.0.0.1", nil)}},
-			wantErrs: []FieldError{{Object: "EndpointSlice ns/svc-a", Field: "ports[1].port", Value: "0"}},
+			wantErrs: []FieldError{{Object: sliceA, Field: "ports[1].port", Value: "0"}},
 		},
 		{
 			// Regression: addresses used to be checked only while walking ports[0], so a
@@ -606,8 +621,8 @@ func TestServiceEndpoints(t *testing.T) {
 			family: IPv4,
 			want:   map[ServicePortName][]Endpoint{httpPort: {ep("10.0.0.1", nil)}},
 			wantErrs: []FieldError{
-				{Object: "EndpointSlice ns/svc-a", Field: "ports[0].port", Value: "70000"},
-				{Object: "EndpointSlice ns/svc-a", Field: "endpoints[0].addresses[0]", Value: "bogus"},
+				{Object: sliceA, Field: "ports[0].port", Value: "70000"},
+				{Object: sliceA, Field: "endpoints[0].addresses[0]", Value: "bogus"},
 			},
 		},
 		{

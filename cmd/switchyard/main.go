@@ -22,7 +22,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -42,17 +44,12 @@ func main() {
 }
 
 func run(args []string) int {
-	parsed, err := config.Parse(args, os.Stderr)
-	var usage *config.UsageError
-	switch {
-	case errors.Is(err, pflag.ErrHelp):
-		return 0
-	case errors.As(err, &usage):
-		fmt.Fprintf(os.Stderr, "switchyard: %v\nRun 'switchyard --help' for usage.\n", err)
-		return 2
-	case err != nil:
-		fmt.Fprintf(os.Stderr, "switchyard: %v\n", err)
-		return 2
+	if len(args) > 0 && args[0] == "explain" {
+		return explain(args[1:], os.Stdout)
+	}
+	parsed, code := parseConfig(args)
+	if parsed == nil {
+		return code
 	}
 	if parsed.Version {
 		fmt.Println("switchyard", version)
@@ -68,6 +65,24 @@ func run(args []string) int {
 	return 0
 }
 
+// parseConfig parses the command line; when it returns nil, the process exits with the
+// returned status (0 after --help, 2 after a usage error, which it has printed).
+func parseConfig(args []string) (*config.Parsed, int) {
+	parsed, err := config.Parse(args, os.Stderr)
+	var usage *config.UsageError
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		return nil, 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(os.Stderr, "switchyard: %v\nRun 'switchyard --help' for usage.\n", err)
+		return nil, 2
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "switchyard: %v\n", err)
+		return nil, 2
+	}
+	return parsed, 0
+}
+
 func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	flavor, err := iptables.DetectFlavor(ctx)
 	if err != nil {
@@ -76,18 +91,24 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	if cfg.Cleanup {
 		return cleanup(ctx, flavor, logger)
 	}
+	if cfg.InitOnly {
+		initNode(cfg, flavor, logger)
+		return nil
+	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
 	tuneNode(cfg, logger)
 
-	restConfig, err := clientcmd.BuildConfigFromFlags(cfg.Master, cfg.Kubeconfig)
+	client, err := newClient(cfg)
 	if err != nil {
-		return fmt.Errorf("building client configuration from --master/--kubeconfig: %w", err)
+		return err
 	}
-	restConfig.UserAgent = "switchyard/" + version
-	client, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		return fmt.Errorf("creating Kubernetes client: %w", err)
-	}
+
+	// Events about Services and EndpointSlices with fields we had to skip go to the
+	// events.k8s.io API, where `kubectl describe` shows them to the object's owner.
+	eventBroadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	eventBroadcaster.StartRecordingToSink(ctx.Done())
+	defer eventBroadcaster.Shutdown()
+	recorder := eventBroadcaster.NewRecorder(scheme.Scheme, "switchyard")
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -95,20 +116,24 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	clk := clock.RealClock{}
 	serviceHealth := proxier.NewServiceHealth(logger)
 	stale := conntrack.New()
-	mark := fmt.Sprintf("%#08x", uint32(1)<<cfg.MasqueradeBit)
+	mark := masqueradeMark(cfg)
 
 	// One proxier per IP family, like kube-proxy: each programs its family's addresses of
 	// every Service, and a dual-stack Service gets both.
 	var proxiers []*proxier.Proxier
 	var healths proxier.Healths
 	for _, family := range families(flavor, logger) {
-		backend, err := newBackend(ctx, cfg, family, flavor, mark, reg, logger)
+		backend, err := newBackend(ctx, cfg, family, flavor, mark, forProxy, reg, logger)
+		if err != nil {
+			return err
+		}
+		canaryIPT, err := iptables.New(flavor, family == proxier.IPv6)
 		if err != nil {
 			return err
 		}
 		health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
 		healths = append(healths, health)
-		proxiers = append(proxiers, proxier.New(proxier.Options{
+		p := proxier.New(proxier.Options{
 			Backend:       backend,
 			Family:        family,
 			NodeName:      cfg.NodeName,
@@ -120,7 +145,10 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			Conntrack:     stale,
 			Clock:         clk,
 			Logger:        logger.WithValues("ipFamily", familyName(family)),
-		}))
+			Events:        recorder,
+		})
+		proxiers = append(proxiers, p)
+		go iptables.MonitorCanary(ctx, canaryIPT, canaryInterval, p.RequestFullSync, logger.WithValues("ipFamily", familyName(family)))
 	}
 
 	metricsMux := http.NewServeMux()
@@ -147,6 +175,25 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	// is upgraded, and the next instance adopts them.
 	logger.Info("Shutting down; rules are left in place")
 	return nil
+}
+
+// masqueradeMark is the fwmark bit --iptables-masquerade-bit selects, as iptables spells it.
+func masqueradeMark(cfg config.Config) string {
+	return fmt.Sprintf("%#08x", uint32(1)<<cfg.MasqueradeBit)
+}
+
+// newClient connects to the apiserver given by --master/--kubeconfig, or in-cluster.
+func newClient(cfg config.Config) (kubernetes.Interface, error) {
+	restConfig, err := clientcmd.BuildConfigFromFlags(cfg.Master, cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("building client configuration from --master/--kubeconfig: %w", err)
+	}
+	restConfig.UserAgent = "switchyard/" + version
+	client, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	return client, nil
 }
 
 // families are the IP families this node gets a proxier for: IPv4 always, and IPv6 when
@@ -177,7 +224,16 @@ func familyName(f proxier.Family) string {
 }
 
 // newBackend makes the backend of the proxy mode for one IP family.
-func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, flavor iptables.Flavor, mark string, reg prometheus.Registerer, logger klog.Logger) (proxier.Backend, error) {
+// backendUse is what a backend is made for: running the proxy, which prepares and
+// changes the node, or inspecting it (explain), which must change nothing.
+type backendUse int
+
+const (
+	forProxy backendUse = iota
+	forInspection
+)
+
+func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, flavor iptables.Flavor, mark string, use backendUse, reg prometheus.Registerer, logger klog.Logger) (proxier.Backend, error) {
 	ipv4 := family == proxier.IPv4
 	ipt, err := iptables.New(flavor, !ipv4)
 	if err != nil {
@@ -193,22 +249,32 @@ func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, f
 		logger.Info("No --cluster-cidr for this IP family and no --masquerade-all: traffic to cluster IPs is not masqueraded", "ipFamily", familyName(family))
 	}
 	if cfg.Mode == config.ModeIPVS {
-		b, err := newIPVSBackend(cfg, !ipv4, ipt, clusterCIDR, mark, reg, logger)
+		b, err := newIPVSBackend(cfg, !ipv4, ipt, clusterCIDR, mark, use, reg, logger)
 		if err != nil {
 			return nil, err
 		}
-		go b.RunDrainer(ctx, drainInterval)
+		if use == forProxy {
+			go b.RunDrainer(ctx, drainInterval)
+		}
 		return b, nil
 	}
-	return iptables.NewBackend(ipt, iptables.RenderConfig{
+	backend := iptables.NewBackend(ipt, iptables.RenderConfig{
 		IPv6:              !ipv4,
 		ClusterCIDR:       clusterCIDR,
 		MasqueradeAll:     cfg.MasqueradeAll,
 		MasqueradeMark:    mark,
 		NodeName:          cfg.NodeName,
 		NodePortAddresses: cfg.NodePortPrefixes(ipv4),
-	}, reg, logger), nil
+	}, reg, logger)
+	if use == forProxy && ipv4 {
+		// One proxier is enough to remove IPVS mode's leftovers of both families.
+		return &withoutIPVSLeftovers{Backend: backend, logger: logger}, nil
+	}
+	return backend, nil
 }
+
+// canaryInterval is how often the canary chain is checked, as kube-proxy checks its own.
+const canaryInterval = 5 * time.Second
 
 // drainInterval is how often IPVS mode checks whether removed real servers have drained.
 const drainInterval = 5 * time.Second
@@ -216,8 +282,24 @@ const drainInterval = 5 * time.Second
 // terminationGrace bounds how long a removed IPVS real server keeps its connections.
 const terminationGrace = 2 * time.Minute
 
-func newIPVSBackend(cfg config.Config, ipv6 bool, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
-	// Opening IPVS loads the ip_vs module when it can; the IPVS sysctls exist only after.
+// initNode makes the node settings that take full root privileges, like kube-proxy's
+// --init-only: the DaemonSet runs it in a privileged init container, so that the proxy
+// itself runs with NET_ADMIN and NET_RAW only. Each step is best effort, as at startup.
+func initNode(cfg config.Config, flavor iptables.Flavor, logger klog.Logger) {
+	tuneNode(cfg, logger)
+	if cfg.Mode == config.ModeIPVS {
+		for _, family := range families(flavor, logger) {
+			if _, err := prepareIPVS(cfg, family == proxier.IPv6, logger); err != nil {
+				logger.Error(err, "IPVS is not available")
+			}
+		}
+	}
+	logger.Info("Node initialized", "mode", cfg.Mode)
+}
+
+// prepareIPVS opens IPVS, which loads the ip_vs module when it can, then checks the
+// scheduler and applies the sysctls that exist only once the module is loaded.
+func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interface, error) {
 	handle, err := ipvs.New()
 	if err != nil {
 		return nil, err
@@ -228,11 +310,26 @@ func newIPVSBackend(cfg config.Config, ipv6 bool, ipt iptables.Interface, cluste
 		logger.Error(err, "IPVS scheduler may be unavailable")
 	}
 	if err := ipvs.PrepareNode(cfg.IPVSStrictARP, ipv6); err != nil {
-		// Like kube-proxy: a sysctl that cannot be set (read-only in some containers) is
-		// worth a loud log line, not a node without Services.
+		// Like kube-proxy: a sysctl that cannot be set (read-only in an unprivileged
+		// container; the DaemonSet's --init-only container sets them) is worth a loud
+		// log line, not a node without Services.
 		logger.Error(err, "Some IPVS sysctls could not be set")
 	}
-	dev, err := dummy.Ensure(dummy.DefaultName)
+	return handle, nil
+}
+
+func newIPVSBackend(cfg config.Config, ipv6 bool, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, use backendUse, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
+	var handle ipvs.Interface
+	var dev *dummy.Device
+	var err error
+	if use == forInspection {
+		// A missing device stays missing: Explain reports it.
+		if handle, err = ipvs.New(); err == nil {
+			dev, err = dummy.Lookup(dummy.DefaultName)
+		}
+	} else if handle, err = prepareIPVS(cfg, ipv6, logger); err == nil {
+		dev, err = dummy.Ensure(dummy.DefaultName)
+	}
 	if err != nil {
 		return nil, err
 	}

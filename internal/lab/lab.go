@@ -121,6 +121,9 @@ type Options struct {
 	// the lab runs in. Only use it inside the guest: the lab then enables forwarding in
 	// that namespace, which must never be the host's.
 	Kubeconfig string
+	// Authorization is the apiserver's --authorization-mode (see
+	// testenv.ControlPlaneOptions); ignored with Kubeconfig.
+	Authorization string
 }
 
 // Start builds the lab. On error, whatever was already built is removed.
@@ -238,9 +241,10 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		return l, nil
 	}
 	l.controlPlane, err = testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{
-		BindAddress: HostLinkIP,
-		Dir:         filepath.Join(l.Dir, "controlplane"),
-		ServiceCIDR: ServiceCIDR + "," + ServiceCIDR6,
+		BindAddress:   HostLinkIP,
+		Dir:           filepath.Join(l.Dir, "controlplane"),
+		ServiceCIDR:   ServiceCIDR + "," + ServiceCIDR6,
+		Authorization: opts.Authorization,
 	})
 	if err != nil {
 		return nil, err
@@ -248,6 +252,10 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	l.Kubeconfig, l.Client = l.controlPlane.Kubeconfig, l.controlPlane.Client
 	return l, nil
 }
+
+// ControlPlane is the lab's own etcd and apiserver; nil when the lab uses an apiserver
+// that was already running (Options.Kubeconfig).
+func (l *Lab) ControlPlane() *testenv.ControlPlane { return l.controlPlane }
 
 // NodeCommand returns a command that runs on the node.
 func (l *Lab) NodeCommand(ctx context.Context, name string, args ...string) *exec.Cmd {

@@ -10,11 +10,13 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -648,4 +650,37 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// PutStorage writes obj, as JSON, straight into etcd under key (e.g.
+// "/registry/services/specs/default/web"), past the apiserver's validation. Tests use it
+// for objects the apiserver no longer accepts but may still hold from older releases; the
+// apiserver reads JSON from storage as well as protobuf, and its watchers see the write.
+func (cp *ControlPlane) PutStorage(ctx context.Context, key string, obj any) error {
+	value, err := json.Marshal(obj)
+	if err != nil {
+		return fmt.Errorf("encoding %s: %w", key, err)
+	}
+	// etcd's gRPC gateway takes keys and values base64-encoded.
+	body, err := json.Marshal(map[string]string{
+		"key":   base64.StdEncoding.EncodeToString([]byte(key)),
+		"value": base64.StdEncoding.EncodeToString(value),
+	})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, cp.EtcdURL+"/v3/kv/put", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("writing %s to etcd: %w", key, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("writing %s to etcd: %s: %s", key, resp.Status, msg)
+	}
+	return nil
 }

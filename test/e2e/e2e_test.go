@@ -71,6 +71,13 @@ func buildBinaries(dir string) error {
 
 func startLab(t *testing.T, pods int) *lab.Lab {
 	t.Helper()
+	return startLabWith(t, lab.Options{Pods: pods})
+}
+
+// startLabWith builds a lab with the given options; the scratch directory, the agent and
+// (inside the kernel lab) the host's apiserver are filled in.
+func startLabWith(t *testing.T, opts lab.Options) *lab.Lab {
+	t.Helper()
 	for _, tool := range []string{"ip", "iptables-nft-save", "iptables-legacy-save", "sysctl", "curl", "ipvsadm"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: install the Debian packages iproute2, iptables, procps, curl and ipvsadm (make deps)", tool)
@@ -78,8 +85,8 @@ func startLab(t *testing.T, pods int) *lab.Lab {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Dir: t.TempDir(), Pods: pods, Agent: filepath.Join(binDir, "labagent"),
-		Kubeconfig: os.Getenv(envGuestKubeconfig)})
+	opts.Dir, opts.Agent, opts.Kubeconfig = t.TempDir(), filepath.Join(binDir, "labagent"), os.Getenv(envGuestKubeconfig)
+	l, err := lab.Start(ctx, opts)
 	if err != nil {
 		t.Fatalf("starting the lab: %v", err)
 	}
@@ -131,6 +138,14 @@ func forModes(t *testing.T, test string, modes []proxyMode, scenario func(t *tes
 func startProxy(t *testing.T, mode proxyMode, extraFlags ...string) (*lab.Lab, context.Context) {
 	t.Helper()
 	l := startLab(t, 3)
+	ctx, _ := startProxyIn(t, l, mode, extraFlags...)
+	return l, ctx
+}
+
+// startProxyIn runs switchyard in the lab l, as startProxy does, and returns the path of
+// its log.
+func startProxyIn(t *testing.T, l *lab.Lab, mode proxyMode, extraFlags ...string) (context.Context, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	if mode.flavor == "legacy" && !mode.kernelLab {
@@ -158,7 +173,7 @@ func startProxy(t *testing.T, mode proxyMode, extraFlags ...string) (*lab.Lab, c
 			t.Logf("switchyard log:\n%s", tail(string(out), 60))
 		}
 	})
-	return l, ctx
+	return ctx, logPath
 }
 
 // expectFlow waits until a batch of requests gives the wanted outcome: answered by
@@ -250,6 +265,20 @@ func writeEndpoints(ctx context.Context, t *testing.T, l *lab.Lab, service strin
 	if err := createSlice(ctx, l, lab.EndpointSlice(service, pods)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// serveWeb creates the Service default/web backed by pods, waits until the proxy balances
+// it across them, and returns it with its URL.
+func serveWeb(ctx context.Context, t *testing.T, l *lab.Lab, pods []*lab.Pod) (*v1.Service, string) {
+	t.Helper()
+	svc, err := l.Client.CoreV1().Services("default").Create(ctx, lab.Service("web"), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating the Service: %v", err)
+	}
+	writeEndpoints(ctx, t, l, "web", pods)
+	url := fmt.Sprintf("http://%s:80/", svc.Spec.ClusterIP)
+	expectFlow(ctx, t, "web served", func() (lab.Result, error) { return l.Get(ctx, url, 30) }, pods, "", "")
+	return svc, url
 }
 
 // writeProtocolEndpoints is writeEndpoints for a Service whose port uses another protocol.
