@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/switchyard/switchyard/config"
 	"github.com/switchyard/switchyard/internal/testenv"
@@ -85,6 +86,15 @@ func TestShippedConfigurationParses(t *testing.T) {
 			t.Fatalf("%s: %v", obj.GetKind(), err)
 		}
 	}
+	kubeconfig, err := clientcmd.Load([]byte(cm.Data["kubeconfig.conf"]))
+	if err != nil {
+		t.Fatalf("kubeconfig.conf: %v", err)
+	}
+	current := kubeconfig.Contexts[kubeconfig.CurrentContext]
+	if current == nil || kubeconfig.Clusters[current.Cluster] == nil || kubeconfig.AuthInfos[current.AuthInfo] == nil ||
+		kubeconfig.AuthInfos[current.AuthInfo].TokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" {
+		t.Errorf("kubeconfig.conf: want a current context whose user reads the pod's ServiceAccount token, got %+v", kubeconfig)
+	}
 	dir := t.TempDir()
 	for name, content := range cm.Data {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
@@ -116,6 +126,9 @@ func TestShippedConfigurationParses(t *testing.T) {
 			if cfg.Mode != config.ModeIPTables || cfg.NodeName != "node-a" || len(cfg.ClusterCIDRs) != 1 || cfg.InitOnly != tt.wantInitOnly {
 				t.Errorf("parsed configuration: mode %q, node %q, cluster CIDRs %v, init-only %t; want iptables, node-a, one CIDR, %t",
 					cfg.Mode, cfg.NodeName, cfg.ClusterCIDRs, cfg.InitOnly, tt.wantInitOnly)
+			}
+			if cfg.Kubeconfig != tt.container.VolumeMounts[0].MountPath+"/kubeconfig.conf" {
+				t.Errorf("kubeconfig %q, want the ConfigMap's kubeconfig.conf: the kubernetes Service's cluster IP is not reachable before the proxy runs", cfg.Kubeconfig)
 			}
 			if cfg.MetricsBindAddress != "0.0.0.0:10249" {
 				t.Errorf("metrics bind address %q, want every address so Prometheus can scrape it", cfg.MetricsBindAddress)

@@ -652,6 +652,17 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// PauseAPIServer stops the apiserver process (SIGSTOP) without killing it: clients'
+// connections hang, as in an outage or a partition, until ResumeAPIServer.
+func (cp *ControlPlane) PauseAPIServer() error {
+	return cp.apiserver.cmd.Process.Signal(syscall.SIGSTOP)
+}
+
+// ResumeAPIServer continues the apiserver after PauseAPIServer.
+func (cp *ControlPlane) ResumeAPIServer() error {
+	return cp.apiserver.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // PutStorage writes obj, as JSON, straight into etcd under key (e.g.
 // "/registry/services/specs/default/web"), past the apiserver's validation. Tests use it
 // for objects the apiserver no longer accepts but may still hold from older releases; the

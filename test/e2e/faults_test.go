@@ -229,3 +229,63 @@ func testRepairsWhatOthersRemove(t *testing.T, mode proxyMode) {
 	}
 	t.Logf("%s: traffic restored %.1fs after the removal (sync period %s)", mode.name, time.Since(removed).Seconds(), syncPeriod)
 }
+
+// TestAPIServerOutage stops the apiserver for 60 s under steady traffic. The rules stay
+// and every request is answered; an endpoint change stored while the apiserver was
+// stopped (written to etcd, where the apiserver finds it when it resumes) is applied once
+// the proxy reaches the apiserver again. The lab's etcd and apiserver run on the host, so
+// this runs in the host's modes; the watch and retry logic is the same in every mode.
+func TestAPIServerOutage(t *testing.T) {
+	forModes(t, "TestAPIServerOutage", proxyModes[:2], testAPIServerOutage)
+}
+
+func testAPIServerOutage(t *testing.T, mode proxyMode) {
+	l, ctx := startProxy(t, mode)
+	_, url := serveWeb(ctx, t, l, l.Pods)
+	slice, err := l.Client.DiscoveryV1().EndpointSlices("default").Get(ctx, "web-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	traffic := startTraffic(ctx, l, url)
+
+	cp := l.ControlPlane()
+	if err := cp.PauseAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.ResumeAPIServer() })
+	// Scale to one endpoint while the apiserver is down.
+	slice.TypeMeta = metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"}
+	slice.ResourceVersion, slice.ManagedFields = "", nil
+	slice.Endpoints = slice.Endpoints[:1]
+	if err := cp.PutStorage(ctx, "/registry/endpointslices/default/web-1", slice); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(60 * time.Second)
+	if !l.ProxyRunning() {
+		t.Fatal("switchyard exited while the apiserver was stopped")
+	}
+	if err := cp.ResumeAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	resumed := time.Now()
+	err = lab.Eventually(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
+		res, err := l.Get(ctx, url, 20)
+		if err != nil {
+			return err
+		}
+		if len(res.Answers) != 1 || res.Answers[l.Pods[0].Name] == 0 {
+			return fmt.Errorf("answered by %v, want only %s", res.Answers, l.Pods[0].Name)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the change stored during the outage was not applied: %v", err)
+	}
+	applied := time.Since(resumed)
+	answered, failed := traffic.finish(t)
+	t.Logf("%s: apiserver stopped 60s; %d requests answered, %d failed; the change made during the outage was applied %.1fs after it resumed",
+		mode.name, answered, failed, applied.Seconds())
+	if failed > 0 {
+		t.Errorf("%d of %d requests failed during the outage (last error: %s)", failed, answered+failed, traffic.total.LastError)
+	}
+}
