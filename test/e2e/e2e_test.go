@@ -150,8 +150,11 @@ func startProxyIn(t *testing.T, l *lab.Lab, mode proxyMode, extraFlags ...string
 	t.Cleanup(cancel)
 	if mode.flavor == "legacy" && !mode.kernelLab {
 		// kubelet leaves this hint in the flavor it uses; switchyard must follow it.
-		if _, err := l.NodeOutput(ctx, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"); err != nil {
-			t.Fatalf("creating the legacy hint chain: %v", err)
+		// A restarted proxy finds the hint from its first start.
+		if _, err := l.NodeOutput(ctx, "iptables-legacy", "-t", "mangle", "-S", "KUBE-IPTABLES-HINT"); err != nil {
+			if _, err := l.NodeOutput(ctx, "iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"); err != nil {
+				t.Fatalf("creating the legacy hint chain: %v", err)
+			}
 		}
 	}
 	logPath, err := l.StartProxy(filepath.Join(binDir, "switchyard"), append([]string{
