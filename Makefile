@@ -54,7 +54,7 @@ test: deps controlplane lint
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
 	# Not under -race: the e2e binary also runs inside the kernel lab, where the race
 	# detector cannot map its shadow memory.
-	$(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | grep -vE '^\s+I[0-9]{4} |Feature gate'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout 50m -v ./test/e2e/ 2>&1 | grep -vE '^\s+I[0-9]{4} |Feature gate'; exit $${PIPESTATUS[0]}
 	$(GO) test -tags kernellab -exec $(CURDIR)/hack/kernel-lab/run.sh -count=1 -timeout 10m ./ipvs/
 
 # parity runs the end-to-end suite in every mode and regenerates docs/parity.md from the

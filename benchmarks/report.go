@@ -259,6 +259,23 @@ func writeRuleRefreshTable(b *strings.Builder, r *Results) {
 		)
 	}
 	b.WriteString("\n")
+	writeIncomplete(b, r.Backends, func(run BackendRun) (string, string) {
+		return fmt.Sprintf("%s (%s), %d Services", run.Mode, run.Kernel, run.Services), run.Incomplete
+	})
+}
+
+// writeIncomplete lists the runs that stopped short or did not run, and why.
+func writeIncomplete[R any](b *strings.Builder, runs []R, describe func(R) (what, why string)) {
+	listed := false
+	for _, run := range runs {
+		if what, why := describe(run); why != "" {
+			fmt.Fprintf(b, "- %s: %s.\n", what, why)
+			listed = true
+		}
+	}
+	if listed {
+		b.WriteString("\n")
+	}
 }
 
 // writeFloorSummary shows, for each mode and kernel at its largest N, how many times
@@ -271,6 +288,9 @@ func writeFloorSummary(b *strings.Builder, r *Results) {
 	largest := map[seriesKey]*BackendRun{}
 	for i := range r.Backends {
 		run := &r.Backends[i]
+		if run.Incomplete != "" {
+			continue
+		}
 		key := seriesKey{run.Mode, run.Kernel}
 		if cur, ok := largest[key]; !ok || run.Services > cur.Services {
 			largest[key] = run
@@ -324,7 +344,10 @@ func writeProxyTable(b *strings.Builder, r *Results) {
 			return histogramSeconds(p.NetworkProgramming, p.NetworkProgramming.P50)
 		}},
 		{"startup", func(p *ProxyRun) string {
-			if p.Changes == 0 && p.Incomplete != "" {
+			switch {
+			case p.Changes == 0 && p.Incomplete != "" && p.StartupSeconds == 0:
+				return missing // not run
+			case p.Changes == 0 && p.Incomplete != "":
 				return "> " + FormatSeconds(p.StartupSeconds) // it never finished its first sync
 			}
 			return FormatSeconds(p.StartupSeconds)
@@ -347,12 +370,9 @@ func writeProxyTable(b *strings.Builder, r *Results) {
 		writeTableRow(b, cells...)
 	}
 	b.WriteString("\n")
-	for _, p := range r.Proxies {
-		if p.Incomplete != "" {
-			fmt.Fprintf(b, "- %s, %s (%s), %d Services: %s.\n", p.Proxy, p.Mode, p.Kernel, p.Services, p.Incomplete)
-		}
-	}
-	b.WriteString("\n")
+	writeIncomplete(b, r.Proxies, func(p ProxyRun) (string, string) {
+		return fmt.Sprintf("%s, %s (%s), %d Services", p.Proxy, p.Mode, p.Kernel, p.Services), p.Incomplete
+	})
 }
 
 func proxyCell(p *ProxyRun, cell func(*ProxyRun) string) string {

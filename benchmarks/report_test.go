@@ -72,6 +72,8 @@ func reportFixture() *Results {
 				step(OpFull, 0.0015, 0.001, "ipvsadm-restore", true),
 				step(OpChangeEndpoint, 0.0006, 0.0004, "ipvsadm", true),
 			}},
+			// Past its budget: listed, and the floor summary keeps the largest complete N.
+			{Mode: "iptables-nft", Kernel: "host", Services: 5000, Endpoints: 10, Incomplete: "stopped after its budget of 25m0s"},
 			{Mode: "iptables-nft", Kernel: "host", Services: 1000, Endpoints: 10, PeakRSSBytes: 96 << 20, Steps: []Step{
 				step(OpChangeEndpoint, 0.09, -1, "", true),
 				step(OpAddService, 0.08, 0.02, "iptables-restore", true),
@@ -97,6 +99,9 @@ func reportFixture() *Results {
 				EndToEnd: sum(0.006, 0.01), RSSBytes: 40 << 20},
 			{Proxy: "kube-proxy", Mode: "ipvs", Kernel: "lab", Services: 100, StartupSeconds: 3, Changes: 50,
 				EndToEnd: sum(0.012, 0.03), RSSBytes: 150 << 20},
+			{Proxy: "kube-proxy", Mode: "ipvs", Kernel: "lab", Services: 5000, Incomplete: "not run: too slow at 1000"},
+			{Proxy: "switchyard", Mode: "ipvs", Kernel: "lab", Services: 5000, StartupSeconds: 30, Changes: 1, Failed: 1,
+				Incomplete: "change budget spent"},
 		},
 	}
 }
@@ -272,7 +277,7 @@ func TestReportProxyTable(t *testing.T) {
 	for _, row := range table[1:] {
 		gotOrder = append(gotOrder, strings.Join(row[:3], " "))
 	}
-	wantOrder := []string{"iptables-nft host 1000", "ipvs lab 100", "ipvs lab 1000"}
+	wantOrder := []string{"iptables-nft host 1000", "ipvs lab 100", "ipvs lab 1000", "ipvs lab 5000"}
 	if !slices.Equal(gotOrder, wantOrder) {
 		t.Errorf("row order: got %q, want %q", gotOrder, wantOrder)
 	}
@@ -303,10 +308,22 @@ func TestReportProxyTable(t *testing.T) {
 		{[]string{"iptables-nft", "host", "1000"}, "kube-proxy startup", "—"},
 		{[]string{"iptables-nft", "host", "1000"}, "kube-proxy failed/changes", "—"},
 		{[]string{"iptables-nft", "host", "1000"}, ratio, "—"},
+		// Not run at all, and started but out of change budget.
+		{[]string{"ipvs", "lab", "5000"}, "kube-proxy startup", "—"},
+		{[]string{"ipvs", "lab", "5000"}, "switchyard startup", "30.0 s"},
 	}
 	for _, tt := range tests {
 		if got := cell(t, table, findRow(t, table, tt.row...), tt.col); got != tt.want {
 			t.Errorf("%q %s = %q, want %q", tt.row, tt.col, got, tt.want)
+		}
+	}
+	for _, line := range []string{
+		"- kube-proxy, ipvs (lab), 5000 Services: not run: too slow at 1000.\n",
+		"- switchyard, ipvs (lab), 5000 Services: change budget spent.\n",
+		"- iptables-nft (host), 5000 Services: stopped after its budget of 25m0s.\n",
+	} {
+		if !strings.Contains(md, line) {
+			t.Errorf("results.md lacks %q", line)
 		}
 	}
 }

@@ -66,6 +66,11 @@ type BackendRun struct {
 	// PeakRSSBytes is the harness process's peak resident set (VmHWM): the backend's
 	// memory plus the desired state it was handed.
 	PeakRSSBytes int64 `json:"peakRSSBytes"`
+	// WallSeconds is the whole run: every sync, its floor and the verifications.
+	WallSeconds float64 `json:"wallSeconds"`
+	// Incomplete, when set, says why the run has no figures: it outlasted the harness's
+	// budget, or it was not started because smaller N showed that it would.
+	Incomplete string `json:"incomplete,omitempty"`
 }
 
 // Step is one operation, measured Runs times.

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -64,9 +65,13 @@ func canaryPresent(ctx context.Context, ipt Interface) (bool, error) {
 	return strings.Contains(string(dump), "\n:"+CanaryChain+" "), nil
 }
 
-// removeCanary deletes the canary chain when it is there (--cleanup).
+// removeCanary deletes the canary chain when it is there (--cleanup). A kernel without
+// the mangle table cannot hold it.
 func removeCanary(ctx context.Context, ipt Interface) error {
 	present, err := canaryPresent(ctx, ipt)
+	if errors.Is(err, ErrNoTable) {
+		return nil
+	}
 	if err != nil || !present {
 		return err
 	}

@@ -98,12 +98,20 @@ func (r *runner) Save(ctx context.Context, table Table) ([]byte, error) {
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return nil, fmt.Errorf("%s -t %s: %w: %s", r.save, table, err, bytes.TrimSpace(ee.Stderr))
+			stderr := bytes.TrimSpace(ee.Stderr)
+			if bytes.Contains(stderr, []byte("Table does not exist")) {
+				err = fmt.Errorf("%w: %w", ErrNoTable, err)
+			}
+			return nil, fmt.Errorf("%s -t %s: %w: %s", r.save, table, err, stderr)
 		}
 		return nil, fmt.Errorf("%s -t %s: %w", r.save, table, err)
 	}
 	return out, nil
 }
+
+// ErrNoTable is what Save returns, wrapped, for a table the kernel does not have (some
+// kernels build no IPv6 mangle table, for one).
+var ErrNoTable = errors.New("the kernel has no such table")
 
 // RestoreError is a failed iptables-restore, with the lines around the one it rejected.
 type RestoreError struct {

@@ -495,7 +495,8 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode p
 // kernel with IPVS), with a kube-apiserver on the host that the guest reaches over a tap
 // link, and fails if the test fails there.
 func runInKernelLab(t *testing.T, pattern string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	// The churn soak runs about 10 minutes in the guest; the rest take under one.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	g, err := lab.StartGuestLink(ctx, t.TempDir(), "../../hack/kernel-lab/run.sh")
 	if err != nil {

@@ -70,6 +70,9 @@ type workloadFlags struct {
 	// instead of stalling the harness for hours.
 	startupTimeout time.Duration
 	changeBudget   time.Duration
+	// backendBudget bounds one in-process backend run (one mode at one N) for the same
+	// reason.
+	backendBudget time.Duration
 }
 
 func (w *workloadFlags) register(fs *flag.FlagSet) {
@@ -79,21 +82,23 @@ func (w *workloadFlags) register(fs *flag.FlagSet) {
 	fs.Int64Var(&w.seed, "seed", 1, "seed of the workload generator")
 	fs.DurationVar(&w.startupTimeout, "startup-timeout", 8*time.Minute, "how long a proxy may take to its first complete sync")
 	fs.DurationVar(&w.changeBudget, "change-budget", 4*time.Minute, "how long a proxy's series of EndpointSlice writes may take; it stops early past this")
+	fs.DurationVar(&w.backendBudget, "backend-budget", 25*time.Minute, "how long one in-process backend run (one mode at one N, floor included) may take")
 }
 
 func (w *workloadFlags) validate() error {
 	if w.endpoints < 1 || w.repeats < 1 || w.changes < 1 {
 		return errors.New("-endpoints, -repeats and -changes must be at least 1")
 	}
-	if w.startupTimeout <= 0 || w.changeBudget <= 0 {
-		return errors.New("-startup-timeout and -change-budget must be positive")
+	if w.startupTimeout <= 0 || w.changeBudget <= 0 || w.backendBudget <= 0 {
+		return errors.New("-startup-timeout, -change-budget and -backend-budget must be positive")
 	}
 	return nil
 }
 
 func (w *workloadFlags) args() []string {
 	return []string{"-endpoints", fmt.Sprint(w.endpoints), "-repeats", fmt.Sprint(w.repeats), "-changes", fmt.Sprint(w.changes),
-		"-seed", fmt.Sprint(w.seed), "-startup-timeout", w.startupTimeout.String(), "-change-budget", w.changeBudget.String()}
+		"-seed", fmt.Sprint(w.seed), "-startup-timeout", w.startupTimeout.String(), "-change-budget", w.changeBudget.String(),
+		"-backend-budget", w.backendBudget.String()}
 }
 
 func (w *workloadFlags) proxyOptions(kernel, mode string, n int) benchmarks.ProxyOptions {
@@ -206,30 +211,39 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	// N by N, every measurement at one N before the next, and the results written after
 	// each: a run cut short (or one whose large N outlasts the patience of whoever runs
 	// it) still leaves complete figures for the smaller N.
+	plan := &plan{budgets: benchmarks.NewBudgets(), w: &w}
 	for _, n := range ns {
-		if len(host) > 0 {
-			runs, err := backends(ctx, bins["bench"], "host", host, n, &w)
-			if err != nil {
-				return err
+		if toRun, skipped := plan.backendModes("host", host, n); len(toRun)+len(skipped) > 0 {
+			results.Backends = append(results.Backends, skipped...)
+			if len(toRun) > 0 {
+				runs, err := backends(ctx, bins["bench"], "host", toRun, n, &w)
+				if err != nil {
+					return err
+				}
+				plan.recordBackends(runs)
+				results.Backends = append(results.Backends, runs...)
 			}
-			results.Backends = append(results.Backends, runs...)
 		}
-		if len(inLab) > 0 {
-			runs, err := labBackends(ctx, bins["bench"], runner, scratch, inLab, n, &w)
-			if err != nil {
-				return err
+		if toRun, skipped := plan.backendModes("lab", inLab, n); len(toRun)+len(skipped) > 0 {
+			results.Backends = append(results.Backends, skipped...)
+			if len(toRun) > 0 {
+				runs, err := labBackends(ctx, bins["bench"], runner, scratch, toRun, n, &w)
+				if err != nil {
+					return err
+				}
+				plan.recordBackends(runs)
+				results.Backends = append(results.Backends, runs...)
 			}
-			results.Backends = append(results.Backends, runs...)
 		}
 		if hostLab != nil {
-			runs, err := hostLab.run(ctx, host, n)
+			runs, err := hostLab.run(ctx, host, n, plan)
 			if err != nil {
 				return err
 			}
 			results.Proxies = append(results.Proxies, runs...)
 		}
 		if guestLab != nil {
-			runs, err := guestLab.run(ctx, proxiesInLab, n)
+			runs, err := guestLab.run(ctx, proxiesInLab, n, plan)
 			if err != nil {
 				return err
 			}
@@ -246,6 +260,64 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	}
 	fmt.Print(string(table))
 	return nil
+}
+
+// plan decides from what the runs at smaller N took which runs the next N gets (see
+// benchmarks.Budgets), and records what each run took.
+type plan struct {
+	budgets *benchmarks.Budgets
+	w       *workloadFlags
+}
+
+func backendSeries(mode, kernel string) string      { return "backend " + mode + " " + kernel }
+func proxySeries(proxy, mode, kernel string) string { return proxy + " " + mode + " " + kernel }
+
+// backendModes splits ms into the modes to run at n and not-run records for the rest.
+func (p *plan) backendModes(kernel string, ms []string, n int) (toRun []string, skipped []benchmarks.BackendRun) {
+	for _, mode := range ms {
+		if reason := p.budgets.Skip(backendSeries(mode, kernel), n, p.w.backendBudget); reason != "" {
+			logf("%s N=%d (%s): %s", mode, n, kernel, reason)
+			skipped = append(skipped, benchmarks.BackendRun{Mode: mode, Kernel: kernel, Services: n, Endpoints: p.w.endpoints, Incomplete: reason})
+			continue
+		}
+		toRun = append(toRun, mode)
+	}
+	return toRun, skipped
+}
+
+func (p *plan) recordBackends(runs []benchmarks.BackendRun) {
+	for _, r := range runs {
+		if series := backendSeries(r.Mode, r.Kernel); r.Incomplete != "" {
+			p.budgets.Exceeded(series, r.Services)
+		} else {
+			p.budgets.Measured(series, r.Services, time.Duration(r.WallSeconds*float64(time.Second)))
+		}
+	}
+}
+
+// proxies splits switchyard and kube-proxy into those to run in mode at n and not-run
+// records for the rest. What a proxy's first sync took at smaller N decides.
+func (p *plan) proxies(kernel, mode string, n int) (toRun []string, skipped []benchmarks.ProxyRun) {
+	for _, proxy := range []string{benchmarks.ProxySwitchyard, benchmarks.ProxyKubeProxy} {
+		if reason := p.budgets.Skip(proxySeries(proxy, mode, kernel), n, p.w.startupTimeout); reason != "" {
+			logf("%s %s N=%d (%s): %s", proxy, mode, n, kernel, reason)
+			skipped = append(skipped, benchmarks.ProxyRun{Proxy: proxy, Mode: mode, Kernel: kernel, Services: n, Endpoints: p.w.endpoints, Incomplete: reason})
+			continue
+		}
+		toRun = append(toRun, proxy)
+	}
+	return toRun, skipped
+}
+
+func (p *plan) recordProxies(runs []benchmarks.ProxyRun) {
+	for _, r := range runs {
+		series := proxySeries(r.Proxy, r.Mode, r.Kernel)
+		if r.Changes == 0 && r.Incomplete != "" { // its first sync did not complete
+			p.budgets.Exceeded(series, r.Services)
+		} else {
+			p.budgets.Measured(series, r.Services, time.Duration(r.StartupSeconds*float64(time.Second)))
+		}
+	}
 }
 
 func writeResults(results *benchmarks.Results, dir string) error {
@@ -343,13 +415,24 @@ func cmdBackends(ctx context.Context, args []string) error {
 	return benchmarks.WriteJSON(*out, runs)
 }
 
+// backends runs each mode's backend at n Services. A run that outlasts -backend-budget
+// is stopped and recorded as incomplete, with no figures.
 func backends(ctx context.Context, self, kernel string, ms []string, n int, w *workloadFlags) ([]benchmarks.BackendRun, error) {
 	var runs []benchmarks.BackendRun
 	for _, mode := range ms {
-		run, err := backendInNetns(ctx, self, kernel, mode, n, w)
+		runCtx, cancel := context.WithTimeout(ctx, w.backendBudget)
+		start := time.Now()
+		run, err := backendInNetns(runCtx, self, kernel, mode, n, w)
+		cancel()
+		if err != nil && ctx.Err() == nil && errors.Is(runCtx.Err(), context.DeadlineExceeded) {
+			run, err = &benchmarks.BackendRun{Mode: mode, Kernel: kernel, Services: n, Endpoints: w.endpoints,
+				Incomplete: fmt.Sprintf("stopped after its budget of %s (-backend-budget)", w.backendBudget)}, nil
+			logf("%s N=%d (%s): %s", mode, n, kernel, run.Incomplete)
+		}
 		if err != nil {
 			return nil, err
 		}
+		run.WallSeconds = time.Since(start).Seconds()
 		runs = append(runs, *run)
 	}
 	return runs, nil
@@ -381,6 +464,9 @@ func backendInNetns(ctx context.Context, self, kernel, mode string, n int, w *wo
 		"-endpoints", fmt.Sprint(w.endpoints), "-repeats", fmt.Sprint(w.repeats), "-seed", fmt.Sprint(w.seed),
 		"-floor-netns", nss[1].Path(), "-out", file.Name())
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// Past its budget the run is killed with the restore it may be waiting for.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("%s at %d Services (%s): %w", mode, n, kernel, err)
 	}
@@ -440,7 +526,7 @@ func startHostProxyLab(ctx context.Context, bins map[string]string, scratch stri
 
 func (p *proxyLab) Close() error { return p.lab.Close() }
 
-func (p *proxyLab) run(ctx context.Context, ms []string, n int) ([]benchmarks.ProxyRun, error) {
+func (p *proxyLab) run(ctx context.Context, ms []string, n int, plan *plan) ([]benchmarks.ProxyRun, error) {
 	logf("host: populating the apiserver to %d Services", n)
 	if err := benchmarks.Populate(ctx, p.lab.Client, p.workload, p.populated, n); err != nil {
 		return nil, err
@@ -448,12 +534,18 @@ func (p *proxyLab) run(ctx context.Context, ms []string, n int) ([]benchmarks.Pr
 	p.populated = n
 	var runs []benchmarks.ProxyRun
 	for _, mode := range ms {
+		toRun, skipped := plan.proxies("host", mode, n)
+		runs = append(runs, skipped...)
+		if len(toRun) == 0 {
+			continue
+		}
 		o := p.w.proxyOptions("host", mode, n)
-		o.Binaries, o.Lab, o.Scratch = p.bins, p.lab, p.scratch
+		o.Binaries, o.Lab, o.Scratch, o.Proxies = p.bins, p.lab, p.scratch, toRun
 		got, err := benchmarks.RunProxies(ctx, o)
 		if err != nil {
 			return nil, err
 		}
+		plan.recordProxies(got)
 		runs = append(runs, got...)
 	}
 	return runs, nil
@@ -489,7 +581,7 @@ func (g *guestProxyLab) Close() error { return g.link.Close() }
 // run boots one guest per proxy, so that each proxy starts from a pristine kernel:
 // kube-proxy's --cleanup does not empty an IPVS node in the lab (its iptables teardown
 // fails there), and a leftover would change what the next run measures.
-func (g *guestProxyLab) run(ctx context.Context, ms []string, n int) ([]benchmarks.ProxyRun, error) {
+func (g *guestProxyLab) run(ctx context.Context, ms []string, n int, plan *plan) ([]benchmarks.ProxyRun, error) {
 	logf("kernel lab: populating the apiserver to %d Services", n)
 	if err := benchmarks.Populate(ctx, g.client, g.workload, g.populated, n); err != nil {
 		return nil, err
@@ -497,7 +589,9 @@ func (g *guestProxyLab) run(ctx context.Context, ms []string, n int) ([]benchmar
 	g.populated = n
 	var runs []benchmarks.ProxyRun
 	for _, mode := range ms {
-		for _, proxy := range []string{benchmarks.ProxySwitchyard, benchmarks.ProxyKubeProxy} {
+		toRun, skipped := plan.proxies("lab", mode, n)
+		runs = append(runs, skipped...)
+		for _, proxy := range toRun {
 			name := fmt.Sprintf("%s-%s-%d", proxy, mode, n)
 			file := filepath.Join(g.scratch, "lab-proxies-"+name+".json")
 			args := append([]string{g.bins["bench"], "proxies", "-kubeconfig", g.link.Kubeconfig, "-modes", mode, "-proxies", proxy,
@@ -510,6 +604,7 @@ func (g *guestProxyLab) run(ctx context.Context, ms []string, n int) ([]benchmar
 			if err := readJSON(file, &got); err != nil {
 				return nil, err
 			}
+			plan.recordProxies(got)
 			runs = append(runs, got...)
 		}
 	}
