@@ -193,3 +193,49 @@ func WriteJSON(path string, v any) error {
 	}
 	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
+
+// Resume adopts the runs of prev, an earlier run of the same workload on the same machine
+// that was cut short, and returns the N it holds. Results are written after each N, so
+// every N in prev is complete and is kept as it is; the caller measures only the others.
+// The adopted N must be the smallest of r's: the budgets extend what smaller N took to
+// larger ones, never the other way.
+func (r *Results) Resume(prev *Results) (map[int]bool, error) {
+	if prev.Machine != r.Machine {
+		return nil, fmt.Errorf("cannot resume: the earlier run was on another machine (%q, this is %q)", prev.Machine, r.Machine)
+	}
+	if !prev.Config.sameWorkload(r.Config) {
+		return nil, fmt.Errorf("cannot resume: the earlier run's workload %+v differs from this one's %+v", prev.Config, r.Config)
+	}
+	done := map[int]bool{}
+	for _, b := range prev.Backends {
+		done[b.Services] = true
+	}
+	for _, p := range prev.Proxies {
+		done[p.Services] = true
+	}
+	for i, n := range r.Config.Services {
+		if !done[n] {
+			for _, later := range r.Config.Services[i+1:] {
+				if done[later] {
+					return nil, fmt.Errorf("cannot resume: the earlier run holds %d Services but not %d, a smaller N of this run", later, n)
+				}
+			}
+			break
+		}
+	}
+	for n := range done {
+		if !slices.Contains(r.Config.Services, n) {
+			return nil, fmt.Errorf("cannot resume: the earlier run holds %d Services, which this run's -services does not list", n)
+		}
+	}
+	r.Backends = append(slices.Clone(prev.Backends), r.Backends...)
+	r.Proxies = append(slices.Clone(prev.Proxies), r.Proxies...)
+	r.Command = prev.Command + "; resumed as: " + r.Command
+	return done, nil
+}
+
+// sameWorkload reports whether c and o generate the same Services and measure them the
+// same way, whatever N each lists.
+func (c Config) sameWorkload(o Config) bool {
+	return c.Endpoints == o.Endpoints && c.Repeats == o.Repeats && c.Changes == o.Changes && c.Seed == o.Seed
+}

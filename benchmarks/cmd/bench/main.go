@@ -152,6 +152,7 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	binDir := fs.String("bin", "bin", "directory holding switchyard, labagent, bench and kube-proxy")
 	kernelLab := fs.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab's runner")
 	skipProxies := fs.Bool("skip-proxies", false, "measure only the in-process backends")
+	resume := fs.Bool("resume", false, "keep the N that -out's results.json already holds (same workload and machine) and measure only the larger N")
 	_ = fs.Parse(args)
 	if err := w.validate(); err != nil {
 		return err
@@ -194,6 +195,13 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 
 	results := &benchmarks.Results{Command: "bench " + strings.Join(args, " "), Machine: machine(),
 		Config: benchmarks.Config{Endpoints: w.endpoints, Repeats: w.repeats, Changes: w.changes, Seed: w.seed, Services: ns}}
+	plan := &plan{budgets: benchmarks.NewBudgets(), w: &w}
+	var done map[int]bool
+	if *resume {
+		if done, err = resumeFrom(filepath.Join(*out, "results.json"), results, plan); err != nil {
+			return err
+		}
+	}
 	var hostLab *proxyLab
 	var guestLab *guestProxyLab
 	if !*skipProxies && len(host) > 0 {
@@ -211,8 +219,11 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	// N by N, every measurement at one N before the next, and the results written after
 	// each: a run cut short (or one whose large N outlasts the patience of whoever runs
 	// it) still leaves complete figures for the smaller N.
-	plan := &plan{budgets: benchmarks.NewBudgets(), w: &w}
 	for _, n := range ns {
+		if done[n] {
+			logf("%d Services: kept from the earlier run", n)
+			continue
+		}
 		if toRun, skipped := plan.backendModes("host", host, n); len(toRun)+len(skipped) > 0 {
 			results.Backends = append(results.Backends, skipped...)
 			if len(toRun) > 0 {
@@ -260,6 +271,25 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	}
 	fmt.Print(string(table))
 	return nil
+}
+
+// resumeFrom adopts the complete N of the results at path (none when there is no file)
+// and seeds the plan's budgets with what they took, as if this run had measured them.
+func resumeFrom(path string, results *benchmarks.Results, p *plan) (map[int]bool, error) {
+	prev, err := benchmarks.ReadResults(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	done, err := results.Resume(prev)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	p.recordBackends(prev.Backends)
+	p.recordProxies(prev.Proxies)
+	return done, nil
 }
 
 // plan decides from what the runs at smaller N took which runs the next N gets (see
