@@ -219,11 +219,7 @@ func writeMarkdownHeader(b *strings.Builder, r *Results) {
 	fmt.Fprintf(b, "- Generated: %s\n", orMissing(r.Generated))
 	fmt.Fprintf(b, "- Command: %s\n", markdownCode(r.Command))
 	fmt.Fprintf(b, "- Machine: %s\n", orMissing(oneLine(r.Machine)))
-	services := make([]string, len(r.Config.Services))
-	for i, n := range r.Config.Services {
-		services[i] = fmt.Sprint(n)
-	}
-	fmt.Fprintf(b, "- Services (N): %s\n", orMissing(strings.Join(services, ", ")))
+	fmt.Fprintf(b, "- Services (N): %s\n", orMissing(joinInts(r.Config.Services)))
 	fmt.Fprintf(b, "- Endpoints per Service: %d\n", r.Config.Endpoints)
 	fmt.Fprintf(b, "- Repeats per incremental operation: %d\n", r.Config.Repeats)
 	fmt.Fprintf(b, "- EndpointSlice changes per end-to-end run: %d\n", r.Config.Changes)

@@ -6,9 +6,12 @@ package benchmarks
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -194,15 +197,11 @@ func WriteJSON(path string, v any) error {
 	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
 
-// Resume adopts the runs of prev, an earlier run of the same workload on the same machine
-// that was cut short, and returns the N it holds. Results are written after each N, so
+// Resume adopts the runs of prev, an earlier run of the same workload that was cut short, and returns the N it holds. Results are written after each N, so
 // every N in prev is complete and is kept as it is; the caller measures only the others.
 // The adopted N must be the smallest of r's: the budgets extend what smaller N took to
 // larger ones, never the other way.
 func (r *Results) Resume(prev *Results) (map[int]bool, error) {
-	if prev.Machine != r.Machine {
-		return nil, fmt.Errorf("cannot resume: the earlier run was on another machine (%q, this is %q)", prev.Machine, r.Machine)
-	}
 	if !prev.Config.sameWorkload(r.Config) {
 		return nil, fmt.Errorf("cannot resume: the earlier run's workload %+v differs from this one's %+v", prev.Config, r.Config)
 	}
@@ -228,6 +227,13 @@ func (r *Results) Resume(prev *Results) (map[int]bool, error) {
 			return nil, fmt.Errorf("cannot resume: the earlier run holds %d Services, which this run's -services does not list", n)
 		}
 	}
+	if prev.Machine != r.Machine {
+		// A machine of the same kind can finish a run (a long run outlives a session's
+		// machine); figures at one N always come from one machine, and the report names
+		// both, so that no reader compares across them unawares.
+		kept := slices.Sorted(maps.Keys(done))
+		r.Machine = fmt.Sprintf("%s (N = %s); %s (the larger N)", prev.Machine, joinInts(kept), r.Machine)
+	}
 	r.Backends = append(slices.Clone(prev.Backends), r.Backends...)
 	r.Proxies = append(slices.Clone(prev.Proxies), r.Proxies...)
 	r.Command = prev.Command + "; resumed as: " + r.Command
@@ -238,4 +244,12 @@ func (r *Results) Resume(prev *Results) (map[int]bool, error) {
 // same way, whatever N each lists.
 func (c Config) sameWorkload(o Config) bool {
 	return c.Endpoints == o.Endpoints && c.Repeats == o.Repeats && c.Changes == o.Changes && c.Seed == o.Seed
+}
+
+func joinInts(ns []int) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ", ")
 }

@@ -1,6 +1,7 @@
 package benchmarks
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"strings"
@@ -19,17 +20,19 @@ func TestResume(t *testing.T) {
 		return r
 	}
 	tests := []struct {
-		name     string
-		prev     *Results
-		machine  string
-		seed     int64
-		wantDone []int
-		wantErr  string
+		name        string
+		prev        *Results
+		machine     string
+		seed        int64
+		wantDone    []int
+		wantMachine string
+		wantErr     string
 	}{
 		{name: "smaller N adopted", prev: earlier(100, 1000), wantDone: []int{100, 1000}},
 		{name: "nothing measured yet", prev: earlier(), wantDone: nil},
 		{name: "every N measured", prev: earlier(100, 1000, 5000, 10000), wantDone: []int{100, 1000, 5000, 10000}},
-		{name: "other machine", prev: earlier(100), machine: "other CPU", wantErr: "another machine"},
+		{name: "another machine of the kind", prev: earlier(100, 1000), machine: "other CPU", wantDone: []int{100, 1000},
+			wantMachine: machine + " (N = 100, 1000); other CPU (the larger N)"},
 		{name: "other seed", prev: earlier(100), seed: 2, wantErr: "workload"},
 		{name: "a gap below an adopted N", prev: earlier(100, 5000), wantErr: "holds 5000 Services but not 1000"},
 		{name: "an N this run does not list", prev: earlier(100, 2000), wantErr: "holds 2000 Services"},
@@ -61,6 +64,9 @@ func TestResume(t *testing.T) {
 			}
 			if len(r.Backends) != len(tt.prev.Backends) || len(r.Proxies) != len(tt.prev.Proxies) {
 				t.Errorf("adopted %d backend and %d proxy runs, want %d and %d", len(r.Backends), len(r.Proxies), len(tt.prev.Backends), len(tt.prev.Proxies))
+			}
+			if want := cmp.Or(tt.wantMachine, machine); r.Machine != want {
+				t.Errorf("Machine = %q, want %q", r.Machine, want)
 			}
 			if want := "bench -out x; resumed as: bench -resume"; r.Command != want {
 				t.Errorf("Command = %q, want %q", r.Command, want)
