@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -23,11 +24,15 @@ type Options struct {
 	Family   Family
 	NodeName string
 	// MinSyncPeriod bounds how often the backend is synced; SyncPeriod is the period of
-	// the full resync that repairs anything changed behind our back.
+	// the sync that runs when nothing asks for one.
 	MinSyncPeriod time.Duration
 	SyncPeriod    time.Duration
-	Metrics       *Metrics
-	Health        *Health
+	// FullSyncPeriod is how long the backend may go without a full sync, the one that
+	// rewrites or reconciles everything and so repairs what was changed behind our back;
+	// 0 means SyncPeriod. Syncs in between are partial: they apply only what changed.
+	FullSyncPeriod time.Duration
+	Metrics        *Metrics
+	Health         *Health
 	// ServiceHealth, when set, serves the healthCheckNodePorts.
 	ServiceHealth *ServiceHealth
 	// Conntrack, when set, deletes the UDP flows a sync made stale.
@@ -133,7 +138,7 @@ func (p *Proxier) sync() error {
 	p.pendingTriggers = append(p.pendingTriggers, flushed.TriggerTimes...)
 	p.pendingStale = append(p.pendingStale, flushed.Stale...)
 
-	full := p.fullRequested.Swap(false) || p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.opts.SyncPeriod
+	full := p.fullRequested.Swap(false) || p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.fullSyncPeriod()
 	if !full && len(flushed.Changed) == 0 {
 		p.succeeded()
 		return nil
@@ -173,6 +178,10 @@ func (p *Proxier) sync() error {
 		"servicePorts", len(flushed.State.Services), "elapsed", time.Duration(elapsed*float64(time.Second)))
 	p.succeeded()
 	return nil
+}
+
+func (p *Proxier) fullSyncPeriod() time.Duration {
+	return cmp.Or(p.opts.FullSyncPeriod, p.opts.SyncPeriod)
 }
 
 func (p *Proxier) succeeded() {

@@ -151,8 +151,10 @@ func TestProxierSync(t *testing.T) {
 	}
 
 	testCases := []struct {
-		name  string
-		steps []proxierStep
+		name string
+		// fullSyncPeriod is the proxier's FullSyncPeriod (0: SyncPeriod).
+		fullSyncPeriod time.Duration
+		steps          []proxierStep
 	}{
 		{
 			name: "no backend sync before initialization; the first one after is full",
@@ -238,6 +240,39 @@ func TestProxierSync(t *testing.T) {
 					wantCall:      &fakeSyncCall{full: true, services: []ServicePortName{aHTTP}},
 					wantFullSyncs: 2,
 					wantHealthy:   true,
+				},
+			},
+		},
+		{
+			// iptables mode: periodic syncs apply what changed, and rewrite everything
+			// only once FullSyncPeriod has passed.
+			name:           "with a FullSyncPeriod, syncs are partial until it has passed",
+			fullSyncPeriod: 3 * testSyncPeriod,
+			steps: []proxierStep{
+				{
+					events:        []proxierEvent{svcEvent(a), initialized()},
+					wantCall:      &fakeSyncCall{full: true, changed: []ServicePortName{aHTTP}, services: []ServicePortName{aHTTP}},
+					wantFullSyncs: 1,
+					wantHealthy:   true,
+				},
+				{
+					events:        []proxierEvent{clockStep(testSyncPeriod)},
+					wantFullSyncs: 1,
+					wantHealthy:   true,
+				},
+				{
+					events:           []proxierEvent{clockStep(testSyncPeriod), svcEvent(b)},
+					wantCall:         &fakeSyncCall{full: false, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantFullSyncs:    1,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
+				},
+				{
+					events:           []proxierEvent{clockStep(testSyncPeriod)},
+					wantCall:         &fakeSyncCall{full: true, services: []ServicePortName{aHTTP, bHTTP}},
+					wantFullSyncs:    2,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
 				},
 			},
 		},
@@ -465,6 +500,7 @@ func TestProxierSync(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			tp := newTestProxier(t)
+			tp.p.opts.FullSyncPeriod = tc.fullSyncPeriod
 			for i, step := range tc.steps {
 				for _, ev := range step.events {
 					ev(tp)

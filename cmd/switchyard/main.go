@@ -134,18 +134,19 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
 		healths = append(healths, health)
 		p := proxier.New(proxier.Options{
-			Backend:       backend,
-			Family:        family,
-			NodeName:      cfg.NodeName,
-			MinSyncPeriod: cfg.MinSyncPeriod,
-			SyncPeriod:    cfg.SyncPeriod,
-			Metrics:       metrics,
-			Health:        health,
-			ServiceHealth: serviceHealth,
-			Conntrack:     stale,
-			Clock:         clk,
-			Logger:        logger.WithValues("ipFamily", familyName(family)),
-			Events:        recorder,
+			Backend:        backend,
+			Family:         family,
+			NodeName:       cfg.NodeName,
+			MinSyncPeriod:  cfg.MinSyncPeriod,
+			SyncPeriod:     cfg.SyncPeriod,
+			FullSyncPeriod: fullSyncPeriod(cfg),
+			Metrics:        metrics,
+			Health:         health,
+			ServiceHealth:  serviceHealth,
+			Conntrack:      stale,
+			Clock:          clk,
+			Logger:         logger.WithValues("ipFamily", familyName(family)),
+			Events:         recorder,
 		})
 		proxiers = append(proxiers, p)
 		go iptables.MonitorCanary(ctx, canaryIPT, canaryInterval, p.RequestFullSync, logger.WithValues("ipFamily", familyName(family)))
@@ -272,6 +273,24 @@ func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, f
 	}
 	return backend, nil
 }
+
+// fullSyncPeriod is how often a mode rewrites all of its rules when nothing asks it to.
+// IPVS mode reconciles the kernel on every periodic sync, as kube-proxy's IPVS mode does:
+// a full sync lists the virtual servers, addresses and sets and fixes what differs, which
+// is how a virtual server or address deleted behind our back comes back. iptables mode
+// does it hourly, as kube-proxy does: a full restore of every chain takes seconds at
+// 10,000 Services (minutes with the nft flavor), so at --sync-period every sync would
+// become one and each change would wait for it. A flush behind its back is caught sooner
+// by the canary chain, which asks for a full sync.
+func fullSyncPeriod(cfg config.Config) time.Duration {
+	if cfg.Mode == config.ModeIPVS {
+		return cfg.SyncPeriod
+	}
+	return iptablesFullSyncPeriod
+}
+
+// iptablesFullSyncPeriod is kube-proxy's FullSyncPeriod.
+const iptablesFullSyncPeriod = time.Hour
 
 // canaryInterval is how often the canary chain is checked, as kube-proxy checks its own.
 const canaryInterval = 5 * time.Second
