@@ -160,10 +160,12 @@ func (p *Proxier) sync() error {
 		return fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
 	}
 	p.needFull = false
-	if full {
-		p.lastFull = start
-	}
 	now := p.opts.Clock.Now()
+	if full {
+		// From the end: a full sync that outlasts the period would otherwise make every
+		// sync after it full, and changes would wait for a full sync each.
+		p.lastFull = now
+	}
 	for _, t := range p.pendingTriggers {
 		p.opts.Metrics.NetworkProgrammingDuration.Observe(now.Sub(t).Seconds())
 	}

@@ -23,6 +23,9 @@ type fakeBackend struct {
 	calls []fakeSyncCall
 	// errs are returned by successive Sync calls (nil once exhausted).
 	errs []error
+	// clock and took, when set, make each Sync take that long on the clock.
+	clock *testingclock.FakeClock
+	took  time.Duration
 }
 
 type fakeSyncCall struct {
@@ -40,6 +43,9 @@ func (b *fakeBackend) Sync(_ context.Context, state *State, changes Changes) err
 		changed:  slices.Collect(maps.Keys(changes.ServicePorts)),
 		services: slices.Collect(maps.Keys(state.Services)),
 	})
+	if b.clock != nil {
+		b.clock.Step(b.took)
+	}
 	if len(b.errs) == 0 {
 		return nil
 	}
@@ -112,10 +118,12 @@ func initialized() proxierEvent { return func(tp *testProxier) { tp.p.SetInitial
 
 func clockStep(d time.Duration) proxierEvent { return func(tp *testProxier) { tp.clk.Step(d) } }
 
-// proxierStep applies events, makes the backend return err, runs one sync and checks it.
+// proxierStep applies events, makes the backend return err after took, runs one sync and
+// checks it.
 type proxierStep struct {
 	events []proxierEvent
 	err    error
+	took   time.Duration
 
 	// wantCall is the backend call this sync must make (nil: no call).
 	wantCall *fakeSyncCall
@@ -262,6 +270,34 @@ func TestProxierSync(t *testing.T) {
 				},
 				{
 					events:           []proxierEvent{clockStep(testSyncPeriod), svcEvent(b)},
+					wantCall:         &fakeSyncCall{full: false, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantFullSyncs:    1,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
+				},
+				{
+					events:           []proxierEvent{clockStep(testSyncPeriod)},
+					wantCall:         &fakeSyncCall{full: true, services: []ServicePortName{aHTTP, bHTTP}},
+					wantFullSyncs:    2,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
+				},
+			},
+		},
+		{
+			// A full sync that outlasts the period must not make the next sync full too:
+			// every sync would then be one, and each change would wait for it.
+			name: "the period runs from the end of the last full sync",
+			steps: []proxierStep{
+				{
+					events:        []proxierEvent{svcEvent(a), initialized()},
+					took:          testSyncPeriod + time.Minute,
+					wantCall:      &fakeSyncCall{full: true, changed: []ServicePortName{aHTTP}, services: []ServicePortName{aHTTP}},
+					wantFullSyncs: 1,
+					wantHealthy:   true,
+				},
+				{
+					events:           []proxierEvent{svcEvent(b)},
 					wantCall:         &fakeSyncCall{full: false, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
 					wantFullSyncs:    1,
 					wantPartialSyncs: 1,
@@ -506,6 +542,7 @@ func TestProxierSync(t *testing.T) {
 					ev(tp)
 				}
 				tp.backend.errs = []error{step.err}
+				tp.backend.clock, tp.backend.took = tp.clk, step.took
 				callsBefore := len(tp.backend.calls)
 
 				err := tp.p.sync()
