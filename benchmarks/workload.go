@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -60,7 +61,7 @@ func (w *Workload) Spec(i int) *Spec {
 	rng := rand.New(rand.NewPCG(uint64(w.Seed), uint64(i)))
 	s := &Spec{Index: i}
 	for range w.Endpoints {
-		s.Endpoints = append(s.Endpoints, randomEndpoint(rng))
+		s.Endpoints = append(s.Endpoints, s.newEndpoint(rng))
 	}
 	return s
 }
@@ -70,13 +71,21 @@ func (w *Workload) Spec(i int) *Spec {
 func (w *Workload) ChangeEndpoint(s *Spec) {
 	w.changes++
 	rng := rand.New(rand.NewPCG(uint64(w.Seed), 1<<40+w.changes))
-	s.Endpoints[rng.IntN(len(s.Endpoints))] = randomEndpoint(rng)
+	s.Endpoints[rng.IntN(len(s.Endpoints))] = s.newEndpoint(rng)
 }
 
-func randomEndpoint(rng *rand.Rand) netip.Addr {
-	// 10.64.0.0/10: the low 22 bits are random, avoiding .0 and .255.
-	v := 64<<16 | rng.Uint32N(1<<22)
-	return netip.AddrFrom4([4]byte{10, byte(v >> 16), byte(v >> 8), byte(1 + uint32(v)%254)})
+// newEndpoint draws an address that none of s's endpoints has: an EndpointSlice
+// controller never lists one pod twice, and a duplicate would leave the Service with one
+// endpoint fewer than the workload says (Service 8502 of seed 1 drew one).
+func (s *Spec) newEndpoint(rng *rand.Rand) netip.Addr {
+	for {
+		// 10.64.0.0/10: the low 22 bits are random, avoiding .0 and .255.
+		v := 64<<16 | rng.Uint32N(1<<22)
+		a := netip.AddrFrom4([4]byte{10, byte(v >> 16), byte(v >> 8), byte(1 + uint32(v)%254)})
+		if !slices.Contains(s.Endpoints, a) {
+			return a
+		}
+	}
 }
 
 // Service is the API object for s: a ClusterIP Service with one TCP port.
