@@ -227,7 +227,11 @@ func (r *Results) Resume(prev *Results) (map[int]bool, error) {
 			return nil, fmt.Errorf("cannot resume: the earlier run holds %d Services, which this run's -services does not list", n)
 		}
 	}
-	if prev.Machine != r.Machine {
+	switch {
+	case prev.Machine == r.Machine:
+	case strings.Contains(prev.Machine, r.Machine):
+		r.Machine = prev.Machine // resumed on this machine before: it is named already
+	default:
 		// A machine of the same kind can finish a run (a long run outlives a session's
 		// machine); figures at one N always come from one machine, and the report names
 		// both, so that no reader compares across them unawares.

@@ -35,6 +35,11 @@ func TestResume(t *testing.T) {
 			wantMachine: machine + " (N = 100, 1000); other CPU (the larger N)"},
 		{name: "other seed", prev: earlier(100), seed: 2, wantErr: "workload"},
 		{name: "a gap below an adopted N", prev: earlier(100, 5000), wantErr: "holds 5000 Services but not 1000"},
+		{name: "resumed again on the machine that resumed it", prev: func() *Results {
+			r := earlier(100, 1000)
+			r.Machine = "first CPU (N = 100); " + machine + " (the larger N)"
+			return r
+		}(), wantDone: []int{100, 1000}, wantMachine: "first CPU (N = 100); " + machine + " (the larger N)"},
 		{name: "an N this run does not list", prev: earlier(100, 2000), wantErr: "holds 2000 Services"},
 	}
 	for _, tt := range tests {
