@@ -72,6 +72,15 @@ if [ -n "${SWYD_LAB_TAP:-}" ]; then
 	net=("eth0=tuntap,$SWYD_LAB_TAP")
 fi
 
+# UML maps guest memory into host processes page range by page range, and a guest process
+# with a large heap (iptables-legacy-restore of 10,000 Services) needs more mappings
+# than the host's default limit of 65,530: UML then dies with "ran out of memory on the
+# host side". Raise the limit (it only bounds mappings per process) if it is lower.
+min_maps=262144
+if [ "$(cat /proc/sys/vm/max_map_count)" -lt "$min_maps" ]; then
+	echo "$min_maps" > /proc/sys/vm/max_map_count || { echo "$0: cannot raise vm.max_map_count to $min_maps (needs root)" >&2; exit 2; }
+fi
+
 linux.uml mem=2G root=/dev/root rootfstype=hostfs rootflags=/ rw quiet \
 	init="$scratch/init.sh" con=null con0=fd:0,fd:1 "${net[@]}" </dev/null |
 	sed -u -e '/^SELinux:/d' -e '/^mmapper_init/d' -e '/^Failed to initialize ubd/d' -e '/^Halting\.$/d' -e '/^reboot: System halted/d'
