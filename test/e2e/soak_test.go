@@ -32,7 +32,7 @@ const (
 	// exceed its peak over the second minute, when it has settled after startup.
 	soakMemoryGrowth = 1.25
 	// soakFailureRatio: at most 1 request in this many may fail (see testChurnSoak).
-	soakFailureRatio = 5000
+	soakFailureRatio = 2000
 )
 
 // soakModes are one mode per backend: the iptables flavors share every line of the
@@ -72,29 +72,34 @@ func testChurnSoak(t *testing.T, mode proxyMode) {
 	t.Logf("%s: %d EndpointSlice writes over %s; %d requests to another Service answered, %d failed",
 		mode.name, writes, soakDuration, answered, failed)
 	// A rare request times out (2 s) on this 2-core machine even when no rule changes at
-	// all (4 in 31,000 here over a soak, 1 in 23,000 with the apiserver stopped); a sync
-	// that broke the data path, 10 times a second, would fail hundreds.
+	// all (4 in 31,000 here over a soak, 1 in 23,000 with the apiserver stopped; 3 and 4
+	// in about 24,900 over two iptables-nft soaks, which 1 in 5,000 only just allowed); a
+	// sync that broke the data path, 10 times a second, would fail hundreds.
 	if answered == 0 || failed*soakFailureRatio > answered+failed {
 		t.Errorf("%d of %d requests failed during the churn, more than 1 in %d (last error: %s)",
 			failed, answered+failed, soakFailureRatio, traffic.total.LastError)
 	}
 	checkMemorySettled(t, samples)
 
-	// A barrier: one more Service, written after every churn write. The informer delivers
-	// events in order, so once the barrier is in the kernel, so is every write before it.
-	// (Two equal dumps alone are no proof: a sync can take longer than the pause
-	// between them.)
-	if err := benchmarks.Populate(ctx, l.Client, workload, soakServices, soakServices+1); err != nil {
-		t.Fatalf("writing the barrier Service: %v", err)
+	// A barrier: one more EndpointSlice write after every churn write, giving the first
+	// Service an address the generator never draws (it draws from 10.64.0.0/10). The
+	// informer delivers a kind's events in order, so once the barrier is in the kernel,
+	// so is every write before it. (Two equal dumps alone are no proof: a sync can take
+	// longer than the pause between them.)
+	const barrierIP = "10.63.255.254"
+	patch := fmt.Sprintf(`{"endpoints":[{"addresses":[%q],"conditions":{"ready":true},"nodeName":"swyd-other-node"}]}`, barrierIP)
+	if _, err := l.Client.DiscoveryV1().EndpointSlices(benchmarks.Namespace).Patch(ctx, workload.Spec(0).EndpointSlice().Name,
+		types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("writing the barrier: %v", err)
 	}
-	barrier := workload.Spec(soakServices).Endpoints[0].String() + ":" + strconv.Itoa(benchmarks.EndpointPort)
+	barrier := barrierIP + ":" + strconv.Itoa(benchmarks.EndpointPort)
 	err = lab.Eventually(ctx, 3*time.Minute, time.Second, func() error {
 		dump, err := kernelState(ctx, l, mode)
 		if err != nil {
 			return err
 		}
 		if !strings.Contains(dump, barrier) {
-			return fmt.Errorf("the barrier Service's endpoint %s is not programmed yet", barrier)
+			return fmt.Errorf("the barrier endpoint %s is not programmed yet", barrier)
 		}
 		return nil
 	})
