@@ -197,8 +197,9 @@ func WriteJSON(path string, v any) error {
 	return os.WriteFile(path, append(data, '\n'), 0o644)
 }
 
-// Resume adopts the runs of prev, an earlier run of the same workload that was cut short, and returns the N it holds. Results are written after each N, so
-// every N in prev is complete and is kept as it is; the caller measures only the others.
+// Resume adopts the runs of prev, an earlier run of the same workload that was cut
+// short, and returns the N it holds. Results are written after each N, so every N in
+// prev is complete and is kept as it is; the caller measures only the others.
 // The adopted N must be the smallest of r's: the budgets extend what smaller N took to
 // larger ones, never the other way.
 func (r *Results) Resume(prev *Results) (map[int]bool, error) {
