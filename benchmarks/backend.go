@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -292,19 +291,4 @@ func counterSum(reg *prometheus.Registry, name string) float64 {
 // procStatus reads a size field (in kB) of /proc/self/status, in bytes.
 func procStatus(field string) int64 {
 	return procStatusOf("self", field)
-}
-
-func procStatusOf(pid, field string) int64 {
-	data, err := os.ReadFile("/proc/" + pid + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, field+":"); ok {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
-			return kb * 1024
-		}
-	}
-	return 0
 }

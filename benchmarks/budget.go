@@ -26,15 +26,27 @@ func NewBudgets() *Budgets {
 	return &Budgets{measured: map[string][]measurement{}, stopped: map[string]string{}}
 }
 
-// Measured records that the series took d at n Services (n increases from call to call).
+// Measured records that the series took d at n Services. The estimate extends the
+// largest N measured, so a measurement at or below it (the data-plane harness seeds its
+// budgets from the rule-refresh run, then measures again from N = 0) is dropped.
 func (b *Budgets) Measured(series string, n int, d time.Duration) {
+	if ms := b.measured[series]; len(ms) > 0 && n <= ms[len(ms)-1].services {
+		return
+	}
 	b.measured[series] = append(b.measured[series], measurement{n, d})
 }
 
 // Exceeded records that the series outlasted its budget at n Services: no larger N runs.
 func (b *Budgets) Exceeded(series string, n int) {
+	b.NotRun(series, fmt.Sprintf("not run: it outlasted its budget at %d Services", n))
+}
+
+// NotRun records that no larger N of the series runs, for reason: a run was skipped
+// (its reason carries over, so the report does not claim a run that never happened
+// outlasted anything) or outlasted its budget.
+func (b *Budgets) NotRun(series, reason string) {
 	if _, ok := b.stopped[series]; !ok {
-		b.stopped[series] = fmt.Sprintf("not run: it outlasted its budget at %d Services", n)
+		b.stopped[series] = reason
 	}
 }
 

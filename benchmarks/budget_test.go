@@ -11,6 +11,7 @@ func TestBudgetsSkip(t *testing.T) {
 		n        int
 		took     time.Duration
 		exceeded bool
+		notRun   string
 	}
 	tests := []struct {
 		name     string
@@ -31,15 +32,22 @@ func TestBudgetsSkip(t *testing.T) {
 			n: 10000, limit: 90 * time.Second},
 		{name: "exceeded stops the series", runs: []run{{n: 100, took: time.Second}, {n: 1000, exceeded: true}}, n: 5000, limit: time.Hour,
 			wantSkip: "outlasted its budget at 1000 Services"},
+		{name: "a skipped run's reason carries over", runs: []run{{n: 1000, took: time.Minute}, {n: 5000, notRun: "not run: 60 s at 1000 extrapolates"}},
+			n: 10000, limit: time.Hour, wantSkip: "not run: 60 s at 1000 extrapolates"},
+		{name: "a smaller N measured later does not bend the slope", runs: []run{{n: 100, took: time.Second}, {n: 1000, took: 10 * time.Second}, {n: 0, took: 0}},
+			n: 10000, limit: 95 * time.Second, wantSkip: "at least 100.0 s at 10000"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := NewBudgets()
 			b.Measured("other", 100, 10*time.Hour) // series do not mix
 			for _, r := range tt.runs {
-				if r.exceeded {
+				switch {
+				case r.exceeded:
 					b.Exceeded("s", r.n)
-				} else {
+				case r.notRun != "":
+					b.NotRun("s", r.notRun)
+				default:
 					b.Measured("s", r.n, r.took)
 				}
 			}

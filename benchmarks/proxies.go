@@ -49,22 +49,8 @@ const (
 // Populate makes the apiserver hold Services [from, to) of w, each with its
 // EndpointSlice, and the probe Service. Objects that exist already are left as they are.
 func Populate(ctx context.Context, client kubernetes.Interface, w *Workload, from, to int) error {
-	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating namespace %s: %w", Namespace, err)
-	}
-	probe := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: probeName},
-		Spec: v1.ServiceSpec{ClusterIP: probeClusterIP, ClusterIPs: []string{probeClusterIP},
-			Ports: []v1.ServicePort{{Name: "http", Port: ServicePort, Protocol: v1.ProtocolTCP, TargetPort: intstr.FromInt32(lab.PodPort)}}},
-	}
-	// The probe is looked up first: creating it again fails on its fixed cluster IP
-	// ("already allocated") before the apiserver gets to "already exists".
-	if _, err := client.CoreV1().Services(Namespace).Get(ctx, probeName, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-		if err := create(ctx, client, probe, nil); err != nil {
-			return err
-		}
-	} else if err != nil {
-		return fmt.Errorf("looking up Service %s: %w", probeName, err)
+	if err := ensureFixedService(ctx, client, Namespace, probeName, probeClusterIP); err != nil {
+		return err
 	}
 	if err := createNode(ctx, client); err != nil {
 		return err
@@ -94,6 +80,33 @@ func Populate(ctx context.Context, client kubernetes.Interface, w *Workload, fro
 	return errors.Join(errs...)
 }
 
+// ensureFixedService makes the apiserver hold a ClusterIP Service with a fixed cluster IP
+// and one HTTP port that targets the lab's pods, and its namespace. A Service that exists
+// is left as it is.
+func ensureFixedService(ctx context.Context, client kubernetes.Interface, namespace, name, clusterIP string) error {
+	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", namespace, err)
+	}
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec: v1.ServiceSpec{ClusterIP: clusterIP, ClusterIPs: []string{clusterIP},
+			Ports: []v1.ServicePort{{Name: "http", Port: ServicePort, Protocol: v1.ProtocolTCP, TargetPort: intstr.FromInt32(lab.PodPort)}}},
+	}
+	// Looked up first: creating it again fails on its fixed cluster IP ("already
+	// allocated") before the apiserver gets to "already exists".
+	_, err := client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if _, err := client.CoreV1().Services(namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("creating Service %s/%s: %w", namespace, name, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("looking up Service %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
+
 // createNode registers the lab's node, as kubelet would: kube-proxy reads its addresses
 // at startup and waits for them, which without a Node object costs it 30 s.
 func createNode(ctx context.Context, client kubernetes.Interface) error {
@@ -114,9 +127,6 @@ func createNode(ctx context.Context, client kubernetes.Interface) error {
 func create(ctx context.Context, client kubernetes.Interface, svc *v1.Service, slice *discovery.EndpointSlice) error {
 	if _, err := client.CoreV1().Services(Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating Service %s: %w", svc.Name, err)
-	}
-	if slice == nil {
-		return nil
 	}
 	if _, err := client.DiscoveryV1().EndpointSlices(Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating EndpointSlice %s: %w", slice.Name, err)
@@ -290,7 +300,20 @@ func metricsAddress(l *lab.Lab) string {
 	return "127.0.0.1"
 }
 
-func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, error) {
+// startedProxy is a proxy process on the lab's node whose first sync is complete.
+type startedProxy struct {
+	probe      *prober
+	metricsURL string
+	// metrics is the proxy's scrape at its first complete sync.
+	metrics map[string]*dto.MetricFamily
+	startup time.Duration
+}
+
+// startProxy starts proxy on the lab's node in o.Mode and waits, up to o.StartupTimeout,
+// for its first complete sync: a sync in its metrics and the probe Service answering.
+// It returns a reason instead when the proxy is still running but not ready in time.
+// The caller stops the proxy (o.Lab.StopProxy) in every case.
+func startProxy(ctx context.Context, o ProxyOptions, proxy string) (_ *startedProxy, incomplete string, _ error) {
 	modeFlag, minSync := "iptables", "--iptables-min-sync-period=0s"
 	if o.Mode == ModeIPVS {
 		modeFlag, minSync = "ipvs", "--ipvs-min-sync-period=0s"
@@ -309,43 +332,53 @@ func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, err
 		minSync,
 	)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	probe, err := newProber(ctx, o.Lab)
-	if err != nil {
-		return nil, err
+	p := &startedProxy{metricsURL: "http://" + addr + ":10249/metrics"}
+	if p.probe, err = newProber(ctx, o.Lab); err != nil {
+		return nil, "", err
 	}
 	start := time.Now()
 	logPath, err := o.Lab.StartProxy(bin, args...)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	metricsURL := "http://" + addr + ":10249/metrics"
-	run := &ProxyRun{Proxy: proxy, Mode: o.Mode, Kernel: o.Kernel, Services: o.Services, Endpoints: o.Endpoints}
-	var before map[string]*dto.MetricFamily
 	err = lab.Eventually(ctx, o.StartupTimeout, 20*time.Millisecond, func() error {
-		if before, err = scrape(ctx, metricsURL); err != nil {
+		if p.metrics, err = scrape(ctx, p.metricsURL); err != nil {
 			return err
 		}
-		if h := histogram(before[syncMetric]); h.count == 0 {
+		if h := histogram(p.metrics[syncMetric]); h.count == 0 {
 			return errors.New("no sync yet")
 		}
-		return probe.expect(probe.current)
+		return p.probe.expect(p.probe.current)
 	})
-	run.StartupSeconds = time.Since(start).Seconds()
+	p.startup = time.Since(start)
 	if err != nil {
 		if ctx.Err() != nil || !o.Lab.ProxyRunning() {
-			return nil, fmt.Errorf("waiting for the first sync: %w (log: %s)", err, logTail(logPath))
+			return nil, "", fmt.Errorf("waiting for the first sync: %w (log: %s)", err, logTail(logPath))
 		}
-		run.Incomplete = fmt.Sprintf("first sync not complete after %s (%v)", o.StartupTimeout, err)
-		o.Logf("%s: %s", proxy, run.Incomplete)
+		incomplete = fmt.Sprintf("first sync not complete after %s (%v)", o.StartupTimeout, err)
+		o.Logf("%s: %s", proxy, incomplete)
+		return p, incomplete, nil
+	}
+	return p, "", nil
+}
+
+func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, error) {
+	p, incomplete, err := startProxy(ctx, o, proxy)
+	if err != nil {
+		return nil, err
+	}
+	run := &ProxyRun{Proxy: proxy, Mode: o.Mode, Kernel: o.Kernel, Services: o.Services, Endpoints: o.Endpoints,
+		StartupSeconds: p.startup.Seconds(), Incomplete: incomplete}
+	if incomplete != "" {
 		return run, nil
 	}
 	var latencies []time.Duration
 	deadline := time.Now().Add(o.ChangeBudget)
 	for run.Changes < o.Changes {
 		run.Changes++
-		took, err := probe.move(ctx, deadline)
+		took, err := p.probe.move(ctx, deadline)
 		if errors.Is(err, errBudgetSpent) {
 			run.Failed++
 			run.Incomplete = fmt.Sprintf("change budget of %s spent after %d changes", o.ChangeBudget, run.Changes)
@@ -357,13 +390,13 @@ func runProxy(ctx context.Context, o ProxyOptions, proxy string) (*ProxyRun, err
 		}
 		latencies = append(latencies, took)
 	}
-	after, err := scrape(ctx, metricsURL)
+	after, err := scrape(ctx, p.metricsURL)
 	if err != nil {
 		return nil, err
 	}
 	run.EndToEnd = Summarize(Seconds(latencies))
-	run.SyncDuration = histogram(after[syncMetric]).minus(histogram(before[syncMetric])).summary()
-	run.NetworkProgramming = histogram(after[programmingMetric]).minus(histogram(before[programmingMetric])).summary()
+	run.SyncDuration = histogram(after[syncMetric]).minus(histogram(p.metrics[syncMetric])).summary()
+	run.NetworkProgramming = histogram(after[programmingMetric]).minus(histogram(p.metrics[programmingMetric])).summary()
 	run.RSSBytes = procStatusOf(strconv.Itoa(o.Lab.ProxyPID()), "VmRSS")
 	return run, nil
 }

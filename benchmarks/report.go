@@ -689,16 +689,37 @@ func newLogLogPlot(title string, series []plotSeries, palette seriesPalette) (*l
 	legend.Top, legend.Left = true, true
 	legend.TextStyle.Font.Size = vg.Points(10)
 	legend.Padding = vg.Points(3)
-	panel := &logLogPanel{plot: p}
+	panel := &logLogPanel{plot: p, legend: legend}
+	xMin, xMax, yMin, yMax, err := addLines(p, &panel.legend, series, palette)
+	if err != nil {
+		return nil, err
+	}
+	if math.IsInf(xMin, 1) {
+		p.Title.Text += " (no data)"
+		return panel, nil
+	}
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	// Whole decades keep the log ticks labelled and a single point (min == max) away
+	// from gonum's ±1 widening, which would go non-positive.
+	p.X.Min, p.X.Max = decadeRange(xMin, xMax)
+	p.Y.Min, p.Y.Max = decadeRange(yMin, yMax)
+	p.X.Tick.Marker = logTicks(func(v float64) string { return fmt.Sprintf("%.0f", v) })
+	p.Y.Tick.Marker = logTicks(secondsTickLabel)
+	return panel, nil
+}
 
-	xMin, xMax, yMin, yMax := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
+// addLines draws each series with points as a line with glyphs, in its palette color
+// (dashed for reference series), adds it to the legend, and returns the data's bounds
+// (infinite when no series has a point).
+func addLines(p *plot.Plot, legend *plot.Legend, series []plotSeries, palette seriesPalette) (xMin, xMax, yMin, yMax float64, err error) {
+	xMin, xMax, yMin, yMax = math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
 	for _, s := range series {
 		if len(s.points) == 0 {
 			continue
 		}
 		line, points, err := plotter.NewLinePoints(s.points)
 		if err != nil {
-			return nil, fmt.Errorf("series %q: %w", s.label, err)
+			return 0, 0, 0, 0, fmt.Errorf("series %q: %w", s.label, err)
 		}
 		line.Color = palette.color(s.key)
 		line.Width = vg.Points(1.5)
@@ -714,19 +735,7 @@ func newLogLogPlot(title string, series []plotSeries, palette seriesPalette) (*l
 			yMin, yMax = math.Min(yMin, pt.Y), math.Max(yMax, pt.Y)
 		}
 	}
-	panel.legend = legend
-	if math.IsInf(xMin, 1) {
-		p.Title.Text += " (no data)"
-		return panel, nil
-	}
-	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	// Whole decades keep the log ticks labelled and a single point (min == max) away
-	// from gonum's ±1 widening, which would go non-positive.
-	p.X.Min, p.X.Max = decadeRange(xMin, xMax)
-	p.Y.Min, p.Y.Max = decadeRange(yMin, yMax)
-	p.X.Tick.Marker = logTicks(func(v float64) string { return fmt.Sprintf("%.0f", v) })
-	p.Y.Tick.Marker = logTicks(secondsTickLabel)
-	return panel, nil
+	return xMin, xMax, yMin, yMax, nil
 }
 
 // decadeRange widens [lo, hi] (both > 0) to powers of ten, at least one decade apart.

@@ -177,15 +177,22 @@ type Histogram struct {
 
 // ReadResults reads a results file.
 func ReadResults(path string) (*Results, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
+	var r Results
+	if err := readJSONFile(path, &r); err != nil {
 		return nil, err
 	}
-	var r Results
-	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, fmt.Errorf("parsing %s: %w", path, err)
-	}
 	return &r, nil
+}
+
+func readJSONFile(path string, v any) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("parsing %s: %w", path, err)
+	}
+	return nil
 }
 
 // WriteJSON writes v as indented JSON.

@@ -6,6 +6,9 @@
 //	labagent get URL COUNT           make COUNT HTTP requests (a new connection each), print JSON
 //	labagent udp ADDR COUNT SRCPORT  send COUNT datagrams from local port SRCPORT, print JSON
 //	labagent sctp ADDR COUNT         make COUNT SCTP associations (IPv4), read the name, print JSON
+//	labagent load [-conns C] [-duration D] [-warmup W] [-keep-alive] ADDR
+//	                                 send HTTP requests to ADDR for D on C connections, print JSON
+//	                                 (the data-plane benchmark's load generator, internal/loadgen)
 //
 // serve also answers SCTP where the kernel has it.
 package main
@@ -13,6 +16,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,10 +24,13 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/switchyard/switchyard/internal/loadgen"
 )
 
 // Result is what `get` prints: how many requests each pod answered, from which client
@@ -58,7 +65,12 @@ func run(args []string) error {
 		go serveUDP(udp, name)
 		go serveSCTP(args[2], name)
 		return http.ListenAndServe(args[2], http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Connection", "close")
+			// One connection per request, so that every request of a test is a new
+			// connection through the rules, unless the client asks to keep it (the load
+			// generator's keep-alive runs).
+			if !strings.EqualFold(r.Header.Get("Connection"), "keep-alive") {
+				w.Header().Set("Connection", "close")
+			}
 			if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 				w.Header().Set(clientHeader, host)
 			}
@@ -91,8 +103,27 @@ func run(args []string) error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(res)
+	case len(args) > 1 && args[0] == "load":
+		fs := flag.NewFlagSet("load", flag.ContinueOnError)
+		o := loadgen.Options{}
+		fs.IntVar(&o.Conns, "conns", 8, "concurrent connections")
+		fs.DurationVar(&o.Duration, "duration", 10*time.Second, "how long requests are measured")
+		fs.DurationVar(&o.Warmup, "warmup", time.Second, "how long requests run before they are measured")
+		fs.BoolVar(&o.KeepAlive, "keep-alive", false, "send each connection's requests on one connection (default: a new connection per request)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("usage: labagent load [flags] ADDR")
+		}
+		o.Addr = fs.Arg(0)
+		res, err := loadgen.Run(o)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(res)
 	default:
-		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT | labagent sctp ADDR COUNT")
+		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT | labagent sctp ADDR COUNT | labagent load [flags] ADDR")
 	}
 }
 

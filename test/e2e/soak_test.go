@@ -3,11 +3,8 @@ package e2e
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
-	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -63,7 +59,8 @@ func testChurnSoak(t *testing.T, mode proxyMode) {
 	traffic := startTraffic(ctx, l, url)
 
 	rss := sampleRSS(ctx, l.ProxyPID(), 5*time.Second)
-	writes, err := churn(ctx, l, workload, soakDuration)
+	churn := &benchmarks.Churn{Client: l.Client, Workload: workload, Services: soakServices, PerSecond: soakRate, Seed: 2}
+	writes, err := churn.Run(ctx, soakDuration)
 	if err != nil {
 		t.Fatalf("churning endpoints: %v", err)
 	}
@@ -143,50 +140,6 @@ func testChurnSoak(t *testing.T, mode proxyMode) {
 	}
 	t.Logf("%s: the kernel after the churn equals a fresh proxy's (%d lines compared; rebuilt in %.1fs)",
 		mode.name, strings.Count(churned, "\n"), time.Since(rebuilt).Seconds())
-}
-
-// churn writes soakRate EndpointSlice changes a second for d: mostly one pod replaced (a
-// rolling update), sometimes a Service scaled to zero endpoints, and back on its next
-// change. It returns how many writes it made.
-func churn(ctx context.Context, l *lab.Lab, w *benchmarks.Workload, d time.Duration) (int, error) {
-	rng := rand.New(rand.NewPCG(2, 0))
-	specs := map[int]*benchmarks.Spec{}
-	empty := map[int]bool{}
-	tick := time.NewTicker(time.Second / soakRate)
-	defer tick.Stop()
-	writes := 0
-	for end := time.Now().Add(d); time.Now().Before(end); {
-		select {
-		case <-ctx.Done():
-			return writes, ctx.Err()
-		case <-tick.C:
-		}
-		i := rng.IntN(soakServices)
-		spec, ok := specs[i]
-		if !ok {
-			spec = w.Spec(i)
-			specs[i] = spec
-		}
-		slice := spec.EndpointSlice()
-		switch {
-		case !empty[i] && rng.IntN(10) == 0:
-			slice.Endpoints = []discovery.Endpoint{}
-			empty[i] = true
-		default:
-			w.ChangeEndpoint(spec)
-			slice = spec.EndpointSlice()
-			empty[i] = false
-		}
-		patch, err := json.Marshal(map[string]any{"endpoints": slice.Endpoints})
-		if err != nil {
-			return writes, err
-		}
-		if _, err := l.Client.DiscoveryV1().EndpointSlices(benchmarks.Namespace).Patch(ctx, slice.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-			return writes, fmt.Errorf("patching %s: %w", slice.Name, err)
-		}
-		writes++
-	}
-	return writes, nil
 }
 
 // kernelState is everything the proxy programs on the node in mode, in a form that a
@@ -322,7 +275,7 @@ func sampleRSS(ctx context.Context, pid int, every time.Duration) *rssSampler {
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
-			if n, err := readRSS(pid); err == nil {
+			if n, err := benchmarks.RSS(pid); err == nil {
 				s.samples = append(s.samples, rssSample{time.Since(start), n})
 			}
 			select {
@@ -339,20 +292,6 @@ func (s *rssSampler) stop() []rssSample {
 	s.cancel()
 	<-s.done
 	return s.samples
-}
-
-func readRSS(pid int) (int64, error) {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(status)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return kib << 10, err
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
 // checkMemorySettled compares the peak RSS of the last minute with that of the second

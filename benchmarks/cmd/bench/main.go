@@ -1,13 +1,16 @@
 // Command bench runs switchyard's rule-refresh benchmarks (see benchmarks/README.md):
 //
 //	bench run      the whole harness, on the host; writes results.json, results.md and plots
-//	bench report   regenerates results.md and the plots from results.json
+//	bench report   regenerates results.md, dataplane.md and the plots from the JSON
+//	bench dataplane  requests through a Service and the proxies' resource use, per mode;
+//	                 writes dataplane.json, dataplane.md and its plots
 //
 // and, as building blocks the harness starts itself:
 //
 //	bench backends   in-process backend runs, each in fresh network namespaces
 //	bench backend    one in-process backend run in the current network namespace
 //	bench proxies    switchyard and kube-proxy runs on a lab node (inside the kernel lab)
+//	bench dataplane-node  the data-plane runs of one proxy on a lab node (inside the kernel lab)
 package main
 
 import (
@@ -36,17 +39,18 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bench run|report|backends|backend|proxies [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bench run|report|dataplane|backends|backend|proxies|dataplane-node [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	commands := map[string]func(context.Context, []string) error{
 		"run": cmdRun, "report": cmdReport, "backends": cmdBackends, "backend": cmdBackend, "proxies": cmdProxies,
+		"dataplane": cmdDataplane, "dataplane-node": cmdDataplaneNode,
 	}
 	cmd, ok := commands[os.Args[1]]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "bench: unknown command %q: valid commands are run, report, backends, backend, proxies\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "bench: unknown command %q: valid commands are run, report, dataplane, backends, backend, proxies, dataplane-node\n", os.Args[1])
 		os.Exit(2)
 	}
 	if err := cmd(ctx, os.Args[2:]); err != nil {
@@ -299,6 +303,9 @@ type plan struct {
 	w       *workloadFlags
 }
 
+// notRunPrefix starts the Incomplete reason of a run that Budgets.Skip kept from running.
+const notRunPrefix = "not run:"
+
 func backendSeries(mode, kernel string) string      { return "backend " + mode + " " + kernel }
 func proxySeries(proxy, mode, kernel string) string { return proxy + " " + mode + " " + kernel }
 
@@ -317,9 +324,12 @@ func (p *plan) backendModes(kernel string, ms []string, n int) (toRun []string, 
 
 func (p *plan) recordBackends(runs []benchmarks.BackendRun) {
 	for _, r := range runs {
-		if series := backendSeries(r.Mode, r.Kernel); r.Incomplete != "" {
+		switch series := backendSeries(r.Mode, r.Kernel); {
+		case strings.HasPrefix(r.Incomplete, notRunPrefix):
+			p.budgets.NotRun(series, r.Incomplete)
+		case r.Incomplete != "":
 			p.budgets.Exceeded(series, r.Services)
-		} else {
+		default:
 			p.budgets.Measured(series, r.Services, time.Duration(r.WallSeconds*float64(time.Second)))
 		}
 	}
@@ -342,9 +352,12 @@ func (p *plan) proxies(kernel, mode string, n int) (toRun []string, skipped []be
 func (p *plan) recordProxies(runs []benchmarks.ProxyRun) {
 	for _, r := range runs {
 		series := proxySeries(r.Proxy, r.Mode, r.Kernel)
-		if r.Changes == 0 && r.Incomplete != "" { // its first sync did not complete
+		switch {
+		case strings.HasPrefix(r.Incomplete, notRunPrefix): // skipped by its budget
+			p.budgets.NotRun(series, r.Incomplete)
+		case r.Changes == 0 && r.Incomplete != "": // its first sync did not complete
 			p.budgets.Exceeded(series, r.Services)
-		} else {
+		default:
 			p.budgets.Measured(series, r.Services, time.Duration(r.StartupSeconds*float64(time.Second)))
 		}
 	}
@@ -390,7 +403,17 @@ func cmdReport(_ context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return benchmarks.WriteReport(r, *dir)
+	if err := benchmarks.WriteReport(r, *dir); err != nil {
+		return err
+	}
+	d, err := benchmarks.ReadDataplane(filepath.Join(*dir, benchmarks.DataplaneJSONFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return benchmarks.WriteDataplaneReport(d, *dir)
 }
 
 // binaries finds the programs the harness runs, as absolute paths (the kernel lab's guest
