@@ -13,7 +13,13 @@ import (
 // IPVS mode took 4 minutes for its first sync at 1,000 Services in the kernel lab.
 type Budgets struct {
 	measured map[string][]measurement
-	stopped  map[string]string
+	stopped  map[string]stop
+}
+
+// stop is where a series stopped: no N from services on runs, for reason.
+type stop struct {
+	services int
+	reason   string
 }
 
 type measurement struct {
@@ -23,7 +29,7 @@ type measurement struct {
 
 // NewBudgets returns an empty record.
 func NewBudgets() *Budgets {
-	return &Budgets{measured: map[string][]measurement{}, stopped: map[string]string{}}
+	return &Budgets{measured: map[string][]measurement{}, stopped: map[string]stop{}}
 }
 
 // Measured records that the series took d at n Services. The estimate extends the
@@ -38,15 +44,15 @@ func (b *Budgets) Measured(series string, n int, d time.Duration) {
 
 // Exceeded records that the series outlasted its budget at n Services: no larger N runs.
 func (b *Budgets) Exceeded(series string, n int) {
-	b.NotRun(series, fmt.Sprintf("not run: it outlasted its budget at %d Services", n))
+	b.NotRun(series, n, fmt.Sprintf("not run: it outlasted its budget at %d Services", n))
 }
 
-// NotRun records that no larger N of the series runs, for reason: a run was skipped
-// (its reason carries over, so the report does not claim a run that never happened
-// outlasted anything) or outlasted its budget.
-func (b *Budgets) NotRun(series, reason string) {
-	if _, ok := b.stopped[series]; !ok {
-		b.stopped[series] = reason
+// NotRun records that the series does not run at n Services or more, for reason: a run
+// at n was skipped (its reason carries over, so the report does not claim that a run
+// which never happened outlasted anything) or outlasted its budget.
+func (b *Budgets) NotRun(series string, n int, reason string) {
+	if cur, ok := b.stopped[series]; !ok || n < cur.services {
+		b.stopped[series] = stop{n, reason}
 	}
 }
 
@@ -55,8 +61,8 @@ func (b *Budgets) NotRun(series, reason string) {
 // fixed part: the latest duration, extended along the slope between the last two
 // measurements (along none with one measurement).
 func (b *Budgets) Skip(series string, n int, limit time.Duration) string {
-	if reason, ok := b.stopped[series]; ok {
-		return reason
+	if stop, ok := b.stopped[series]; ok && n >= stop.services {
+		return stop.reason
 	}
 	ms := b.measured[series]
 	if len(ms) == 0 {

@@ -34,6 +34,7 @@ func TestBudgetsSkip(t *testing.T) {
 			wantSkip: "outlasted its budget at 1000 Services"},
 		{name: "a skipped run's reason carries over", runs: []run{{n: 1000, took: time.Minute}, {n: 5000, notRun: "not run: 60 s at 1000 extrapolates"}},
 			n: 10000, limit: time.Hour, wantSkip: "not run: 60 s at 1000 extrapolates"},
+		{name: "a stop holds from its N on, not below", runs: []run{{n: 100, took: time.Second}, {n: 5000, exceeded: true}}, n: 1000, limit: time.Hour},
 		{name: "a smaller N measured later does not bend the slope", runs: []run{{n: 100, took: time.Second}, {n: 1000, took: 10 * time.Second}, {n: 0, took: 0}},
 			n: 10000, limit: 95 * time.Second, wantSkip: "at least 100.0 s at 10000"},
 	}
@@ -46,7 +47,7 @@ func TestBudgetsSkip(t *testing.T) {
 				case r.exceeded:
 					b.Exceeded("s", r.n)
 				case r.notRun != "":
-					b.NotRun("s", r.notRun)
+					b.NotRun("s", r.n, r.notRun)
 				default:
 					b.Measured("s", r.n, r.took)
 				}

@@ -267,7 +267,7 @@ func (p *dataplanePlan) recordDataplane(runs []benchmarks.DataplaneRun) {
 	for _, r := range runs {
 		switch series := proxySeries(r.Proxy, r.Mode, r.Kernel); {
 		case strings.HasPrefix(r.Incomplete, notRunPrefix):
-			p.own.budgets.NotRun(series, r.Incomplete)
+			p.own.budgets.NotRun(series, r.Services, r.Incomplete)
 		case r.Incomplete != "":
 			p.own.budgets.Exceeded(series, r.Services)
 		default:

@@ -326,7 +326,7 @@ func (p *plan) recordBackends(runs []benchmarks.BackendRun) {
 	for _, r := range runs {
 		switch series := backendSeries(r.Mode, r.Kernel); {
 		case strings.HasPrefix(r.Incomplete, notRunPrefix):
-			p.budgets.NotRun(series, r.Incomplete)
+			p.budgets.NotRun(series, r.Services, r.Incomplete)
 		case r.Incomplete != "":
 			p.budgets.Exceeded(series, r.Services)
 		default:
@@ -354,7 +354,7 @@ func (p *plan) recordProxies(runs []benchmarks.ProxyRun) {
 		series := proxySeries(r.Proxy, r.Mode, r.Kernel)
 		switch {
 		case strings.HasPrefix(r.Incomplete, notRunPrefix): // skipped by its budget
-			p.budgets.NotRun(series, r.Incomplete)
+			p.budgets.NotRun(series, r.Services, r.Incomplete)
 		case r.Changes == 0 && r.Incomplete != "": // its first sync did not complete
 			p.budgets.Exceeded(series, r.Services)
 		default:
