@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +71,37 @@ type DataplaneConfig struct {
 	RestSeconds    float64 `json:"restSeconds"`
 	ChurnPerSecond int     `json:"churnPerSecond"`
 	ChurnSeconds   float64 `json:"churnSeconds"`
+}
+
+// Resume adopts the runs of prev, an earlier run with the same settings on the same
+// machine, at the N that r does not measure; r measures its own N again. Use it to
+// measure some N again after a fix without repeating the others.
+func (r *DataplaneResults) Resume(prev *DataplaneResults) error {
+	a, b := prev.Config, r.Config
+	a.Services, b.Services = nil, nil
+	if !reflect.DeepEqual(a, b) {
+		return fmt.Errorf("cannot resume: the earlier run's settings %+v differ from this one's %+v", prev.Config, r.Config)
+	}
+	if prev.Machine != r.Machine {
+		return fmt.Errorf("cannot resume: the earlier run was on another machine (%s)", prev.Machine)
+	}
+	var kept []DataplaneRun
+	for _, run := range prev.Runs {
+		if !slices.Contains(r.Config.Services, run.Services) {
+			kept = append(kept, run)
+		}
+	}
+	services := slices.Clone(r.Config.Services)
+	for _, n := range prev.Config.Services {
+		if !slices.Contains(services, n) {
+			services = append(services, n)
+		}
+	}
+	slices.Sort(services)
+	r.Config.Services = services
+	r.Runs = append(kept, r.Runs...)
+	r.Command = prev.Command + "; resumed as: " + r.Command
+	return nil
 }
 
 // DataplaneRun is one proxy in one mode and kernel with N other Services programmed.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -112,5 +113,31 @@ func TestDataplaneReportFiles(t *testing.T) {
 	// Empty results still make a report, with the plots marked as empty.
 	if err := WriteDataplaneReport(&DataplaneResults{}, t.TempDir()); err != nil {
 		t.Errorf("empty results: %v", err)
+	}
+}
+
+func TestDataplaneResume(t *testing.T) {
+	prev := sampleDataplane() // N = 0 and 1000
+	again := dataplaneRun(ProxySwitchyard, ModeIPVS, "lab", 1000, 999, 999, 0.1, 1, 1)
+	cfg := prev.Config
+	cfg.Services = []int{1000}
+	r := &DataplaneResults{Command: "bench dataplane -services 1000 -resume", Machine: prev.Machine, Config: cfg, Runs: []DataplaneRun{again}}
+	if err := r.Resume(prev); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(r.Config.Services, []int{0, 1000}) {
+		t.Errorf("services %v, want [0 1000]", r.Config.Services)
+	}
+	// The N = 0 run is kept; every earlier run at 1000 gives way to the new one.
+	if len(r.Runs) != 2 || r.Runs[0].Services != 0 || r.Runs[1].Load[0].RequestsPerSecond.Median != 999 {
+		t.Errorf("runs after resume: %+v", r.Runs)
+	}
+	if !strings.Contains(r.Command, "bench dataplane; resumed as: bench dataplane -services 1000 -resume") {
+		t.Errorf("command %q does not name both runs", r.Command)
+	}
+	other := &DataplaneResults{Machine: prev.Machine, Config: cfg}
+	other.Config.Conns = 1
+	if err := other.Resume(sampleDataplane()); err == nil {
+		t.Error("resuming a run with other load settings succeeded, want an error")
 	}
 }

@@ -68,41 +68,49 @@ func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName st
 		}
 	}
 	svcInformer := objects.Core().V1().Services().Informer()
-	if _, err := svcInformer.AddEventHandler(handler(
+	svcHandler, err := svcInformer.AddEventHandler(handler(
 		func(s *v1.Service) {
 			each(func(p *Proxier) { p.tracker.OnServiceUpdate(s); p.opts.Metrics.ServiceChangesTotal.Inc() })
 		},
 		func(s *v1.Service) {
 			each(func(p *Proxier) { p.tracker.OnServiceDelete(s); p.opts.Metrics.ServiceChangesTotal.Inc() })
 		},
-	)); err != nil {
+	))
+	if err != nil {
 		return fmt.Errorf("watching Services: %w", err)
 	}
 	sliceInformer := objects.Discovery().V1().EndpointSlices().Informer()
-	if _, err := sliceInformer.AddEventHandler(handler(
+	sliceHandler, err := sliceInformer.AddEventHandler(handler(
 		func(s *discovery.EndpointSlice) {
 			each(func(p *Proxier) { p.tracker.OnEndpointSliceUpdate(s); p.opts.Metrics.EndpointChangesTotal.Inc() })
 		},
 		func(s *discovery.EndpointSlice) {
 			each(func(p *Proxier) { p.tracker.OnEndpointSliceDelete(s); p.opts.Metrics.EndpointChangesTotal.Inc() })
 		},
-	)); err != nil {
+	))
+	if err != nil {
 		return fmt.Errorf("watching EndpointSlices: %w", err)
 	}
 	nodeInformer := nodes.Core().V1().Nodes().Informer()
-	if _, err := nodeInformer.AddEventHandler(handler(func(n *v1.Node) {
+	nodeHandler, err := nodeInformer.AddEventHandler(handler(func(n *v1.Node) {
 		for _, p := range proxiers {
 			if p.tracker.OnNodeUpdate(n) {
 				p.Changed()
 			}
 		}
-	}, func(*v1.Node) {})); err != nil {
+	}, func(*v1.Node) {}))
+	if err != nil {
 		return fmt.Errorf("watching Node %s: %w", nodeName, err)
 	}
 
 	objects.Start(ctx.Done())
 	nodes.Start(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
+	// The handlers' HasSynced, not the informers': an informer has synced once its store
+	// holds the initial list, and its handlers may still be receiving it. A proxier
+	// initialized then would make its first full sync from part of the Services, which
+	// removes the rules of the rest until their events arrive (at 10,000 Services, the
+	// rest then came in as one partial sync after another).
+	if !cache.WaitForCacheSync(ctx.Done(), svcHandler.HasSynced, sliceHandler.HasSynced, nodeHandler.HasSynced) {
 		return fmt.Errorf("waiting for Service, EndpointSlice and Node caches: %w", ctx.Err())
 	}
 	for _, p := range proxiers {

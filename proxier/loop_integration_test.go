@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 
+	"github.com/switchyard/switchyard/benchmarks"
 	"github.com/switchyard/switchyard/internal/testenv"
 	"github.com/switchyard/switchyard/proxier"
 )
@@ -23,9 +24,11 @@ import (
 // in for the kernel only: this test is about the loop (informers, tracking, coalescing),
 // and the backends are proven against real kernels in their own packages.
 type stateRecorder struct {
-	mu       sync.Mutex
-	syncs    int
-	full     int
+	mu    sync.Mutex
+	syncs int
+	full  int
+	// first is the number of ServicePorts in the first sync.
+	first    int
 	services map[proxier.ServicePortName]int // ServicePort -> number of endpoints
 	changed  []proxier.ServicePortName
 }
@@ -36,6 +39,9 @@ func (r *stateRecorder) Sync(_ context.Context, state *proxier.State, changes pr
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.syncs++
+	if r.syncs == 1 {
+		r.first = len(state.Services)
+	}
 	if changes.Full {
 		r.full++
 	}
@@ -159,6 +165,42 @@ func TestLoopAgainstAPIServer(t *testing.T) {
 		_, present := svcs[portName("svc-3")]
 		return !present && changed[len(changed)-1] == portName("svc-3")
 	})
+}
+
+// TestFirstSyncHoldsEveryService starts the loop against an apiserver that already holds
+// thousands of Services: its first sync must hold all of them. A first sync made as soon
+// as the informers' stores are listed, while their handlers are still receiving the
+// list, holds only part; on a node, that full sync removes the rules of the rest.
+func TestFirstSyncHoldsEveryService(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cp, err := testenv.StartControlPlane(ctx, testenv.ControlPlaneOptions{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("starting the control plane: %v", err)
+	}
+	t.Cleanup(cp.Stop)
+	const services = 3000
+	if err := benchmarks.Populate(ctx, cp.Client, &benchmarks.Workload{Endpoints: 2, Seed: 1}, 0, services); err != nil {
+		t.Fatal(err)
+	}
+	rec := &stateRecorder{}
+	p := proxier.New(proxier.Options{
+		Backend: rec, Family: proxier.IPv4, NodeName: "node-a", SyncPeriod: time.Hour,
+		Metrics: proxier.NewMetrics(prometheus.NewRegistry(), "recorder"),
+		Health:  proxier.NewHealth(clock.RealClock{}, time.Hour), Clock: clock.RealClock{}, Logger: klog.Background(),
+	})
+	go p.Run(ctx)
+	if err := proxier.Watch(ctx, cp.Client, "", 0, p); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the first sync", func() bool { s, _, _, _ := rec.snapshot(); return s >= 1 })
+	rec.mu.Lock()
+	first := rec.first
+	rec.mu.Unlock()
+	// The workload, its probe Service and the apiserver's own "kubernetes" Service.
+	if want := services + 2; first != want {
+		t.Errorf("the first sync held %d ServicePorts, want all %d", first, want)
+	}
 }
 
 func portName(service string) proxier.ServicePortName {

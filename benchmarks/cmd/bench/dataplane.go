@@ -94,6 +94,7 @@ func cmdDataplane(ctx context.Context, args []string) (err error) {
 	labModes := fs.String("lab-modes", "ipvs,iptables-legacy", "modes measured in the kernel lab")
 	binDir := fs.String("bin", "bin", "directory holding switchyard, labagent, bench and kube-proxy")
 	kernelLab := fs.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab's runner")
+	resume := fs.Bool("resume", false, "keep the runs of -out's dataplane.json (same settings and machine) at the N this run does not list, and measure the listed N")
 	startupFrom := fs.String("startup-from", "", "a rule-refresh results.json whose proxy startups (same machine, workload and kernels) tell which runs cannot start within -startup-timeout")
 	_ = fs.Parse(args)
 	proxies, err := d.validate()
@@ -147,6 +148,15 @@ func cmdDataplane(ctx context.Context, args []string) (err error) {
 			LoadSeconds: d.load.Seconds(), WarmupSeconds: d.warmup.Seconds(), Repeats: d.repeats,
 			RestSeconds: d.rest.Seconds(), ChurnPerSecond: d.churnRate, ChurnSeconds: d.churn.Seconds()}}
 
+	if *resume {
+		prev, err := benchmarks.ReadDataplane(filepath.Join(*out, benchmarks.DataplaneJSONFile))
+		if err != nil {
+			return fmt.Errorf("-resume: %w", err)
+		}
+		if err := results.Resume(prev); err != nil {
+			return err
+		}
+	}
 	var hostLab *lab.Lab
 	var hostPopulated int
 	if len(host) > 0 {
