@@ -275,14 +275,8 @@ func (p *dataplanePlan) dataplaneProxies(kernel, mode string, n int, proxies []s
 
 func (p *dataplanePlan) recordDataplane(runs []benchmarks.DataplaneRun) {
 	for _, r := range runs {
-		switch series := proxySeries(r.Proxy, r.Mode, r.Kernel); {
-		case strings.HasPrefix(r.Incomplete, notRunPrefix):
-			p.own.budgets.NotRun(series, r.Services, r.Incomplete)
-		case r.Incomplete != "":
-			p.own.budgets.Exceeded(series, r.Services)
-		default:
-			p.own.budgets.Measured(series, r.Services, time.Duration(r.StartupSeconds*float64(time.Second)))
-		}
+		// A data-plane run is incomplete only when its first sync was.
+		p.own.recordStartup(proxySeries(r.Proxy, r.Mode, r.Kernel), r.Services, r.StartupSeconds, r.Incomplete, true)
 	}
 }
 

@@ -351,15 +351,22 @@ func (p *plan) proxies(kernel, mode string, n int) (toRun []string, skipped []be
 
 func (p *plan) recordProxies(runs []benchmarks.ProxyRun) {
 	for _, r := range runs {
-		series := proxySeries(r.Proxy, r.Mode, r.Kernel)
-		switch {
-		case strings.HasPrefix(r.Incomplete, notRunPrefix): // skipped by its budget
-			p.budgets.NotRun(series, r.Services, r.Incomplete)
-		case r.Changes == 0 && r.Incomplete != "": // its first sync did not complete
-			p.budgets.Exceeded(series, r.Services)
-		default:
-			p.budgets.Measured(series, r.Services, time.Duration(r.StartupSeconds*float64(time.Second)))
-		}
+		// A run with changes started; its Incomplete is about its change budget.
+		p.recordStartup(proxySeries(r.Proxy, r.Mode, r.Kernel), r.Services, r.StartupSeconds, r.Incomplete, r.Changes == 0)
+	}
+}
+
+// recordStartup records what a proxy's first sync took at n Services: incomplete is the
+// run's reason, if any, and notStarted whether that reason means the first sync did not
+// complete.
+func (p *plan) recordStartup(series string, n int, startupSeconds float64, incomplete string, notStarted bool) {
+	switch {
+	case strings.HasPrefix(incomplete, notRunPrefix): // skipped by its budget
+		p.budgets.NotRun(series, n, incomplete)
+	case notStarted && incomplete != "": // its first sync did not complete
+		p.budgets.Exceeded(series, n)
+	default:
+		p.budgets.Measured(series, n, time.Duration(startupSeconds*float64(time.Second)))
 	}
 }
 
