@@ -79,6 +79,9 @@ func (b *Budgets) Skip(series string, n int, limit time.Duration) string {
 	if estimate <= limit {
 		return ""
 	}
+	if n == last.services {
+		return fmt.Sprintf("not run: it took %s at %d Services, beyond the %s limit", FormatSeconds(last.took.Seconds()), n, limit)
+	}
 	return fmt.Sprintf("not run: %s at %d Services extrapolates to at least %s at %d, beyond the %s limit",
 		FormatSeconds(last.took.Seconds()), last.services, FormatSeconds(estimate.Seconds()), n, limit)
 }

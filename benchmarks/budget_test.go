@@ -24,6 +24,8 @@ func TestBudgetsSkip(t *testing.T) {
 		{name: "one fast run", runs: []run{{n: 100, took: time.Second}}, n: 1000, limit: time.Minute},
 		{name: "one run already beyond the limit", runs: []run{{n: 100, took: 2 * time.Minute}}, n: 1000, limit: time.Minute,
 			wantSkip: "extrapolates to at least 120.0 s at 1000"},
+		{name: "the same N measured beyond the limit (a prior run)", runs: []run{{n: 100, took: 50 * time.Second}, {n: 1000, took: 281 * time.Second}},
+			n: 1000, limit: 2 * time.Minute, wantSkip: "not run: it took 281.0 s at 1000 Services, beyond the 2m0s limit"},
 		{name: "slope crosses the limit", runs: []run{{n: 100, took: 50 * time.Second}, {n: 1000, took: 243 * time.Second}},
 			n: 5000, limit: 8 * time.Minute, wantSkip: "at least 1100.8 s at 5000"},
 		{name: "slope stays under the limit", runs: []run{{n: 100, took: time.Second}, {n: 1000, took: 10 * time.Second}},

@@ -45,6 +45,12 @@ func (d *dataplaneFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&d.startupTimeout, "startup-timeout", 8*time.Minute, "how long a proxy may take to its first complete sync")
 }
 
+// limit bounds one proxy's data-plane run in a guest: its startup, the windows at rest
+// and under churn, both kinds of load run d.repeats times, and the guest's own overhead.
+func (d *dataplaneFlags) limit() time.Duration {
+	return d.startupTimeout + d.rest + d.churn + time.Duration(2*d.repeats)*(d.load+d.warmup) + guestOverhead
+}
+
 func (d *dataplaneFlags) validate() ([]string, error) {
 	if d.endpoints < 1 || d.conns < 1 || d.repeats < 1 || d.churnRate < 1 {
 		return nil, errors.New("-endpoints, -conns, -repeats and -churn-rate must be at least 1")
@@ -95,7 +101,7 @@ func cmdDataplane(ctx context.Context, args []string) (err error) {
 	binDir := fs.String("bin", "bin", "directory holding switchyard, labagent, bench and kube-proxy")
 	kernelLab := fs.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab's runner")
 	resume := fs.Bool("resume", false, "keep the runs of -out's dataplane.json (same settings and machine) at the N this run does not list, and measure the listed N")
-	startupFrom := fs.String("startup-from", "", "a rule-refresh results.json whose proxy startups (same machine, workload and kernels) tell which runs cannot start within -startup-timeout")
+	startupFrom := fs.String("startup-from", "", startupFromUsage)
 	_ = fs.Parse(args)
 	proxies, err := d.validate()
 	if err != nil {
@@ -121,16 +127,11 @@ func cmdDataplane(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	limits := &workloadFlags{endpoints: d.endpoints, startupTimeout: d.startupTimeout}
-	p := &dataplanePlan{own: &plan{budgets: benchmarks.NewBudgets(), w: limits}}
+	p := &plan{budgets: benchmarks.NewBudgets(), w: &workloadFlags{endpoints: d.endpoints, startupTimeout: d.startupTimeout}}
 	if *startupFrom != "" {
-		prior, err := benchmarks.ReadResults(*startupFrom)
-		if err != nil {
+		if err := p.seedFrom(*startupFrom); err != nil {
 			return err
 		}
-		p.prior = &plan{budgets: benchmarks.NewBudgets(), w: limits}
-		p.prior.recordProxies(prior.Proxies)
-		p.priorFile = *startupFrom
 	}
 	scratch, err := os.MkdirTemp("", "switchyard-dataplane")
 	if err != nil {
@@ -245,25 +246,11 @@ func parseServiceCounts(list string) ([]int, error) {
 	return ns, nil
 }
 
-// dataplanePlan decides which proxies run at each N from what their first syncs took at
-// smaller N in this run (own) and, when given, in a rule-refresh run (prior).
-type dataplanePlan struct {
-	own, prior *plan
-	priorFile  string
-}
-
 // dataplaneProxies splits proxies into those to run in mode at n and not-run records for
 // the rest (see plan.proxies).
-func (p *dataplanePlan) dataplaneProxies(kernel, mode string, n int, proxies []string) (toRun []string, skipped []benchmarks.DataplaneRun) {
+func (p *plan) dataplaneProxies(kernel, mode string, n int, proxies []string) (toRun []string, skipped []benchmarks.DataplaneRun) {
 	for _, proxy := range proxies {
-		series := proxySeries(proxy, mode, kernel)
-		reason := p.own.budgets.Skip(series, n, p.own.w.startupTimeout)
-		if reason == "" && p.prior != nil {
-			if prior := p.prior.budgets.Skip(series, n, p.own.w.startupTimeout); prior != "" {
-				reason = fmt.Sprintf("%s (in the rule-refresh run of %s)", prior, p.priorFile)
-			}
-		}
-		if reason != "" {
+		if reason := p.skipProxy(proxy, kernel, mode, n); reason != "" {
 			logf("%s %s N=%d (%s): %s", proxy, mode, n, kernel, reason)
 			skipped = append(skipped, benchmarks.DataplaneRun{Proxy: proxy, Mode: mode, Kernel: kernel, Services: n, Incomplete: reason})
 			continue
@@ -273,10 +260,10 @@ func (p *dataplanePlan) dataplaneProxies(kernel, mode string, n int, proxies []s
 	return toRun, skipped
 }
 
-func (p *dataplanePlan) recordDataplane(runs []benchmarks.DataplaneRun) {
+func (p *plan) recordDataplane(runs []benchmarks.DataplaneRun) {
 	for _, r := range runs {
 		// A data-plane run is incomplete only when its first sync was.
-		p.own.recordStartup(proxySeries(r.Proxy, r.Mode, r.Kernel), r.Services, r.StartupSeconds, r.Incomplete, true)
+		p.recordStartup(proxySeries(r.Proxy, r.Mode, r.Kernel), r.Services, r.StartupSeconds, r.Incomplete, true)
 	}
 }
 
@@ -287,8 +274,13 @@ func guestDataplane(ctx context.Context, g *guestProxyLab, d *dataplaneFlags, mo
 	args := append([]string{g.bins["bench"], "dataplane-node", "-kubeconfig", g.link.Kubeconfig, "-mode", mode, "-proxies", proxy,
 		"-n", fmt.Sprint(n), "-bin-switchyard", g.bins["switchyard"], "-bin-kube-proxy", g.bins[benchmarks.ProxyKubeProxy],
 		"-agent", g.bins["labagent"], "-scratch", filepath.Join(g.scratch, "guest-"+name), "-out", file}, d.args()...)
-	if err := g.link.Run(ctx, os.Stderr, nil, args...); err != nil {
+	reason, err := g.runBounded(ctx, d.limit(), args)
+	if err != nil {
 		return nil, fmt.Errorf("%s in %s mode in the kernel lab with %d other Services: %w", proxy, mode, n, err)
+	}
+	if reason != "" {
+		logf("%s %s N=%d (lab): %s", proxy, mode, n, reason)
+		return []benchmarks.DataplaneRun{{Proxy: proxy, Mode: mode, Kernel: "lab", Services: n, Incomplete: reason}}, nil
 	}
 	var runs []benchmarks.DataplaneRun
 	return runs, readJSON(file, &runs)

@@ -36,9 +36,10 @@ func TestParseServiceCounts(t *testing.T) {
 // it comes from; a first sync that outlasts the limit in this run stops larger N.
 func TestDataplanePlan(t *testing.T) {
 	limits := &workloadFlags{startupTimeout: 8 * time.Minute}
-	p := &dataplanePlan{own: &plan{budgets: benchmarks.NewBudgets(), w: limits},
-		prior: &plan{budgets: benchmarks.NewBudgets(), w: limits}, priorFile: "results.json"}
-	p.prior.recordProxies([]benchmarks.ProxyRun{
+	p := &plan{budgets: benchmarks.NewBudgets(), w: limits, priorFile: "results.json"}
+	seeded := &plan{budgets: benchmarks.NewBudgets(), w: limits}
+	p.prior = seeded.budgets
+	seeded.recordProxies([]benchmarks.ProxyRun{
 		{Proxy: benchmarks.ProxySwitchyard, Mode: benchmarks.ModeIPTablesNft, Kernel: "host", Services: 1000, StartupSeconds: 10},
 		{Proxy: benchmarks.ProxySwitchyard, Mode: benchmarks.ModeIPTablesNft, Kernel: "host", Services: 5000, Incomplete: "first sync not complete after 8m0s"},
 	})

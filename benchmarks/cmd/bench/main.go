@@ -157,6 +157,7 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	kernelLab := fs.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab's runner")
 	skipProxies := fs.Bool("skip-proxies", false, "measure only the in-process backends")
 	resume := fs.Bool("resume", false, "keep the N that -out's results.json already holds (same workload and machine) and measure only the larger N")
+	startupFrom := fs.String("startup-from", "", startupFromUsage)
 	_ = fs.Parse(args)
 	if err := w.validate(); err != nil {
 		return err
@@ -200,6 +201,11 @@ func cmdRun(ctx context.Context, args []string) (err error) {
 	results := &benchmarks.Results{Command: "bench " + strings.Join(args, " "), Machine: machine(),
 		Config: benchmarks.Config{Endpoints: w.endpoints, Repeats: w.repeats, Changes: w.changes, Seed: w.seed, Services: ns}}
 	plan := &plan{budgets: benchmarks.NewBudgets(), w: &w}
+	if *startupFrom != "" {
+		if err := plan.seedFrom(*startupFrom); err != nil {
+			return err
+		}
+	}
 	var done map[int]bool
 	if *resume {
 		if done, err = resumeFrom(filepath.Join(*out, "results.json"), results, plan); err != nil {
@@ -301,6 +307,36 @@ func resumeFrom(path string, results *benchmarks.Results, p *plan) (map[int]bool
 type plan struct {
 	budgets *benchmarks.Budgets
 	w       *workloadFlags
+	// prior, when set, holds the proxy startups of an earlier rule-refresh run (same
+	// machine, workload and kernels) read from priorFile: a run they say cannot start in
+	// time is not tried.
+	prior     *benchmarks.Budgets
+	priorFile string
+}
+
+// seedFrom reads the proxy startups of the rule-refresh results at path into p.prior.
+func (p *plan) seedFrom(path string) error {
+	prior, err := benchmarks.ReadResults(path)
+	if err != nil {
+		return err
+	}
+	seeded := &plan{budgets: benchmarks.NewBudgets(), w: p.w}
+	seeded.recordProxies(prior.Proxies)
+	p.prior, p.priorFile = seeded.budgets, path
+	return nil
+}
+
+// skipProxy says why proxy should not run in mode at n, from this run's startups and
+// then the prior run's, or "" to run it.
+func (p *plan) skipProxy(proxy, kernel, mode string, n int) string {
+	series := proxySeries(proxy, mode, kernel)
+	if reason := p.budgets.Skip(series, n, p.w.startupTimeout); reason != "" || p.prior == nil {
+		return reason
+	}
+	if reason := p.prior.Skip(series, n, p.w.startupTimeout); reason != "" {
+		return fmt.Sprintf("%s (in the rule-refresh run of %s)", reason, p.priorFile)
+	}
+	return ""
 }
 
 // notRunPrefix starts the Incomplete reason of a run that Budgets.Skip kept from running.
@@ -339,7 +375,7 @@ func (p *plan) recordBackends(runs []benchmarks.BackendRun) {
 // records for the rest. What a proxy's first sync took at smaller N decides.
 func (p *plan) proxies(kernel, mode string, n int) (toRun []string, skipped []benchmarks.ProxyRun) {
 	for _, proxy := range []string{benchmarks.ProxySwitchyard, benchmarks.ProxyKubeProxy} {
-		if reason := p.budgets.Skip(proxySeries(proxy, mode, kernel), n, p.w.startupTimeout); reason != "" {
+		if reason := p.skipProxy(proxy, kernel, mode, n); reason != "" {
 			logf("%s %s N=%d (%s): %s", proxy, mode, n, kernel, reason)
 			skipped = append(skipped, benchmarks.ProxyRun{Proxy: proxy, Mode: mode, Kernel: kernel, Services: n, Endpoints: p.w.endpoints, Incomplete: reason})
 			continue
@@ -657,11 +693,16 @@ func (g *guestProxyLab) run(ctx context.Context, ms []string, n int, plan *plan)
 			args := append([]string{g.bins["bench"], "proxies", "-kubeconfig", g.link.Kubeconfig, "-modes", mode, "-proxies", proxy,
 				"-n", fmt.Sprint(n), "-bin-switchyard", g.bins["switchyard"], "-bin-kube-proxy", g.bins[benchmarks.ProxyKubeProxy],
 				"-agent", g.bins["labagent"], "-scratch", filepath.Join(g.scratch, "guest-"+name), "-out", file}, g.w.args()...)
-			if err := g.link.Run(ctx, os.Stderr, nil, args...); err != nil {
+			limit := g.w.startupTimeout + g.w.changeBudget + guestOverhead
+			reason, err := g.runBounded(ctx, limit, args)
+			if err != nil {
 				return nil, fmt.Errorf("%s in %s mode in the kernel lab at %d Services: %w", proxy, mode, n, err)
 			}
 			var got []benchmarks.ProxyRun
-			if err := readJSON(file, &got); err != nil {
+			if reason != "" {
+				logf("%s %s N=%d (lab): %s", proxy, mode, n, reason)
+				got = []benchmarks.ProxyRun{{Proxy: proxy, Mode: mode, Kernel: "lab", Services: n, Endpoints: g.w.endpoints, Incomplete: reason}}
+			} else if err := readJSON(file, &got); err != nil {
 				return nil, err
 			}
 			plan.recordProxies(got)
@@ -669,6 +710,33 @@ func (g *guestProxyLab) run(ctx context.Context, ms []string, n int, plan *plan)
 		}
 	}
 	return runs, nil
+}
+
+const startupFromUsage = "a rule-refresh results.json whose proxy startups (same machine, workload and kernels) tell which runs cannot start within -startup-timeout"
+
+// guestOverhead is what a guest run takes besides the proxy's own budgets: booting the
+// guest, starting the lab's pods, and both proxies' --cleanup before and after.
+const guestOverhead = 10 * time.Minute
+
+// runBounded runs args in a guest of its own for at most limit (see bounded).
+func (g *guestProxyLab) runBounded(ctx context.Context, limit time.Duration, args []string) (reason string, err error) {
+	return bounded(ctx, limit, func(ctx context.Context) error { return g.link.Run(ctx, os.Stderr, nil, args...) })
+}
+
+// bounded calls run with a context that ends after limit. A run stopped by that limit is
+// recorded as not run, with the reason returned, because a proxy too slow for the kernel
+// it runs in (upstream's IPVS mode in the lab) is a finding, not a broken harness. Any
+// other failure, and an interrupted harness, is an error.
+func bounded(ctx context.Context, limit time.Duration, run func(context.Context) error) (reason string, err error) {
+	runCtx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	start := time.Now()
+	err = run(runCtx)
+	if err != nil && ctx.Err() == nil && errors.Is(runCtx.Err(), context.DeadlineExceeded) {
+		return fmt.Sprintf("%s its run was stopped after %s, past its limit of %s (%v)",
+			notRunPrefix, time.Since(start).Round(time.Second), limit, err), nil
+	}
+	return "", err
 }
 
 // cmdProxies runs inside the kernel lab's guest: the guest is the node, and the apiserver
