@@ -190,7 +190,7 @@ func newUnderTest(mode, floorNetns string) (*underTest, error) {
 var benchClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
 
 func renderConfig() iptables.RenderConfig {
-	return iptables.RenderConfig{ClusterCIDR: benchClusterCIDR, MasqueradeMark: benchMark, NodeName: nodeName}
+	return iptables.RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: benchClusterCIDR}, MasqueradeMark: benchMark, NodeName: nodeName}
 }
 
 func newIPTablesUnderTest(flavor iptables.Flavor, floorNetns string) (*underTest, error) {
@@ -247,7 +247,7 @@ func newIPVSUnderTest(floorNetns string) (*underTest, error) {
 	}
 	timed := &timedIPVS{Interface: handle}
 	reg := prometheus.NewRegistry()
-	backend := ipvs.NewBackend(timed, ipt, dev, ipvs.Config{Scheduler: "rr", ClusterCIDR: benchClusterCIDR,
+	backend := ipvs.NewBackend(timed, ipt, dev, ipvs.Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: benchClusterCIDR},
 		MasqueradeMark: benchMark, TerminationGrace: time.Minute}, reg, logr.Discard())
 	var lastOps float64
 	return &underTest{

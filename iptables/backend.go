@@ -80,9 +80,10 @@ func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxie
 	return nil
 }
 
+// render resolves one ServicePort and translates it into rules. iptables mode binds no
+// address, so the node's own addresses do not enter the resolution.
 func (b *Backend) render(state *proxier.State, sp *proxier.ServicePort) *servicePortRules {
-	sel := proxier.SelectEndpoints(sp, state.Endpoints[sp.Name], state.NodeName, state.NodeLabels)
-	return renderServicePort(&b.cfg, sp, sel)
+	return renderServicePort(&b.cfg, proxier.Resolve(&b.cfg.ResolveConfig, state, sp, nil))
 }
 
 func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {

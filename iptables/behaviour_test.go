@@ -67,6 +67,19 @@ func (f *fakeTables) Restore(_ context.Context, data []byte) error {
 			}
 		}
 	}
+	// Like the kernel, refuse a table in which a rule jumps to a chain that does not exist
+	// (the kernel rejects the whole restore then).
+	for table, chains := range f.chains {
+		for chain, rules := range chains {
+			for _, rule := range rules {
+				if i := slices.Index(rule, "-j"); i >= 0 && strings.HasPrefix(rule[i+1], ChainPrefix) {
+					if _, ok := chains[rule[i+1]]; !ok {
+						return fmt.Errorf("%s %s jumps to %s, which does not exist", table, chain, rule[i+1])
+					}
+				}
+			}
+		}
+	}
 	return nil
 }
 
@@ -230,7 +243,7 @@ func (f *fakeTables) trace(t *testing.T, fl behaviour.Flow) behaviour.Outcome {
 // renders: once after one full sync, and once after building the same state with partial
 // syncs only, which must behave the same.
 func TestBehaviourSuite(t *testing.T) {
-	cfg := RenderConfig{ClusterCIDR: behaviour.ClusterCIDR, MasqueradeMark: "0x4000", NodeName: behaviour.NodeName}
+	cfg := RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}, MasqueradeMark: "0x4000", NodeName: behaviour.NodeName}
 	want := behaviour.State()
 	builds := map[string]func(b *Backend) error{
 		"full sync": func(b *Backend) error { return b.Sync(context.Background(), want, proxier.Changes{Full: true}) },

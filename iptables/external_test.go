@@ -86,7 +86,7 @@ func TestRenderExternalEntryPoints(t *testing.T) {
 			for _, r := range tc.sourceRanges {
 				sp.LoadBalancerSourceRanges = append(sp.LoadBalancerSourceRanges, netip.MustParsePrefix(r))
 			}
-			r := renderServicePort(&testRenderConfig, sp, proxier.SelectEndpoints(sp, tc.endpoints, "node-a", nil))
+			r := renderServicePort(&testRenderConfig, resolve(&testRenderConfig, sp, tc.endpoints))
 			rules := map[string][]string{}
 			for c, rs := range r.dispatch {
 				rules[string(c.table)+" "+c.chain] = rs

@@ -189,7 +189,7 @@ func TestBackendInKernelIPv6(t *testing.T) {
 				if err != nil {
 					t.Fatalf("ip6tables %s: %v (install the Debian package iptables)", flavor, err)
 				}
-				cfg := RenderConfig{IPv6: true, ClusterCIDR: netip.MustParsePrefix("fd00:244::/64"), MasqueradeMark: "0x4000", NodeName: "node-a"}
+				cfg := RenderConfig{IPv6: true, ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("fd00:244::/64")}, MasqueradeMark: "0x4000", NodeName: "node-a"}
 				b := NewBackend(ipt, cfg, prometheus.NewRegistry(), klog.Background())
 				web, empty := spn("default", "web6", ""), spn("default", "empty6", "")
 				state := &proxier.State{NodeName: "node-a",

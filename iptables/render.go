@@ -66,11 +66,9 @@ func hash(s string) string {
 
 // RenderConfig is what rendering needs besides the Service itself.
 type RenderConfig struct {
-	// ClusterCIDR, when valid, is the pod network: traffic from outside it to a cluster
-	// IP is masqueraded so replies come back through this node.
-	ClusterCIDR netip.Prefix
-	// MasqueradeAll masquerades all traffic to cluster IPs.
-	MasqueradeAll bool
+	// ResolveConfig is what the Service semantics depend on (masquerading, and the pod
+	// network that tells pods from other clients).
+	proxier.ResolveConfig
 	// MasqueradeMark is the fwmark bit that asks SWYD-POSTROUTING to masquerade, e.g. "0x4000".
 	MasqueradeMark string
 	NodeName       string
@@ -129,165 +127,152 @@ func (r *servicePortRules) add(c chainRef, format string, args ...any) {
 	r.dispatch[c] = append(r.dispatch[c], fmt.Sprintf(format, args...))
 }
 
-// renderServicePort renders one ServicePort from its endpoint selection. The chains and
-// their meaning follow kube-proxy's iptables mode: a cluster IP jumps to the internal
-// traffic chain (SVC, or SVL for internalTrafficPolicy Local); external entry points
-// (NodePort, externalIPs, load-balancer IPs) jump to the EXT chain, which masquerades and
-// picks the cluster or local policy chain; the filter table rejects traffic to a Service
-// without endpoints and drops what no policy lets through.
-func renderServicePort(cfg *RenderConfig, sp *proxier.ServicePort, sel proxier.EndpointSelection) *servicePortRules {
+// renderServicePort translates one ServicePort's resolution into rules, in the shape of
+// kube-proxy's iptables mode: a cluster IP jumps to the chain of its internal policy (SVC
+// for Cluster, SVL for Local); external entry points (NodePort, externalIPs,
+// load-balancer IPs, the latter through the FW chain when source ranges apply) jump to
+// the EXT chain, which sends each class of client where the resolution says; the filter
+// table rejects or drops what the resolution refuses. Nothing here decides semantics.
+func renderServicePort(cfg *RenderConfig, res *proxier.Resolution) *servicePortRules {
 	r := &servicePortRules{}
+	sp := res.Port
 	name := sp.Name.String()
 	proto := fmt.Sprintf("-p %s -m %s", sp.ProtocolLower(), sp.ProtocolLower())
-	dst := fmt.Sprintf("-d %s %s --dport %d", hostPrefix(sp.ClusterIP), proto, sp.Port)
-	// Every external destination of the port, as a match, and the shared chain its
-	// dispatch rule lives in.
-	type destination struct {
-		chain chainRef
-		match string
-		kind  string
-	}
-	var external []destination
-	for _, ip := range sp.ExternalIPs {
-		external = append(external, destination{natServices, fmt.Sprintf("-d %s %s --dport %d", hostPrefix(ip), proto, sp.Port), "external IP"})
-	}
-	for _, ip := range sp.LoadBalancerIPs {
-		external = append(external, destination{natServices, fmt.Sprintf("-d %s %s --dport %d", hostPrefix(ip), proto, sp.Port), "loadbalancer IP"})
-	}
-	if sp.NodePort != 0 {
-		external = append(external, destination{natNodePorts, fmt.Sprintf("%s --dport %d", proto, sp.NodePort), "nodePort"})
-	}
-	// filterMatch is how the filter table recognises an external destination that nat
-	// did not DNAT: a nodePort is any local address (the nat rule's own condition).
-	filterMatch := func(d destination) string {
-		if d.chain == natNodePorts {
-			return "-m addrtype --dst-type LOCAL " + d.match
+	chainOf := func(p proxier.Policy) string {
+		if p == proxier.LocalPolicy {
+			return localPolicyChain(sp.Name)
 		}
-		return d.match
+		return servicePortChain(sp.Name)
 	}
-
-	if !sel.HasAny {
-		r.add(filterServices, `-m comment --comment "%s has no endpoints" %s -j REJECT`, name, dst)
-		for _, d := range external {
-			r.add(filterServices, `-m comment --comment "%s has no endpoints" %s -j REJECT`, name, filterMatch(d))
+	// used collects the policy chains that some decision forwards to, so that exactly
+	// those are written.
+	used := map[proxier.Policy]bool{}
+	refuse := func(d proxier.Decision, match string) {
+		comment := "has no endpoints"
+		if d.Verdict == proxier.Drop {
+			comment = "has no local endpoints"
 		}
-		return r
+		r.add(filterServices, `-m comment --comment "%s %s" %s -j %s`, name, comment, match, d.Verdict)
 	}
 
-	svcChain, svlChain := servicePortChain(sp.Name), localPolicyChain(sp.Name)
-	useCluster := sp.UsesClusterEndpoints() && len(sel.Cluster) > 0
-	useLocal := sp.UsesLocalEndpoints() && len(sel.Local) > 0
-	internalChain, internalHasEndpoints := svcChain, useCluster
-	if sp.InternalPolicyLocal {
-		internalChain, internalHasEndpoints = svlChain, useLocal
-	}
-
-	if internalHasEndpoints {
-		r.add(natServices, `-m comment --comment "%s cluster IP" %s -j %s`, name, dst, internalChain)
+	clusterIP := fmt.Sprintf("-d %s %s --dport %d", hostPrefix(sp.ClusterIP), proto, sp.Port)
+	var clusterMasq string
+	if d := res.Internal; d.Verdict == proxier.Forward {
+		used[d.Policy] = true
+		r.add(natServices, `-m comment --comment "%s cluster IP" %s -j %s`, name, clusterIP, chainOf(d.Policy))
+		switch d.Masquerade {
+		case proxier.MasqueradeAlways:
+			clusterMasq = fmt.Sprintf(`-m comment --comment "%s cluster IP" %s -j %s`, name, clusterIP, MarkMasqChain)
+		case proxier.MasqueradeOffCluster:
+			clusterMasq = fmt.Sprintf(`-m comment --comment "%s cluster IP" ! -s %s %s -j %s`, name, cfg.ClusterCIDR, clusterIP, MarkMasqChain)
+		}
 	} else {
-		// Endpoints exist elsewhere but none may take this traffic (internalTrafficPolicy
-		// Local with no endpoint on this node): drop, as kube-proxy does, rather than
-		// reject, because the Service itself is healthy.
-		r.add(filterServices, `-m comment --comment "%s has no local endpoints" %s -j DROP`, name, dst)
+		refuse(d, clusterIP)
 	}
 
-	var masq string
-	switch {
-	case cfg.MasqueradeAll:
-		masq = fmt.Sprintf(`-m comment --comment "%s cluster IP" %s -j %s`, name, dst, MarkMasqChain)
-	case cfg.ClusterCIDR.IsValid():
-		masq = fmt.Sprintf(`-m comment --comment "%s cluster IP" ! -s %s %s -j %s`, name, cfg.ClusterCIDR, dst, MarkMasqChain)
+	if res.HasExternal() {
+		ext := externalTrafficChain(sp.Name)
+		// The EXT chain exists whenever some client can be served, even when off-node
+		// clients are dropped: pods and the node may still be short-circuited.
+		serving := res.Endpoints.HasAny
+		if serving {
+			c := Chain{Name: ext}
+			if d := res.ExternalFromPods; d.Verdict == proxier.Forward && !sameRoute(d, res.External) {
+				used[d.Policy] = true
+				c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "pod traffic for %s external destinations" -s %s -j %s`, name, cfg.ClusterCIDR, chainOf(d.Policy)))
+			}
+			if d := res.ExternalFromNode; d.Verdict == proxier.Forward && !sameRoute(d, res.External) {
+				used[d.Policy] = true
+				if d.Masquerade == proxier.MasqueradeAlways {
+					c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "masquerade LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, name, MarkMasqChain))
+				}
+				c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "route LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, name, chainOf(d.Policy)))
+			}
+			if d := res.External; d.Verdict == proxier.Forward {
+				used[d.Policy] = true
+				if d.Masquerade == proxier.MasqueradeAlways {
+					c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "masquerade traffic for %s external destinations" -j %s`, name, MarkMasqChain))
+				}
+				c.Rules = append(c.Rules, "-j "+chainOf(d.Policy))
+			}
+			r.chains = append(r.chains, c)
+		}
+		var fw *Chain
+		for _, e := range res.EntryPoints {
+			if !e.External() {
+				continue
+			}
+			shared, match := natServices, fmt.Sprintf("-d %s %s --dport %d", hostPrefix(e.Addr), proto, e.Port)
+			// The filter table recognises a NodePort that nat did not DNAT by its
+			// destination being any local address (the nat rule's own condition).
+			filterMatch := match
+			if e.Kind == proxier.NodePortEntry {
+				shared, match = natNodePorts, fmt.Sprintf("%s --dport %d", proto, e.Port)
+				filterMatch = "-m addrtype --dst-type LOCAL " + match
+			}
+			target := ext
+			if len(e.SourceRanges) > 0 {
+				if fw == nil {
+					fw = firewallRules(sp, e, ext)
+				}
+				target = fw.Name
+				// Traffic from outside the ranges is not DNATed; the filter table then
+				// sees it still addressed to the load balancer, and drops it.
+				r.add(filterServices, `-m comment --comment "%s traffic not accepted by %s" %s -j DROP`, name, target, filterMatch)
+			}
+			if serving {
+				r.add(shared, `-m comment --comment "%s %s" %s -j %s`, name, e.Kind, match, target)
+			}
+			if d := res.External; d.Verdict != proxier.Forward {
+				// What the EXT chain did not send anywhere (off-node clients without an
+				// endpoint to take them) is still addressed to the entry point here.
+				refuse(d, filterMatch)
+			}
+		}
+		if fw != nil {
+			r.chains = append(r.chains, *fw)
+		}
 	}
 
-	if useCluster {
-		r.chains = append(r.chains, balanceChain(svcChain, sp, sel.Cluster, maskIf(internalChain == svcChain, masq)))
-	}
-	if useLocal {
-		r.chains = append(r.chains, balanceChain(svlChain, sp, sel.Local, maskIf(internalChain == svlChain, masq)))
-	}
-	if len(external) > 0 {
-		ext, externalHasEndpoints := externalChain(cfg, sp, useCluster, useLocal)
-		if len(ext.Rules) > 0 {
-			r.chains = append(r.chains, ext)
+	if used[proxier.ClusterPolicy] {
+		masq := ""
+		if res.Internal.Verdict == proxier.Forward && res.Internal.Policy == proxier.ClusterPolicy {
+			masq = clusterMasq
 		}
-		firewall := len(sp.LoadBalancerSourceRanges) > 0
-		for _, d := range external {
-			target := ext.Name
-			if firewall && d.kind == "loadbalancer IP" {
-				target = firewallChain(sp.Name)
-				// Traffic from outside the allowed ranges is not DNATed; the filter table
-				// then sees it still addressed to the load balancer, and drops it.
-				r.add(filterServices, `-m comment --comment "%s traffic not accepted by %s" %s -j DROP`, name, target, filterMatch(d))
-			}
-			if len(ext.Rules) > 0 {
-				r.add(d.chain, `-m comment --comment "%s %s" %s -j %s`, name, d.kind, d.match, target)
-			}
-			if !externalHasEndpoints {
-				// externalTrafficPolicy Local with no endpoint here: the load balancer's
-				// health check steers away; whatever still arrives is dropped, not
-				// rejected, as kube-proxy does.
-				r.add(filterServices, `-m comment --comment "%s has no local endpoints" %s -j DROP`, name, filterMatch(d))
-			}
-		}
-		if firewall {
-			fw := Chain{Name: firewallChain(sp.Name)}
-			for _, src := range sp.LoadBalancerSourceRanges {
-				fw.Rules = append(fw.Rules, fmt.Sprintf(`-m comment --comment "%s loadbalancer IP" -s %s -j %s`, name, src, ext.Name))
-			}
-			r.chains = append(r.chains, fw)
-		}
+		r.chains = append(r.chains, balanceChain(servicePortChain(sp.Name), sp, res.Endpoints.Cluster, masq))
 	}
-	for _, ep := range sel.AllReachable {
+	if used[proxier.LocalPolicy] {
+		masq := ""
+		if res.Internal.Verdict == proxier.Forward && res.Internal.Policy == proxier.LocalPolicy {
+			masq = clusterMasq
+		}
+		r.chains = append(r.chains, balanceChain(localPolicyChain(sp.Name), sp, res.Endpoints.Local, masq))
+	}
+	for _, ep := range res.Endpoints.AllReachable {
 		r.chains = append(r.chains, endpointRules(sp, ep))
 	}
 	return r
 }
 
-// externalChain renders the EXT chain that traffic to the port's external destinations
-// goes through, and reports whether external clients have an endpoint to reach.
-func externalChain(cfg *RenderConfig, sp *proxier.ServicePort, useCluster, useLocal bool) (Chain, bool) {
-	name := sp.Name.String()
-	c := Chain{Name: externalTrafficChain(sp.Name)}
-	svcChain, svlChain := servicePortChain(sp.Name), localPolicyChain(sp.Name)
-	if !sp.ExternalPolicyLocal {
-		if !useCluster {
-			return c, false
-		}
-		c.Rules = []string{
-			fmt.Sprintf(`-m comment --comment "masquerade traffic for %s external destinations" -j %s`, name, MarkMasqChain),
-			"-j " + svcChain,
-		}
-		return c, true
-	}
-	// externalTrafficPolicy Local keeps the client's address and only uses endpoints on
-	// this node. Pods and the node itself are not external clients: they are sent to any
-	// endpoint ("short-circuit"), so in-cluster clients work even without a local one.
-	shortCircuit := ""
-	switch {
-	case useCluster:
-		shortCircuit = svcChain
-	case useLocal:
-		shortCircuit = svlChain
-	}
-	if shortCircuit != "" {
-		if cfg.ClusterCIDR.IsValid() {
-			c.Rules = append(c.Rules, fmt.Sprintf(`-m comment --comment "pod traffic for %s external destinations" -s %s -j %s`, name, cfg.ClusterCIDR, shortCircuit))
-		}
-		c.Rules = append(c.Rules,
-			fmt.Sprintf(`-m comment --comment "masquerade LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, name, MarkMasqChain),
-			fmt.Sprintf(`-m comment --comment "route LOCAL traffic for %s external destinations" -m addrtype --src-type LOCAL -j %s`, name, shortCircuit))
-	}
-	if useLocal {
-		c.Rules = append(c.Rules, "-j "+svlChain)
-	}
-	return c, useLocal
+// sameRoute reports whether two decisions send traffic the same way, so that one rule
+// serves both.
+func sameRoute(a, b proxier.Decision) bool {
+	return a.Verdict == b.Verdict && a.Policy == b.Policy && a.Masquerade == b.Masquerade
 }
 
-func maskIf(keep bool, rule string) string {
-	if keep {
-		return rule
+// firewallRules renders the FW chain that admits traffic to the load-balancer IPs from
+// the entry point's source ranges only, on to the EXT chain.
+func firewallRules(sp *proxier.ServicePort, e proxier.EntryPoint, ext string) *Chain {
+	fw := &Chain{Name: firewallChain(sp.Name)}
+	for _, src := range e.SourceRanges {
+		fw.Rules = append(fw.Rules, fmt.Sprintf(`-m comment --comment "%s loadbalancer IP" -s %s -j %s`, sp.Name, src, ext))
 	}
-	return ""
+	if e.AllowLoadBalancerSources {
+		for _, ip := range sp.LoadBalancerIPs {
+			fw.Rules = append(fw.Rules, fmt.Sprintf(`-m comment --comment "%s loadbalancer IP" -s %s -j %s`, sp.Name, hostPrefix(ip), ext))
+		}
+	}
+	return fw
 }
 
 // balanceChain spreads new connections evenly over endpoints: the i-th of n rules matches

@@ -48,7 +48,13 @@ func readyEndpoints(ips ...string) []proxier.Endpoint {
 	return eps
 }
 
-var testRenderConfig = RenderConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MasqueradeMark: "0x00004000", NodeName: "node-a"}
+// resolve resolves sp with endpoints on node-a, as the backend does before rendering.
+func resolve(cfg *RenderConfig, sp *proxier.ServicePort, endpoints []proxier.Endpoint) *proxier.Resolution {
+	state := &proxier.State{NodeName: "node-a", Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{sp.Name: endpoints}}
+	return proxier.Resolve(&cfg.ResolveConfig, state, sp, nil)
+}
+
+var testRenderConfig = RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, MasqueradeMark: "0x00004000", NodeName: "node-a"}
 
 // sampleState has two Services: web:http (10.96.0.10:80) with two ready endpoints, and
 // empty (10.96.0.11:80) with none.
@@ -223,7 +229,7 @@ func TestRenderServicePortPolicies(t *testing.T) {
 			}
 			cfg := testRenderConfig
 			cfg.MasqueradeAll = tc.masqAll
-			r := renderServicePort(&cfg, sp, proxier.SelectEndpoints(sp, tc.endpoints, "node-a", nil))
+			r := renderServicePort(&cfg, resolve(&cfg, sp, tc.endpoints))
 			check := func(what string, rules []string, want string) {
 				t.Helper()
 				joined := strings.Join(rules, "\n")

@@ -21,10 +21,9 @@ import (
 // Config is what the IPVS backend needs besides the desired state.
 type Config struct {
 	Scheduler string
-	// ClusterCIDR, when valid, is the pod network: traffic from outside it to a Service
-	// address is masqueraded so that replies come back through this node.
-	ClusterCIDR   netip.Prefix
-	MasqueradeAll bool
+	// ResolveConfig is what the Service semantics depend on (masquerading, and the pod
+	// network that tells pods from other clients).
+	proxier.ResolveConfig
 	// MasqueradeMark is the fwmark bit that asks SWYD-POSTROUTING to masquerade.
 	MasqueradeMark string
 	// TerminationGrace bounds how long a removed real server keeps its open connections
@@ -90,8 +89,9 @@ type Backend struct {
 	// setUsers counts the ServicePorts needing each set member.
 	setUsers    map[setEntry]int
 	terminating map[Key]map[netip.AddrPort]terminating
-	// nodeIPs are the node addresses NodePorts are served on, as of the last full sync.
-	nodeIPs []netip.Addr
+	// nodeIPs are the node's own addresses, and nodePortIPs those NodePorts are served on,
+	// as of the last full sync.
+	nodeIPs, nodePortIPs []netip.Addr
 
 	operations *prometheus.CounterVec
 }
@@ -119,76 +119,83 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 // Name is part of proxier.Backend.
 func (b *Backend) Name() string { return "ipvs" }
 
-// plan renders one ServicePort: a virtual server on its cluster IP, fed by the endpoints
-// of the internal traffic policy; and one on each external IP, load-balancer IP and node
-// address with the NodePort, fed by the endpoints of the external traffic policy. A
-// virtual server without endpoints makes IPVS answer new connections with ICMP port
-// unreachable: the client is refused at once, like a REJECT rule.
+// plan translates one ServicePort's resolution into virtual servers, bound addresses
+// and set members: a virtual server on each entry point (the NodePort on each node-port
+// address), fed by the endpoints its decision forwards to. A virtual server without
+// endpoints makes IPVS answer new connections with ICMP port unreachable: the client is
+// refused at once, like a REJECT rule. Drops and masquerading are set members that the
+// fixed rule set (ruleset) acts on.
 func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan {
-	sel := proxier.SelectEndpoints(sp, state.Endpoints[sp.Name], state.NodeName, state.NodeLabels)
-	internal, external := sel.Cluster, sel.Cluster
-	if sp.InternalPolicyLocal {
-		internal = sel.Local
-	}
-	if sp.ExternalPolicyLocal {
-		external = sel.Local
-	}
+	res := proxier.Resolve(&b.cfg.ResolveConfig, state, sp, b.nodeIPs)
 	p := &portPlan{}
-	add := func(addr netip.Addr, port int32, endpoints []proxier.Endpoint) {
+	add := func(addr netip.Addr, port int32, d proxier.Decision) {
 		s := vsPlan{vs: &VirtualServer{Address: addr, Protocol: sp.Protocol, Port: uint16(port), Scheduler: b.cfg.Scheduler,
 			AffinityTimeout: uint32(sp.SessionAffinityTimeout.Seconds())}}
-		for _, e := range endpoints {
-			s.reals = append(s.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
+		if d.Verdict == proxier.Forward {
+			for _, e := range d.Endpoints {
+				s.reals = append(s.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
+			}
 		}
 		p.servers = append(p.servers, s)
 	}
 	entry := func(set string, ip netip.Addr, port int32) setEntry {
 		return setEntry{set: set, ip: ip, protocol: sp.Protocol, port: uint16(port)}
 	}
-
-	add(sp.ClusterIP, sp.Port, internal)
-	p.addrs = append(p.addrs, sp.ClusterIP)
-	p.sets = append(p.sets, entry(clusterIPSet, sp.ClusterIP, sp.Port), setEntry{set: serviceIPsSet, ip: sp.ClusterIP})
-	if sp.InternalPolicyLocal && len(internal) == 0 && sel.HasAny {
-		p.sets = append(p.sets, entry(noLocalEndpointsSet, sp.ClusterIP, sp.Port))
+	// decisionSet is the set whose rules give a decision's traffic what it needs beyond
+	// the virtual server: a drop, masquerading, or nothing.
+	decisionSet := func(d proxier.Decision, masq, noMasq string) string {
+		switch {
+		case d.Verdict == proxier.Drop:
+			return noLocalEndpointsSet
+		case d.Masquerade == proxier.MasqueradeNone:
+			return noMasq
+		default:
+			return masq
+		}
 	}
 
-	// External traffic is masqueraded under the Cluster policy (so replies come back
-	// through this node) and keeps the client's address under Local. With Local and no
-	// endpoint here, it is dropped rather than refused, as in iptables mode.
-	externalSet := externalSet
-	switch {
-	case sp.ExternalPolicyLocal && len(external) == 0 && sel.HasAny:
-		externalSet = noLocalEndpointsSet
-	case sp.ExternalPolicyLocal:
-		externalSet = externalLocalSet
-	}
-	for _, ip := range append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...) {
-		add(ip, sp.Port, external)
-		p.addrs = append(p.addrs, ip)
-		p.sets = append(p.sets, entry(externalSet, ip, sp.Port), setEntry{set: serviceIPsSet, ip: ip})
-	}
-	for _, ip := range sp.LoadBalancerIPs {
-		if len(sp.LoadBalancerSourceRanges) == 0 {
+	for _, e := range res.EntryPoints {
+		if e.Kind == proxier.NodePortEntry {
+			for _, ip := range b.nodePortIPs {
+				add(ip, e.Port, res.External)
+				p.sets = append(p.sets, entry(decisionSet(res.External, externalSet, externalLocalSet), ip, e.Port))
+			}
 			continue
 		}
-		p.sets = append(p.sets, entry(loadBalancerFirewallSet, ip, sp.Port))
-		for _, src := range sp.LoadBalancerSourceRanges {
-			e := entry(loadBalancerSourceSet, ip, sp.Port)
-			e.net = src
-			p.sets = append(p.sets, e)
+		d, masq, noMasq := res.External, externalSet, externalLocalSet
+		if e.Kind == proxier.ClusterIPEntry {
+			// Masquerading of cluster IP traffic is decided by the fixed rules (from the
+			// configuration, the same for every Service); the set only names the port.
+			d, masq, noMasq = res.Internal, clusterIPSet, clusterIPSet
 		}
-	}
-	if sp.NodePort != 0 {
-		for _, ip := range b.nodeIPs {
-			add(ip, sp.NodePort, external)
-			p.sets = append(p.sets, entry(externalSet, ip, sp.NodePort))
+		add(e.Addr, e.Port, d)
+		p.sets = append(p.sets, entry(decisionSet(d, masq, noMasq), e.Addr, e.Port))
+		// A node address is the node's already: binding it to kube-ipvs0 would make
+		// unbinding remove it, and listing it as a Service address would close every
+		// other port of the node on it.
+		if !e.NodeAddress {
+			p.addrs = append(p.addrs, e.Addr)
+			p.sets = append(p.sets, setEntry{set: serviceIPsSet, ip: e.Addr})
+		}
+		if len(e.SourceRanges) > 0 {
+			p.sets = append(p.sets, entry(loadBalancerFirewallSet, e.Addr, e.Port))
+			sources := e.SourceRanges
+			if e.AllowLoadBalancerSources {
+				for _, ip := range sp.LoadBalancerIPs {
+					sources = append(slices.Clip(sources), netip.PrefixFrom(ip, ip.BitLen()))
+				}
+			}
+			for _, src := range sources {
+				s := entry(loadBalancerSourceSet, e.Addr, e.Port)
+				s.net = src
+				p.sets = append(p.sets, s)
+			}
 		}
 	}
 	// Hairpin traffic (a pod reaching itself through the Service) is masqueraded by this
 	// set; only a pod on this node can hairpin here, so remote endpoints are left out, as
 	// kube-proxy does: at 10 endpoints per Service they would double a full sync's work.
-	for _, e := range sel.AllReachable {
+	for _, e := range res.Endpoints.AllReachable {
 		if !e.IsLocal(state.NodeName) {
 			continue
 		}
@@ -214,11 +221,9 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	if _, _, err := iptables.Apply(ctx, b.ipt, b.ruleset()); err != nil {
 		return fmt.Errorf("static iptables rules: %w", err)
 	}
-	nodeIPs, err := nodeAddresses(b.dev, b.cfg.NodePortAddresses, b.cfg.IPv6)
-	if err != nil {
+	if err := b.readNodeAddresses(); err != nil {
 		return err
 	}
-	b.nodeIPs = nodeIPs
 
 	plans := make(map[proxier.ServicePortName]*portPlan, len(state.Services))
 	addrUsers := map[netip.Addr]int{}
@@ -296,6 +301,16 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	return nil
 }
 
+// readNodeAddresses refreshes the node's own addresses and the node-port addresses.
+func (b *Backend) readNodeAddresses() error {
+	nodeIPs, err := nodeAddresses(b.dev, b.cfg.IPv6)
+	if err != nil {
+		return err
+	}
+	b.nodeIPs, b.nodePortIPs = nodeIPs, inRanges(nodeIPs, b.cfg.NodePortAddresses)
+	return nil
+}
+
 // boundAddresses lists the Service addresses of this family that we bound on kube-ipvs0.
 // IPv4 ones carry our label. IPv6 addresses have no labels: one is ours when a Service
 // wants it or a virtual server uses it, so an address someone else put on the device
@@ -328,7 +343,7 @@ func (b *Backend) owns(vs *VirtualServer, bound map[netip.Addr]bool) bool {
 	if bound[vs.Address] {
 		return true
 	}
-	return slices.Contains(b.nodeIPs, vs.Address) && vs.Port >= nodePortMin && vs.Port <= nodePortMax
+	return slices.Contains(b.nodePortIPs, vs.Address) && vs.Port >= nodePortMin && vs.Port <= nodePortMax
 }
 
 // The default --service-node-port-range of kube-apiserver.

@@ -19,7 +19,8 @@ type model struct {
 }
 
 func newModel(state *proxier.State) *model {
-	b := &Backend{cfg: Config{Scheduler: "rr", ClusterCIDR: behaviour.ClusterCIDR}, nodeIPs: []netip.Addr{behaviour.NodeIP}}
+	b := &Backend{cfg: Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}},
+		nodeIPs: []netip.Addr{behaviour.NodeIP}, nodePortIPs: []netip.Addr{behaviour.NodeIP}}
 	m := &model{servers: map[Key]vsPlan{}, members: map[setEntry]bool{}}
 	for _, sp := range state.Services {
 		p := b.plan(state, sp)

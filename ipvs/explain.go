@@ -20,11 +20,9 @@ func (b *Backend) Explain(_ context.Context, state *proxier.State, names []proxi
 		fmt.Fprintf(w, "  the dummy device does not exist: no Service address is bound\n")
 		return false, nil
 	}
-	nodeIPs, err := nodeAddresses(b.dev, b.cfg.NodePortAddresses, b.cfg.IPv6)
-	if err != nil {
+	if err := b.readNodeAddresses(); err != nil {
 		return false, err
 	}
-	b.nodeIPs = nodeIPs
 	bound, err := b.boundAddresses(nil)
 	if err != nil {
 		return false, err

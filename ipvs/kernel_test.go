@@ -110,7 +110,7 @@ func TestBackendInKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := NewBackend(handle, ipt, dev, Config{Scheduler: "rr", ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"),
+	b := NewBackend(handle, ipt, dev, Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")},
 		MasqueradeMark: "0x4000", TerminationGrace: time.Minute}, prometheus.NewRegistry(), klog.Background())
 
 	web, empty, dns := svcName("web", v1.ProtocolTCP), svcName("empty", v1.ProtocolTCP), svcName("dns", v1.ProtocolUDP)

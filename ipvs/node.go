@@ -81,12 +81,11 @@ func PrepareNode(strictARP, ipv6 bool) error {
 	return errors.Join(errs...)
 }
 
-// nodeAddresses lists the node's addresses of one family that NodePorts are served on: those in
-// the given ranges (all when none), never loopback, link-local, or Service addresses on
-// kube-ipvs0.
+// nodeAddresses lists the node's own addresses of one family: those on every link but
+// kube-ipvs0, never loopback or link-local ones.
 //
 // Equivalent to: `ip -4 addr show` (or -6)
-func nodeAddresses(dev *dummy.Device, ranges []netip.Prefix, ipv6 bool) ([]netip.Addr, error) {
+func nodeAddresses(dev *dummy.Device, ipv6 bool) ([]netip.Addr, error) {
 	family := netlink.FAMILY_V4
 	if ipv6 {
 		family = netlink.FAMILY_V6
@@ -105,12 +104,25 @@ func nodeAddresses(dev *dummy.Device, ranges []netip.Prefix, ipv6 bool) ([]netip
 		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || slices.Contains(out, ip) {
 			continue
 		}
-		if len(ranges) == 0 || slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(ip) }) {
-			out = append(out, ip)
-		}
+		out = append(out, ip)
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out, nil
+}
+
+// inRanges keeps the addresses in ranges, or all of them when there are no ranges (the
+// node-port addresses, from --nodeport-addresses).
+func inRanges(addrs []netip.Addr, ranges []netip.Prefix) []netip.Addr {
+	if len(ranges) == 0 {
+		return addrs
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func kernelBefore(major, minor int) bool {

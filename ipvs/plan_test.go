@@ -87,7 +87,8 @@ func TestPlan(t *testing.T) {
 				sp.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.8")}
 				sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix(tc.sourceRange)}
 			}
-			b := &Backend{cfg: Config{Scheduler: "rr"}, nodeIPs: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}}
+			nodeIPs := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")}
+			b := &Backend{cfg: Config{Scheduler: "rr"}, nodeIPs: nodeIPs, nodePortIPs: nodeIPs}
 			state := &proxier.State{NodeName: "node-a", Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{name: tc.endpoints}}
 			p := b.plan(state, sp)
 

@@ -13,18 +13,23 @@ func (p *ServicePort) ExternallyAccessible() bool {
 }
 
 // UsesClusterEndpoints reports whether some traffic to the Service may go to endpoints on
-// any node: internal traffic with the Cluster policy, or external traffic with Cluster.
+// any node: internal traffic with the Cluster policy, or any external entry point at all,
+// because even under externalTrafficPolicy Local, pods and the node itself reach external
+// entry points through the Cluster endpoints (the short-circuit). As kube-proxy's
+// BaseServicePortInfo.UsesClusterEndpoints (pkg/proxy/serviceport.go).
 func (p *ServicePort) UsesClusterEndpoints() bool {
-	return !p.InternalPolicyLocal || (p.ExternallyAccessible() && !p.ExternalPolicyLocal)
+	return !p.InternalPolicyLocal || p.ExternallyAccessible()
 }
 
-// UsesLocalEndpoints reports whether some traffic to the Service must stay on this node.
+// UsesLocalEndpoints reports whether some traffic to the Service must stay on this node
+// (kube-proxy's BaseServicePortInfo.UsesLocalEndpoints).
 func (p *ServicePort) UsesLocalEndpoints() bool {
 	return p.InternalPolicyLocal || (p.ExternallyAccessible() && p.ExternalPolicyLocal)
 }
 
-// EndpointSelection is the one decision of which endpoints may receive which traffic.
-// Backends render it; they never filter endpoints themselves.
+// EndpointSelection is which endpoints each traffic policy may use: kube-proxy's
+// CategorizeEndpoints (pkg/proxy/topology.go). Resolve builds its decisions on it;
+// backends never filter endpoints themselves.
 type EndpointSelection struct {
 	// Cluster receives traffic under the Cluster policy: ready endpoints (narrowed by
 	// topology hints when they apply), or serving-and-terminating ones when none is ready.
@@ -40,12 +45,13 @@ type EndpointSelection struct {
 	HasAny bool
 }
 
-// SelectEndpoints applies the semantics of ready/serving/terminating conditions, traffic
-// policies and topology hints to the endpoints of one ServicePort, as kube-proxy does.
-func SelectEndpoints(sp *ServicePort, endpoints []Endpoint, nodeName string, nodeLabels map[string]string) EndpointSelection {
+// selectEndpoints applies the semantics of ready/serving/terminating conditions, traffic
+// policies and topology hints to the endpoints of one ServicePort, as kube-proxy's
+// CategorizeEndpoints does.
+func selectEndpoints(sp *ServicePort, endpoints []Endpoint, nodeName string, nodeLabels map[string]string) EndpointSelection {
 	var sel EndpointSelection
 	if sp.UsesClusterEndpoints() {
-		usable := topologyFilter(endpoints, nodeName, nodeLabels[v1.LabelTopologyZone], sp.TrafficDistribution)
+		usable := topologyFilter(endpoints, nodeName, nodeLabels[v1.LabelTopologyZone])
 		sel.Cluster = filter(endpoints, func(e Endpoint) bool { return e.Ready && usable(e) })
 		// Topology never empties the set when ready endpoints exist (topologyFilter
 		// falls back to all), so an empty set here means nothing is ready anywhere.
@@ -90,14 +96,17 @@ func SelectEndpoints(sp *ServicePort, endpoints []Endpoint, nodeName string, nod
 // topologyFilter returns the predicate topology-aware routing imposes. Hints are only
 // trusted when every usable endpoint carries them and some are meant for this node or
 // zone; otherwise every endpoint is acceptable, so that traffic is never black-holed by
-// incomplete hints.
-func topologyFilter(endpoints []Endpoint, nodeName, zone, trafficDistribution string) func(Endpoint) bool {
+// incomplete hints. Node hints come first, whatever the Service's trafficDistribution
+// says: kube-proxy v1.35 looks only at the hints (topologyModeFromHints, with the
+// PreferSameTrafficDistribution gate locked on), and the EndpointSlice controller writes
+// node hints only for PreferSameNode.
+func topologyFilter(endpoints []Endpoint, nodeName, zone string) func(Endpoint) bool {
 	all := func(Endpoint) bool { return true }
 	candidates := filter(endpoints, func(e Endpoint) bool { return e.Ready })
 	if len(candidates) == 0 {
 		return all
 	}
-	if trafficDistribution == v1.ServiceTrafficDistributionPreferSameNode && nodeName != "" {
+	if nodeName != "" {
 		complete, forUs := hintCoverage(candidates, func(e Endpoint) []string { return e.NodeHints }, nodeName)
 		if complete && forUs {
 			return func(e Endpoint) bool { return slices.Contains(e.NodeHints, nodeName) }

@@ -47,7 +47,6 @@ func TestSelectEndpoints(t *testing.T) {
 	clusterIP := sp(nil)
 	internalLocal := sp(func(p *ServicePort) { p.InternalPolicyLocal = true })
 	nodePortLocal := sp(func(p *ServicePort) { p.NodePort = 30080; p.ExternalPolicyLocal = true })
-	preferSameNode := sp(func(p *ServicePort) { p.TrafficDistribution = v1.ServiceTrafficDistributionPreferSameNode })
 
 	local1 := ep("10.0.0.1", thisNode, nil)
 	local2 := ep("10.0.0.2", thisNode, nil)
@@ -283,7 +282,7 @@ func TestSelectEndpoints(t *testing.T) {
 		},
 		{
 			name: "PreferSameNode: node hints complete and some for this node, use only those",
-			sp:   preferSameNode,
+			sp:   clusterIP,
 			endpoints: []Endpoint{
 				ep("10.0.0.1", thisNode, func(e *Endpoint) { e.NodeHints = []string{thisNode}; e.ZoneHints = []string{thisZone} }),
 				ep("10.0.1.1", otherNode, func(e *Endpoint) { e.NodeHints = []string{otherNode}; e.ZoneHints = []string{thisZone} }),
@@ -297,7 +296,7 @@ func TestSelectEndpoints(t *testing.T) {
 		},
 		{
 			name: "PreferSameNode: node hints incomplete, fall back to zone hints",
-			sp:   preferSameNode,
+			sp:   clusterIP,
 			endpoints: []Endpoint{
 				ep("10.0.0.1", thisNode, func(e *Endpoint) { e.NodeHints = []string{thisNode}; e.ZoneHints = []string{otherZone} }),
 				ep("10.0.1.1", otherNode, zones(thisZone)),
@@ -312,7 +311,7 @@ func TestSelectEndpoints(t *testing.T) {
 		},
 		{
 			name: "PreferSameNode: no node hint for this node, use all",
-			sp:   preferSameNode,
+			sp:   clusterIP,
 			endpoints: []Endpoint{
 				ep("10.0.1.1", otherNode, nodes(otherNode)),
 				ep("10.0.1.2", otherNode, nodes(otherNode)),
@@ -324,15 +323,32 @@ func TestSelectEndpoints(t *testing.T) {
 			},
 		},
 		{
-			name: "node hints are ignored without trafficDistribution PreferSameNode",
+			// kube-proxy v1.35 looks at the hints only, not at the Service's
+			// trafficDistribution (topology.go topologyModeFromHints; the
+			// PreferSameTrafficDistribution gate is locked on).
+			name: "node hints are used whatever the Service's trafficDistribution",
 			sp:   clusterIP,
 			endpoints: []Endpoint{
 				ep("10.0.0.1", thisNode, nodes(thisNode)),
 				ep("10.0.1.1", otherNode, nodes(otherNode)),
 			},
 			want: EndpointSelection{
-				Cluster:      []Endpoint{ep("10.0.0.1", thisNode, nodes(thisNode)), ep("10.0.1.1", otherNode, nodes(otherNode))},
-				AllReachable: []Endpoint{ep("10.0.0.1", thisNode, nodes(thisNode)), ep("10.0.1.1", otherNode, nodes(otherNode))},
+				Cluster:      []Endpoint{ep("10.0.0.1", thisNode, nodes(thisNode))},
+				AllReachable: []Endpoint{ep("10.0.0.1", thisNode, nodes(thisNode))},
+				HasAny:       true,
+			},
+		},
+		{
+			// UsesClusterEndpoints is true for any externally accessible Service
+			// (serviceport.go), so pods and the node can be short-circuited to any endpoint.
+			name: "both policies Local on a NodePort Service: Cluster is still computed",
+			sp: sp(func(p *ServicePort) {
+				p.NodePort, p.ExternalPolicyLocal, p.InternalPolicyLocal = 30080, true, true
+			}),
+			endpoints: []Endpoint{remote1, remote2},
+			want: EndpointSelection{
+				Cluster:      []Endpoint{remote1, remote2},
+				AllReachable: []Endpoint{remote1, remote2},
 				HasAny:       true,
 			},
 		},
@@ -345,9 +361,9 @@ func TestSelectEndpoints(t *testing.T) {
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := SelectEndpoints(tc.sp, tc.endpoints, thisNode, tc.nodeLabels)
+			got := selectEndpoints(tc.sp, tc.endpoints, thisNode, tc.nodeLabels)
 			if diff := cmp.Diff(tc.want, got, opts); diff != "" {
-				t.Errorf("SelectEndpoints() mismatch (-want +got):\n%s", diff)
+				t.Errorf("selectEndpoints() mismatch (-want +got):\n%s", diff)
 			}
 			// Invariants that hold for every input.
 			seen := map[string]bool{}
@@ -371,7 +387,7 @@ func TestSelectEndpoints(t *testing.T) {
 	}
 }
 
-// SelectEndpoints must not alter the endpoints it is given: they are the tracker's state,
+// selectEndpoints must not alter the endpoints it is given: they are the tracker's state,
 // shared by every later sync.
 func TestSelectEndpointsDoesNotModifyInput(t *testing.T) {
 	in := []Endpoint{
@@ -380,7 +396,7 @@ func TestSelectEndpointsDoesNotModifyInput(t *testing.T) {
 	}
 	before := append([]Endpoint(nil), in...)
 	sp := &ServicePort{NodePort: 30080, ExternalPolicyLocal: true}
-	sel := SelectEndpoints(sp, in, "node-a", nil)
+	sel := selectEndpoints(sp, in, "node-a", nil)
 	sel.AllReachable = append(sel.AllReachable, Endpoint{IP: netip.MustParseAddr("10.9.9.9")})
 	if len(sel.Cluster) > 0 {
 		sel.Cluster[0].NodeName = "mutated"

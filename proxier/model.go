@@ -48,8 +48,6 @@ type ServicePort struct {
 	ExternalPolicyLocal    bool
 	InternalPolicyLocal    bool
 	HealthCheckNodePort    int32
-	// TrafficDistribution is the Service's spec.trafficDistribution ("" when unset).
-	TrafficDistribution string
 }
 
 // Endpoint is one address:port that backs a ServicePort.
@@ -91,7 +89,7 @@ func (p *ServicePort) equal(o *ServicePort) bool {
 		slices.Equal(p.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges) &&
 		p.SessionAffinityTimeout == o.SessionAffinityTimeout &&
 		p.ExternalPolicyLocal == o.ExternalPolicyLocal && p.InternalPolicyLocal == o.InternalPolicyLocal &&
-		p.HealthCheckNodePort == o.HealthCheckNodePort && p.TrafficDistribution == o.TrafficDistribution
+		p.HealthCheckNodePort == o.HealthCheckNodePort
 }
 
 // ClusterAddress renders "clusterIP:port" (with brackets for IPv6).

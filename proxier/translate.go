@@ -139,10 +139,6 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 	if externalLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 		healthCheckNodePort = svc.Spec.HealthCheckNodePort
 	}
-	var trafficDistribution string
-	if svc.Spec.TrafficDistribution != nil {
-		trafficDistribution = *svc.Spec.TrafficDistribution
-	}
 
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	var ports []*ServicePort
@@ -175,7 +171,6 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 			ExternalPolicyLocal:      externalLocal,
 			InternalPolicyLocal:      internalLocal,
 			HealthCheckNodePort:      healthCheckNodePort,
-			TrafficDistribution:      trafficDistribution,
 		})
 	}
 	return ports, errs

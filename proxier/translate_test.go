@@ -415,16 +415,6 @@ func TestServicePorts(t *testing.T) {
 			family: IPv4,
 			want:   []*ServicePort{wantPort(nil)},
 		},
-		{
-			name: "trafficDistribution is carried",
-			svc: makeService("svc", func(s *v1.Service) {
-				s.Spec.TrafficDistribution = ptr(v1.ServiceTrafficDistributionPreferSameNode)
-			}),
-			family: IPv4,
-			want: []*ServicePort{wantPort(func(sp *ServicePort) {
-				sp.TrafficDistribution = v1.ServiceTrafficDistributionPreferSameNode
-			})},
-		},
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -261,8 +261,7 @@ func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, f
 	}
 	backend := iptables.NewBackend(ipt, iptables.RenderConfig{
 		IPv6:              !ipv4,
-		ClusterCIDR:       clusterCIDR,
-		MasqueradeAll:     cfg.MasqueradeAll,
+		ResolveConfig:     proxier.ResolveConfig{ClusterCIDR: clusterCIDR, MasqueradeAll: cfg.MasqueradeAll},
 		MasqueradeMark:    mark,
 		NodeName:          cfg.NodeName,
 		NodePortAddresses: cfg.NodePortPrefixes(ipv4),
@@ -354,8 +353,7 @@ func newIPVSBackend(cfg config.Config, ipv6 bool, ipt iptables.Interface, cluste
 	}
 	return ipvs.NewBackend(handle, ipt, dev, ipvs.Config{
 		Scheduler:         cfg.IPVSScheduler,
-		ClusterCIDR:       clusterCIDR,
-		MasqueradeAll:     cfg.MasqueradeAll,
+		ResolveConfig:     proxier.ResolveConfig{ClusterCIDR: clusterCIDR, MasqueradeAll: cfg.MasqueradeAll},
 		MasqueradeMark:    mark,
 		TerminationGrace:  terminationGrace,
 		NodePortAddresses: cfg.NodePortPrefixes(!ipv6),

@@ -109,6 +109,30 @@ func Flows() []Flow {
 		{Name: "TCP to the port of a UDP Service: not that Service", Src: P, Protocol: tcp, Dst: at("10.96.0.16", 53), Want: Outcome{Verdict: Untouched},
 			ModeWant: map[string]Outcome{"ipvs": {Verdict: Reject}}},
 		{Name: "an address no Service has: untouched", Src: P, Protocol: tcp, Dst: at("10.96.0.99", 80), Want: Outcome{Verdict: Untouched}},
+
+		// Defect: a LoadBalancer with both policies Local, source ranges and every
+		// endpoint elsewhere had a firewall chain jumping to an EXT chain that was never
+		// written, so iptables-restore failed and the node stopped programming Services.
+		// kube-proxy writes the EXT chain whenever the Service has endpoints anywhere
+		// (iptables/proxier.go usesExternalTrafficChain) and short-circuits pods and the
+		// node to any endpoint, because UsesClusterEndpoints holds for every externally
+		// accessible port (serviceport.go).
+		{Name: "both policies Local, every endpoint elsewhere: a pod at the load-balancer IP is short-circuited to any endpoint", Src: P, Protocol: tcp, Dst: at("198.51.100.21", 80),
+			Want: Outcome{Endpoints: []string{ep(R)}}, ModeWant: map[string]Outcome{"ipvs": {Verdict: Drop}}},
+		{Name: "both policies Local, every endpoint elsewhere: a pod at the NodePort is short-circuited to any endpoint", Src: P, Protocol: tcp, Dst: at(node, 30087),
+			Want: Outcome{Endpoints: []string{ep(R)}}, ModeWant: map[string]Outcome{"ipvs": {Verdict: Drop}}},
+		{Name: "both policies Local, every endpoint elsewhere: the node at the external IP gets any endpoint, masqueraded", Src: NodeIP, FromNode: true, Protocol: tcp, Dst: at("203.0.113.21", 80),
+			Want: Outcome{Endpoints: []string{ep(R)}, Masq: true}, ModeWant: map[string]Outcome{"ipvs": {Verdict: Reject}}},
+		{Name: "both policies Local, every endpoint elsewhere: an off-node client inside the source ranges is dropped", Src: Allowed, Protocol: tcp, Dst: at("198.51.100.21", 80), Want: Outcome{Verdict: Drop}},
+		{Name: "both policies Local, every endpoint elsewhere: an off-node client outside the source ranges is dropped", Src: Outside, Protocol: tcp, Dst: at("198.51.100.21", 80), Want: Outcome{Verdict: Drop}},
+		{Name: "both policies Local, every endpoint elsewhere: the cluster IP drops", Src: P, Protocol: tcp, Dst: at("10.96.0.21", 80), Want: Outcome{Verdict: Drop}},
+
+		// Defect: IPVS mode bound an external IP equal to a node address on kube-ipvs0
+		// and listed it as a Service address, so its filter rejected every other port of
+		// the node there (ssh, kubelet). kube-proxy never binds a node address.
+		{Name: "an external IP that is the node's own address: the Service port reaches the endpoints", Src: Outside, Protocol: tcp, Dst: at(node, 8443),
+			Want: Outcome{Endpoints: []string{ep(L)}, Masq: true}},
+		{Name: "an external IP that is the node's own address: the node's other ports there stay the node's", Src: Outside, Protocol: tcp, Dst: at(node, 22), Want: Outcome{Verdict: Untouched}},
 	}
 }
 
@@ -162,6 +186,12 @@ func State() *proxier.State {
 		}
 		s.Endpoints[zonal][i].ZoneHints = []string{zone}
 	}
+	add("bothlocal", "10.96.0.21", 80, 30087, tcp, []netip.Addr{R}, func(sp *proxier.ServicePort) {
+		sp.ExternalIPs, sp.LoadBalancerIPs = addrs("203.0.113.21"), addrs("198.51.100.21")
+		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16"), ClusterCIDR}
+		sp.InternalPolicyLocal, sp.ExternalPolicyLocal = true, true
+	})
+	add("nodeaddr", "10.96.0.22", 8443, 0, tcp, []netip.Addr{L}, func(sp *proxier.ServicePort) { sp.ExternalIPs = []netip.Addr{NodeIP} })
 	add("fw", "10.96.0.18", 80, 30086, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
 		sp.LoadBalancerIPs = addrs("198.51.100.12")
 		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
