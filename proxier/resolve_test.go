@@ -205,8 +205,10 @@ func TestResolveEntryPoints(t *testing.T) {
 		want      []EntryPoint
 	}{
 		{
-			name:      "cluster IP, external IPs, load-balancer IPs, then the NodePort",
-			tweak:     func(sp *ServicePort) { sp.ExternalIPs, sp.LoadBalancerIPs, sp.NodePort = []netip.Addr{extIP}, []netip.Addr{lbIP}, 30080 },
+			name: "cluster IP, external IPs, load-balancer IPs, then the NodePort",
+			tweak: func(sp *ServicePort) {
+				sp.ExternalIPs, sp.LoadBalancerIPs, sp.NodePort = []netip.Addr{extIP}, []netip.Addr{lbIP}, 30080
+			},
 			endpoints: []Endpoint{ep},
 			want: []EntryPoint{
 				{Kind: ClusterIPEntry, Addr: clusterIP, Port: 80},

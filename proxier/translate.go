@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -112,7 +113,10 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 	var sourceRanges []netip.Prefix
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 		for i, s := range svc.Spec.LoadBalancerSourceRanges {
-			p, ok := parsePrefix(s)
+			// API validation trims the value before checking it, so padded ranges are
+			// valid Services: read them as kube-proxy does, trimmed, or a range that was
+			// meant to restrict would be skipped and leave the load balancer open.
+			p, ok := parsePrefix(strings.TrimSpace(s))
 			if !ok {
 				bad(fmt.Sprintf("spec.loadBalancerSourceRanges[%d]", i), s, "not a CIDR")
 				continue
@@ -120,6 +124,11 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 			if family.matches(p.Addr()) {
 				sourceRanges = append(sourceRanges, p.Masked())
 			}
+		}
+		// A zero-length range admits everyone, which is the same as no ranges at all
+		// (kube-proxy's newBaseServiceInfo): no firewall.
+		if slices.ContainsFunc(sourceRanges, func(p netip.Prefix) bool { return p.Bits() == 0 }) {
+			sourceRanges = nil
 		}
 	}
 
@@ -305,18 +314,13 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 }
 
 func endpointFromSlice(ip netip.Addr, port int32, ep discovery.Endpoint) Endpoint {
-	// Unset conditions are read as the API documents them: ready and serving unless said
-	// otherwise, terminating only when said.
-	ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-	serving := ready
-	if ep.Conditions.Serving != nil {
-		serving = *ep.Conditions.Serving
-	}
+	// Unset conditions are read as kube-proxy reads them (EndpointSliceCache.addEndpoints):
+	// ready and serving unless said otherwise, terminating only when said.
 	e := Endpoint{
 		IP:          ip,
 		Port:        port,
-		Ready:       ready,
-		Serving:     serving,
+		Ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
+		Serving:     ep.Conditions.Serving == nil || *ep.Conditions.Serving,
 		Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
 	}
 	if ep.NodeName != nil {

@@ -287,6 +287,33 @@ func TestServicePorts(t *testing.T) {
 			})},
 		},
 		{
+			// kube-proxy's newBaseServiceInfo trims them: API validation does too.
+			name: "source ranges padded with spaces are read trimmed",
+			svc: makeService("svc", func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.LoadBalancerSourceRanges = []string{" 198.51.100.0/24 "}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.1"}}
+			}),
+			family: IPv4,
+			want: []*ServicePort{wantPort(func(sp *ServicePort) {
+				sp.LoadBalancerIPs = addrs("203.0.113.1")
+				sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+			})},
+		},
+		{
+			// kube-proxy's newBaseServiceInfo: a zero-length range means "allow any".
+			name: "a zero-length source range admits everyone: no ranges",
+			svc: makeService("svc", func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.LoadBalancerSourceRanges = []string{"198.51.100.0/24", "0.0.0.0/0"}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "203.0.113.1"}}
+			}),
+			family: IPv4,
+			want: []*ServicePort{wantPort(func(sp *ServicePort) {
+				sp.LoadBalancerIPs = addrs("203.0.113.1")
+			})},
+		},
+		{
 			name: "invalid load balancer ingress IP and source range are reported",
 			svc: makeService("svc", func(s *v1.Service) {
 				s.Spec.Type = v1.ServiceTypeLoadBalancer
@@ -515,7 +542,8 @@ func TestServiceEndpoints(t *testing.T) {
 			want:   map[ServicePortName][]Endpoint{httpPort: {ep("fd00::1", nil)}},
 		},
 		{
-			name: "conditions: nil ready means ready, serving defaults to ready, terminating only when set",
+			// kube-proxy's EndpointSliceCache.addEndpoints reads a nil serving as true.
+			name: "conditions: nil ready means ready, nil serving means serving, terminating only when set",
 			slices: slicesOf(makeSlice("svc", "svc-a", []discovery.Endpoint{
 				{Addresses: []string{"10.0.0.1"}}, // all conditions unset
 				{Addresses: []string{"10.0.0.2"}, Conditions: discovery.EndpointConditions{Ready: ptr(false)}},
@@ -526,7 +554,7 @@ func TestServiceEndpoints(t *testing.T) {
 			family: IPv4,
 			want: map[ServicePortName][]Endpoint{httpPort: {
 				ep("10.0.0.1", nil),
-				ep("10.0.0.2", func(e *Endpoint) { e.Ready, e.Serving = false, false }),
+				ep("10.0.0.2", func(e *Endpoint) { e.Ready = false }),
 				ep("10.0.0.3", func(e *Endpoint) { e.Ready, e.Terminating = false, true }),
 				ep("10.0.0.4", func(e *Endpoint) { e.Ready, e.Serving, e.Terminating = false, false, true }),
 				ep("10.0.0.5", nil),
