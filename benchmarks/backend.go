@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard/switchyard/dummy"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
+	"github.com/switchyard/switchyard/modes"
 	"github.com/switchyard/switchyard/proxier"
 )
 
@@ -176,15 +177,34 @@ func (d *Desired) snapshot() *Desired {
 	return c
 }
 
+// backendModes are the modes a rule-refresh run measures: each proxy mode of the registry
+// (modes.All; TestEveryProxyModeIsMeasured), iptables mode in both of its flavors.
+// Measuring takes a mode's own kernel interfaces, to time its writes, replay them with the
+// kernel's tool and read back what the kernel holds, so each mode has its own constructor
+// rather than the registry's.
+var backendModes = []struct {
+	name      string
+	proxyMode string
+	build     func(floorNetns string) (*underTest, error)
+}{
+	{ModeIPVS, modes.IPVS.Name, newIPVSUnderTest},
+	{ModeIPTablesLegacy, modes.IPTables.Name, func(floorNetns string) (*underTest, error) {
+		return newIPTablesUnderTest(iptables.Legacy, floorNetns)
+	}},
+	{ModeIPTablesNft, modes.IPTables.Name, func(floorNetns string) (*underTest, error) {
+		return newIPTablesUnderTest(iptables.Nft, floorNetns)
+	}},
+}
+
 func newUnderTest(mode, floorNetns string) (*underTest, error) {
-	switch mode {
-	case ModeIPTablesLegacy, ModeIPTablesNft:
-		flavor := iptables.Flavor(strings.TrimPrefix(mode, "iptables-"))
-		return newIPTablesUnderTest(flavor, floorNetns)
-	case ModeIPVS:
-		return newIPVSUnderTest(floorNetns)
+	var names []string
+	for _, m := range backendModes {
+		if m.name == mode {
+			return m.build(floorNetns)
+		}
+		names = append(names, m.name)
 	}
-	return nil, fmt.Errorf("unknown mode %q: valid modes are %s, %s, %s", mode, ModeIPVS, ModeIPTablesLegacy, ModeIPTablesNft)
+	return nil, fmt.Errorf("unknown mode %q: valid modes are %s", mode, strings.Join(names, ", "))
 }
 
 var benchClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")

@@ -23,15 +23,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Proxy modes.
-const (
-	ModeIPTables = "iptables"
-	ModeIPVS     = "ipvs"
-)
-
-// ValidModes lists the values --proxy-mode accepts.
-var ValidModes = []string{ModeIPTables, ModeIPVS}
-
 // IPVSSchedulers are the IPVS schedulers of Linux 6.1 (net/netfilter/ipvs/ip_vs_*.c);
 // whether the running kernel has the chosen one is checked at startup.
 var IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"}
@@ -69,7 +60,7 @@ type Config struct {
 // Defaults are kube-proxy's defaults for the same settings.
 func Defaults() Config {
 	return Config{
-		Mode:                ModeIPTables,
+		Mode:                "iptables",
 		MasqueradeBit:       14,
 		SyncPeriod:          30 * time.Second,
 		MinSyncPeriod:       time.Second,
@@ -114,12 +105,15 @@ type Parsed struct {
 }
 
 // Parse reads the command line (without the program name) and, when --config names one,
-// the configuration file. All problems found are returned together in a *UsageError.
-func Parse(args []string, output io.Writer) (*Parsed, error) {
+// the configuration file. modes are the names of the proxy modes, in the order help and
+// errors list them; they come from the registry of modes (package modes), which builds
+// backends from a Config and so cannot be imported here. All problems found are returned
+// together in a *UsageError.
+func Parse(args, modes []string, output io.Writer) (*Parsed, error) {
 	fs := pflag.NewFlagSet("switchyard", pflag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.SortFlags = false
-	f := bindFlags(fs)
+	f := bindFlags(fs, modes)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return nil, err
@@ -140,9 +134,9 @@ func Parse(args []string, output io.Writer) (*Parsed, error) {
 		if err != nil {
 			return nil, &UsageError{Errs: []error{err}}
 		}
-		errs = append(errs, applyFile(&cfg, file, f.configFile)...)
+		errs = append(errs, applyFile(&cfg, file, f.configFile, modes)...)
 	}
-	errs = append(errs, applyFlags(&cfg, fs, f)...)
+	errs = append(errs, applyFlags(&cfg, fs, f, modes)...)
 	if cfg.NodeName == "" {
 		host, err := os.Hostname()
 		if err != nil {
@@ -173,11 +167,11 @@ type flagValues struct {
 	localhostNodePorts        bool
 }
 
-func bindFlags(fs *pflag.FlagSet) *flagValues {
+func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	d := Defaults()
 	f := &flagValues{}
 	fs.StringVar(&f.configFile, "config", "", "The path to a KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1). Flags given explicitly override its values.")
-	fs.StringVar(&f.mode, "proxy-mode", d.Mode, "Which proxy mode to use: "+strings.Join(ValidModes, " or ")+".")
+	fs.StringVar(&f.mode, "proxy-mode", d.Mode, "Which proxy mode to use: "+strings.Join(modes, " or ")+".")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; in-cluster configuration is used when empty.")
 	fs.StringVar(&f.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
 	fs.StringVar(&f.hostname, "hostname-override", "", "If non-empty, use this string as this node's name instead of the hostname.")
@@ -223,7 +217,7 @@ func bindFlags(fs *pflag.FlagSet) *flagValues {
 }
 
 // applyFlags overrides cfg with every flag the user set explicitly.
-func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues) []error {
+func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) []error {
 	var errs []error
 	set := func(names ...string) bool {
 		for _, n := range names {
@@ -240,7 +234,7 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues) []error {
 	}
 	if set("proxy-mode") {
 		cfg.Mode = f.mode
-		check(validateMode(f.mode, "--proxy-mode"))
+		check(validateMode(f.mode, modes, "--proxy-mode"))
 	}
 	if set("kubeconfig") {
 		cfg.Kubeconfig = f.kubeconfig
@@ -336,7 +330,7 @@ func loadFile(path string) (*kpv1alpha1.KubeProxyConfiguration, error) {
 }
 
 // applyFile overrides cfg with every setting the file gives (non-zero values).
-func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string) []error {
+func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string, modes []string) []error {
 	var errs []error
 	where := func(field string) string { return fmt.Sprintf("%s (in %s)", field, path) }
 	check := func(err error) {
@@ -346,7 +340,7 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 	}
 	if file.Mode != "" {
 		cfg.Mode = string(file.Mode)
-		check(validateMode(cfg.Mode, where("mode")))
+		check(validateMode(cfg.Mode, modes, where("mode")))
 	}
 	if file.ClientConnection.Kubeconfig != "" {
 		cfg.Kubeconfig = file.ClientConnection.Kubeconfig
@@ -368,21 +362,15 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		check(validateHostPort(file.HealthzBindAddress, where("healthzBindAddress")))
 	}
 	// The sync periods live under the section of the mode in use, as in kube-proxy.
-	var sync, minSync time.Duration
-	var section string
-	switch cfg.Mode {
-	case ModeIPVS:
-		sync, minSync, section = file.IPVS.SyncPeriod.Duration, file.IPVS.MinSyncPeriod.Duration, "ipvs"
-	default:
-		sync, minSync, section = file.IPTables.SyncPeriod.Duration, file.IPTables.MinSyncPeriod.Duration, "iptables"
+	section := cfg.Mode
+	periods := fileSyncPeriods(file)[section]
+	if periods.sync != 0 {
+		cfg.SyncPeriod = periods.sync
+		check(positive(periods.sync, where(section+".syncPeriod")))
 	}
-	if sync != 0 {
-		cfg.SyncPeriod = sync
-		check(positive(sync, where(section+".syncPeriod")))
-	}
-	if minSync != 0 {
-		cfg.MinSyncPeriod = minSync
-		check(nonNegative(minSync, where(section+".minSyncPeriod")))
+	if periods.minSync != 0 {
+		cfg.MinSyncPeriod = periods.minSync
+		check(nonNegative(periods.minSync, where(section+".minSyncPeriod")))
 	}
 	if file.ConfigSyncPeriod.Duration != 0 {
 		cfg.ConfigSyncPeriod = file.ConfigSyncPeriod.Duration
@@ -421,13 +409,25 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 	return errs
 }
 
-func validateMode(mode, where string) error {
-	for _, m := range ValidModes {
-		if mode == m {
-			return nil
-		}
+// syncPeriods are the sync periods of one section of a KubeProxyConfiguration.
+type syncPeriods struct{ sync, minSync time.Duration }
+
+// fileSyncPeriods are the sync periods a KubeProxyConfiguration gives each proxy mode.
+// kube-proxy keeps them in a section named after the mode; this lists every section of
+// the file format that has them, so that a mode added to the registry finds its own.
+func fileSyncPeriods(file *kpv1alpha1.KubeProxyConfiguration) map[string]syncPeriods {
+	return map[string]syncPeriods{
+		"iptables": {file.IPTables.SyncPeriod.Duration, file.IPTables.MinSyncPeriod.Duration},
+		"ipvs":     {file.IPVS.SyncPeriod.Duration, file.IPVS.MinSyncPeriod.Duration},
+		"nftables": {file.NFTables.SyncPeriod.Duration, file.NFTables.MinSyncPeriod.Duration},
 	}
-	return &InvalidValue{Where: where, Value: mode, Allowed: "valid proxy modes are " + strings.Join(ValidModes, ", ")}
+}
+
+func validateMode(mode string, modes []string, where string) error {
+	if slices.Contains(modes, mode) {
+		return nil
+	}
+	return &InvalidValue{Where: where, Value: mode, Allowed: "valid proxy modes are " + strings.Join(modes, ", ")}
 }
 
 // NodePortPrefixes returns the --nodeport-addresses ranges of one IP family. "primary"

@@ -22,6 +22,10 @@ func writeFile(t *testing.T, content string) string {
 	return path
 }
 
+// modeNames are the proxy modes Parse is given, as the registry (package modes) lists
+// them; its tests check that the command gets the same list and error message.
+var modeNames = []string{"iptables", "ipvs"}
+
 func TestParseValid(t *testing.T) {
 	file := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -80,7 +84,7 @@ conntrack:
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Parse(tc.args, io.Discard)
+			got, err := Parse(tc.args, modeNames, io.Discard)
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
@@ -124,7 +128,7 @@ func TestParseInvalid(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse(tc.args, io.Discard)
+			_, err := Parse(tc.args, modeNames, io.Discard)
 			var usage *UsageError
 			if !errors.As(err, &usage) {
 				t.Fatalf("Parse(%q) = %v, want a *UsageError", tc.args, err)
@@ -138,8 +142,48 @@ func TestParseInvalid(t *testing.T) {
 	}
 }
 
+// TestSyncPeriodsFromTheModesSection checks that a file's sync periods come from the
+// section of the mode the file selects, as in kube-proxy, whichever modes are registered.
+func TestSyncPeriodsFromTheModesSection(t *testing.T) {
+	sections := `iptables:
+  syncPeriod: 45s
+ipvs:
+  syncPeriod: 20s
+  minSyncPeriod: -1s
+nftables:
+  syncPeriod: 10s
+`
+	tests := []struct {
+		mode  string
+		modes []string
+		want  time.Duration
+		// wantErr, when set, is the error Parse must report instead.
+		wantErr string
+	}{
+		{mode: "iptables", modes: modeNames, want: 45 * time.Second},
+		{mode: "ipvs", modes: modeNames, wantErr: `invalid value "-1s" for ipvs.minSyncPeriod (in `},
+		{mode: "nftables", modes: []string{"iptables", "ipvs", "nftables"}, want: 10 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.mode, func(t *testing.T) {
+			file := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: "+tc.mode+"\n"+sections)
+			got, err := Parse([]string{"--config=" + file, "--hostname-override=node-a"}, tc.modes, io.Discard)
+			switch {
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("Parse = %v, want an error containing %q", err, tc.wantErr)
+				}
+			case err != nil:
+				t.Errorf("Parse: %v", err)
+			case got.Config.SyncPeriod != tc.want:
+				t.Errorf("sync period %s, want %s from the %s section", got.Config.SyncPeriod, tc.want, tc.mode)
+			}
+		})
+	}
+}
+
 func TestParseVersion(t *testing.T) {
-	got, err := Parse([]string{"--version", "--proxy-mode=bogus"}, io.Discard)
+	got, err := Parse([]string{"--version", "--proxy-mode=bogus"}, modeNames, io.Discard)
 	if err != nil || !got.Version {
 		t.Fatalf("Parse(--version) = %+v, %v; want Version and no error", got, err)
 	}

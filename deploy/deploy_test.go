@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchyard/switchyard/config"
 	"github.com/switchyard/switchyard/internal/testenv"
+	"github.com/switchyard/switchyard/modes"
 )
 
 // TestManifestsPassServerSideDryRun sends every manifest to a real apiserver with RBAC on,
@@ -118,12 +119,12 @@ func TestShippedConfigurationParses(t *testing.T) {
 				arg = strings.ReplaceAll(arg, tt.container.VolumeMounts[0].MountPath, dir)
 				args = append(args, strings.ReplaceAll(arg, "$(NODE_NAME)", "node-a"))
 			}
-			parsed, err := config.Parse(args, os.Stderr)
+			parsed, err := config.Parse(args, modes.All.Names(), os.Stderr)
 			if err != nil {
 				t.Fatalf("switchyard %s: %v", strings.Join(args, " "), err)
 			}
 			cfg := parsed.Config
-			if cfg.Mode != config.ModeIPTables || cfg.NodeName != "node-a" || len(cfg.ClusterCIDRs) != 1 || cfg.InitOnly != tt.wantInitOnly {
+			if cfg.Mode != modes.IPTables.Name || cfg.NodeName != "node-a" || len(cfg.ClusterCIDRs) != 1 || cfg.InitOnly != tt.wantInitOnly {
 				t.Errorf("parsed configuration: mode %q, node %q, cluster CIDRs %v, init-only %t; want iptables, node-a, one CIDR, %t",
 					cfg.Mode, cfg.NodeName, cfg.ClusterCIDRs, cfg.InitOnly, tt.wantInitOnly)
 			}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/switchyard/switchyard/config"
 	"github.com/switchyard/switchyard/iptables"
+	"github.com/switchyard/switchyard/modes"
 	"github.com/switchyard/switchyard/proxier"
 )
 
@@ -90,10 +91,9 @@ func explainService(ctx context.Context, cfg config.Config, service types.Namesp
 		return false, err
 	}
 	logger := klog.Background()
-	mark := masqueradeMark(cfg)
 	matches := true
 	for _, family := range families(flavor, logger) {
-		backend, err := newBackend(ctx, cfg, family, flavor, mark, forInspection, prometheus.NewRegistry(), logger)
+		backend, err := newBackend(ctx, cfg, family, flavor, modes.ForInspection, prometheus.NewRegistry(), logger)
 		if err != nil {
 			return false, err
 		}

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -30,9 +29,8 @@ import (
 
 	"github.com/switchyard/switchyard/config"
 	"github.com/switchyard/switchyard/conntrack"
-	"github.com/switchyard/switchyard/dummy"
 	"github.com/switchyard/switchyard/iptables"
-	"github.com/switchyard/switchyard/ipvs"
+	"github.com/switchyard/switchyard/modes"
 	"github.com/switchyard/switchyard/proxier"
 )
 
@@ -68,7 +66,7 @@ func run(args []string) int {
 // parseConfig parses the command line; when it returns nil, the process exits with the
 // returned status (0 after --help, 2 after a usage error, which it has printed).
 func parseConfig(args []string) (*config.Parsed, int) {
-	parsed, err := config.Parse(args, os.Stderr)
+	parsed, err := config.Parse(args, modes.All.Names(), os.Stderr)
 	var usage *config.UsageError
 	switch {
 	case errors.Is(err, pflag.ErrHelp):
@@ -91,8 +89,12 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	if cfg.Cleanup {
 		return cleanup(ctx, flavor, logger)
 	}
+	mode, err := modes.All.Lookup(cfg.Mode)
+	if err != nil {
+		return err
+	}
 	if cfg.InitOnly {
-		initNode(cfg, flavor, logger)
+		initNode(cfg, mode, flavor, logger)
 		return nil
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
@@ -116,14 +118,13 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	clk := clock.RealClock{}
 	serviceHealth := proxier.NewServiceHealth(logger)
 	stale := conntrack.New()
-	mark := masqueradeMark(cfg)
 
 	// One proxier per IP family, like kube-proxy: each programs its family's addresses of
 	// every Service, and a dual-stack Service gets both.
 	var proxiers []*proxier.Proxier
 	var healths proxier.Healths
 	for _, family := range families(flavor, logger) {
-		backend, err := newBackend(ctx, cfg, family, flavor, mark, forProxy, reg, logger)
+		backend, err := newBackend(ctx, cfg, family, flavor, modes.ForProxy, reg, logger)
 		if err != nil {
 			return err
 		}
@@ -139,7 +140,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			NodeName:       cfg.NodeName,
 			MinSyncPeriod:  cfg.MinSyncPeriod,
 			SyncPeriod:     cfg.SyncPeriod,
-			FullSyncPeriod: fullSyncPeriod(cfg),
+			FullSyncPeriod: mode.FullSyncPeriod(cfg.SyncPeriod),
 			Metrics:        metrics,
 			Health:         health,
 			ServiceHealth:  serviceHealth,
@@ -224,145 +225,58 @@ func familyName(f proxier.Family) string {
 	return "IPv4"
 }
 
-// newBackend makes the backend of the proxy mode for one IP family.
-// backendUse is what a backend is made for: running the proxy, which prepares and
-// changes the node, or inspecting it (explain), which must change nothing.
-type backendUse int
-
-const (
-	forProxy backendUse = iota
-	forInspection
-)
-
-func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, flavor iptables.Flavor, mark string, use backendUse, reg prometheus.Registerer, logger klog.Logger) (proxier.Backend, error) {
+// newBackend makes the backend of the configured proxy mode for one IP family.
+func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, flavor iptables.Flavor, use modes.Use, reg prometheus.Registerer, logger klog.Logger) (proxier.Backend, error) {
 	ipv4 := family == proxier.IPv4
 	ipt, err := iptables.New(flavor, !ipv4)
 	if err != nil {
 		return nil, err
 	}
-	var clusterCIDR netip.Prefix
+	resolve := proxier.ResolveConfig{MasqueradeAll: cfg.MasqueradeAll}
 	for _, c := range cfg.ClusterCIDRs {
 		if c.Addr().Is4() == ipv4 {
-			clusterCIDR = c
+			resolve.ClusterCIDR = c
 		}
 	}
-	if !clusterCIDR.IsValid() && !cfg.MasqueradeAll {
+	if !resolve.ClusterCIDR.IsValid() && !cfg.MasqueradeAll {
 		logger.Info("No --cluster-cidr for this IP family and no --masquerade-all: traffic to cluster IPs is not masqueraded", "ipFamily", familyName(family))
 	}
-	if cfg.Mode == config.ModeIPVS {
-		b, err := newIPVSBackend(cfg, !ipv4, ipt, clusterCIDR, mark, use, reg, logger)
-		if err != nil {
-			return nil, err
-		}
-		if use == forProxy {
-			go b.RunDrainer(ctx, drainInterval)
-		}
-		return b, nil
-	}
-	backend := iptables.NewBackend(ipt, iptables.RenderConfig{
-		IPv6:              !ipv4,
-		ResolveConfig:     proxier.ResolveConfig{ClusterCIDR: clusterCIDR, MasqueradeAll: cfg.MasqueradeAll},
-		MasqueradeMark:    mark,
-		NodeName:          cfg.NodeName,
-		NodePortAddresses: cfg.NodePortPrefixes(ipv4),
-	}, reg, logger)
-	if use == forProxy && ipv4 {
-		// One proxier is enough to remove IPVS mode's leftovers of both families.
-		return &withoutIPVSLeftovers{Backend: backend, logger: logger}, nil
+	backend, err := modes.All.NewBackend(ctx, cfg, modes.Env{
+		Family:         family,
+		IPTables:       ipt,
+		Resolve:        resolve,
+		MasqueradeMark: masqueradeMark(cfg),
+		Use:            use,
+		Registerer:     reg,
+		Logger:         logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("setting up %s mode for %s: %w", cfg.Mode, familyName(family), err)
 	}
 	return backend, nil
 }
 
-// fullSyncPeriod is how often a mode rewrites all of its rules when nothing asks it to.
-// IPVS mode reconciles the kernel on every periodic sync, as kube-proxy's IPVS mode does:
-// a full sync lists the virtual servers, addresses and sets and fixes what differs, which
-// is how a virtual server or address deleted behind our back comes back. iptables mode
-// does it hourly, as kube-proxy does: a full restore of every chain takes seconds at
-// 10,000 Services (minutes with the nft flavor), so at --sync-period every sync would
-// become one and each change would wait for it. A flush behind its back is caught sooner
-// by the canary chain, which asks for a full sync.
-func fullSyncPeriod(cfg config.Config) time.Duration {
-	if cfg.Mode == config.ModeIPVS {
-		return cfg.SyncPeriod
-	}
-	return iptablesFullSyncPeriod
-}
-
-// iptablesFullSyncPeriod is kube-proxy's FullSyncPeriod.
-const iptablesFullSyncPeriod = time.Hour
-
 // canaryInterval is how often the canary chain is checked, as kube-proxy checks its own.
 const canaryInterval = 5 * time.Second
-
-// drainInterval is how often IPVS mode checks whether removed real servers have drained.
-const drainInterval = 5 * time.Second
-
-// terminationGrace bounds how long a removed IPVS real server keeps its connections.
-const terminationGrace = 2 * time.Minute
 
 // initNode makes the node settings that take full root privileges, like kube-proxy's
 // --init-only: the DaemonSet runs it in a privileged init container, so that the proxy
 // itself runs with NET_ADMIN and NET_RAW only. Each step is best effort, as at startup.
-func initNode(cfg config.Config, flavor iptables.Flavor, logger klog.Logger) {
+func initNode(cfg config.Config, mode modes.Mode, flavor iptables.Flavor, logger klog.Logger) {
 	tuneNode(cfg, logger)
-	if cfg.Mode == config.ModeIPVS {
+	if mode.InitNode != nil {
 		for _, family := range families(flavor, logger) {
-			if _, err := prepareIPVS(cfg, family == proxier.IPv6, logger); err != nil {
-				logger.Error(err, "IPVS is not available")
+			if err := mode.InitNode(cfg, family, logger); err != nil {
+				logger.Error(err, "Could not prepare the node for the proxy mode", "mode", mode.Name, "ipFamily", familyName(family))
 			}
 		}
 	}
-	logger.Info("Node initialized", "mode", cfg.Mode)
+	logger.Info("Node initialized", "mode", mode.Name)
 }
 
-// prepareIPVS opens IPVS, which loads the ip_vs module when it can, then checks the
-// scheduler and applies the sysctls that exist only once the module is loaded.
-func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interface, error) {
-	handle, err := ipvs.New()
-	if err != nil {
-		return nil, err
-	}
-	if err := ipvs.CheckScheduler(cfg.IPVSScheduler); err != nil {
-		// The kernel may still load it on first use; if it cannot, adding virtual
-		// servers fails and says so on every sync.
-		logger.Error(err, "IPVS scheduler may be unavailable")
-	}
-	if err := ipvs.PrepareNode(cfg.IPVSStrictARP, ipv6); err != nil {
-		// Like kube-proxy: a sysctl that cannot be set (read-only in an unprivileged
-		// container; the DaemonSet's --init-only container sets them) is worth a loud
-		// log line, not a node without Services.
-		logger.Error(err, "Some IPVS sysctls could not be set")
-	}
-	return handle, nil
-}
-
-func newIPVSBackend(cfg config.Config, ipv6 bool, ipt iptables.Interface, clusterCIDR netip.Prefix, mark string, use backendUse, reg prometheus.Registerer, logger klog.Logger) (*ipvs.Backend, error) {
-	var handle ipvs.Interface
-	var dev *dummy.Device
-	var err error
-	if use == forInspection {
-		// A missing device stays missing: Explain reports it.
-		if handle, err = ipvs.New(); err == nil {
-			dev, err = dummy.Lookup(dummy.DefaultName)
-		}
-	} else if handle, err = prepareIPVS(cfg, ipv6, logger); err == nil {
-		dev, err = dummy.Ensure(dummy.DefaultName)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return ipvs.NewBackend(handle, ipt, dev, ipvs.Config{
-		Scheduler:         cfg.IPVSScheduler,
-		ResolveConfig:     proxier.ResolveConfig{ClusterCIDR: clusterCIDR, MasqueradeAll: cfg.MasqueradeAll},
-		MasqueradeMark:    mark,
-		TerminationGrace:  terminationGrace,
-		NodePortAddresses: cfg.NodePortPrefixes(!ipv6),
-		IPv6:              ipv6,
-	}, reg, logger), nil
-}
-
-// cleanup removes what either proxy mode left on the node, in both IP families, so that
-// it works whichever mode ran before. IPVS state is only looked at where the kernel has IPVS.
+// cleanup removes what any proxy mode left on the node, in both IP families, so that it
+// works whichever mode ran before: switchyard's iptables rules first, since they are the
+// last users of what the modes left elsewhere (IPVS mode's ipsets).
 func cleanup(ctx context.Context, flavor iptables.Flavor, logger klog.Logger) error {
 	if ip6t, err := iptables.New(flavor, true); err == nil {
 		if err := iptables.Cleanup(ctx, ip6t); err != nil {
@@ -373,15 +287,10 @@ func cleanup(ctx context.Context, flavor iptables.Flavor, logger klog.Logger) er
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat("/proc/net/ip_vs"); err == nil {
-		handle, err := ipvs.New()
-		if err != nil {
-			return err
-		}
-		if err := ipvs.Cleanup(ctx, handle, ipt, dummy.DefaultName); err != nil {
-			return err
-		}
-	} else if err := iptables.Cleanup(ctx, ipt); err != nil {
+	if err := iptables.Cleanup(ctx, ipt); err != nil {
+		return err
+	}
+	if err := modes.All.RemoveLeftovers(); err != nil {
 		return err
 	}
 	logger.Info("Removed everything switchyard owned on this node", "iptablesFlavor", ipt.Flavor())
