@@ -54,6 +54,18 @@ func Ensure(name string) (*Device, error) {
 	return d, nil
 }
 
+// Refresh re-creates the device when it is gone (`kube-proxy --cleanup`, or an operator,
+// deleted it with every address on it), so that the next bind lands on a live link, as
+// kube-proxy ensures the device on every sync.
+func (d *Device) Refresh() error {
+	fresh, err := Ensure(d.Name())
+	if err != nil {
+		return err
+	}
+	d.link = fresh.link
+	return nil
+}
+
 // Index is the device's interface index.
 func (d *Device) Index() int { return d.link.Attrs().Index }
 

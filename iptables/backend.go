@@ -112,10 +112,16 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	}, MasqueradeChains(mark)...)
 	rs := Ruleset{
 		Chains: map[Table][]Chain{
-			TableFilter: {{Name: ServicesChain, Rules: dispatch[filterServices]}, ForwardChainRules(mark)},
-			TableNAT:    append(nat, serviceChains...),
+			TableFilter: {
+				{Name: ServicesChain, Rules: dispatch[filterServices]},
+				{Name: ExternalServicesChain, Rules: dispatch[filterExternalServices]},
+				{Name: FirewallChain, Rules: dispatch[filterFirewall]},
+				{Name: NodePortsChain, Rules: dispatch[filterNodePorts]},
+				ForwardChainRules(mark, !b.cfg.ConntrackTCPLiberal),
+			},
+			TableNAT: append(nat, serviceChains...),
 		},
-		Hooks: append(CommonHooks(), filterServicesHooks...),
+		Hooks: append(CommonHooks(), filterHooks...),
 	}
 	lines, counts, err := Apply(ctx, b.ipt, rs)
 	if err != nil {
@@ -149,7 +155,7 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 			cur = b.render(state, sp)
 		}
 		next[n] = cur
-		for _, c := range []chainRef{natServices, natNodePorts, filterServices} {
+		for _, c := range sharedChains {
 			delta[c.table] += editDispatch(writers[c.table], c.chain, old.dispatch[c], cur.dispatch[c])
 		}
 

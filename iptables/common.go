@@ -2,7 +2,9 @@ package iptables
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strings"
 )
 
 // MasqueradeChains are the chains that mark and masquerade Service traffic, shared by
@@ -22,11 +24,19 @@ func MasqueradeChains(mark string, postroutingFirst ...string) []Chain {
 }
 
 // ForwardChainRules accept forwarded Service traffic even where FORWARD's policy is DROP.
-func ForwardChainRules(mark string) Chain {
-	return Chain{Name: ForwardChain, Rules: []string{
+// With dropInvalid (iptables mode, unless nf_conntrack_tcp_be_liberal is set), packets
+// conntrack finds INVALID are dropped first: left alone, an out-of-window packet reaches
+// the pod un-DNATed and the pod resets the connection (kubernetes#74839), as kube-proxy's
+// iptables mode guards against.
+func ForwardChainRules(mark string, dropInvalid bool) Chain {
+	var rules []string
+	if dropInvalid {
+		rules = append(rules, "-m conntrack --ctstate INVALID -j DROP")
+	}
+	return Chain{Name: ForwardChain, Rules: append(rules,
 		fmt.Sprintf(`-m comment --comment "switchyard forwarding rules" -m mark --mark %s/%s -j ACCEPT`, mark, mark),
 		`-m comment --comment "switchyard forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`,
-	}}
+	)}
 }
 
 // Hooks shared by both modes: Service dispatch from nat PREROUTING/OUTPUT,
@@ -41,12 +51,32 @@ var commonHooks = []Hook{
 // CommonHooks returns the hooks both modes install.
 func CommonHooks() []Hook { return slices.Clone(commonHooks) }
 
-// filterServicesHooks send new connections through the filter SWYD-SERVICES chain, which
-// rejects or drops traffic to Services that have no endpoint to take it (iptables mode):
-// forwarded and locally sent traffic, and traffic to the node's own addresses (NodePorts,
-// external IPs bound on the node).
-var filterServicesHooks = []Hook{
-	{TableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}},
-	{TableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}},
-	{TableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "switchyard service portals", "-j", ServicesChain}},
+// filterHooks send traffic through iptables mode's filter chains, hooked where
+// kube-proxy hooks its own: the cluster IP refusals on forwarded and locally sent
+// traffic; the refusals at external entry points on traffic arriving for this node or
+// passing through (not on what the node sends, which goes on to wherever an external IP
+// really is); the load-balancer source filter everywhere; the health-check ports on
+// traffic for the node.
+var filterHooks = []Hook{
+	newConnectionHook("INPUT", ExternalServicesChain, "switchyard externally-visible service portals"),
+	newConnectionHook("INPUT", FirewallChain, "switchyard load balancer firewall"),
+	{TableFilter, "INPUT", []string{"-m", "comment", "--comment", "switchyard health check service ports", "-j", NodePortsChain}},
+	newConnectionHook("FORWARD", ServicesChain, "switchyard service portals"),
+	newConnectionHook("FORWARD", ExternalServicesChain, "switchyard externally-visible service portals"),
+	newConnectionHook("FORWARD", FirewallChain, "switchyard load balancer firewall"),
+	newConnectionHook("OUTPUT", ServicesChain, "switchyard service portals"),
+	newConnectionHook("OUTPUT", FirewallChain, "switchyard load balancer firewall"),
+}
+
+func newConnectionHook(chain, target, comment string) Hook {
+	return Hook{TableFilter, chain, []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", comment, "-j", target}}
+}
+
+// ConntrackTCPLiberal reports whether the kernel's nf_conntrack_tcp_be_liberal is on, as
+// kube-proxy reads it at startup (false when it cannot be read).
+//
+// Equivalent to: `sysctl net.netfilter.nf_conntrack_tcp_be_liberal`
+func ConntrackTCPLiberal() bool {
+	v, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+	return err == nil && strings.TrimSpace(string(v)) != "0"
 }

@@ -20,6 +20,7 @@ func TestRenderExternalEntryPoints(t *testing.T) {
 		name         string
 		policyLocal  bool
 		sourceRanges []string
+		healthCheck  int32
 		endpoints    []proxier.Endpoint
 		// want maps a chain (a shared chain's key, or a per-service chain's name) to
 		// fragments that some rule of it must contain; absent lists chains that must not
@@ -35,7 +36,7 @@ func TestRenderExternalEntryPoints(t *testing.T) {
 				"nat SWYD-NODEPORTS": {"-p tcp -m tcp --dport 30080 -j " + ext},
 				ext:                  {"-j SWYD-MARK-MASQ", "-j " + svc},
 			},
-			absent: []string{"filter SWYD-SERVICES|", svl + "|"},
+			absent: []string{"filter SWYD-EXTERNAL-SERVICES|", svl + "|"},
 		},
 		{
 			name:        "Local policy keeps the client address and short-circuits pods and the node",
@@ -45,23 +46,35 @@ func TestRenderExternalEntryPoints(t *testing.T) {
 				ext: {"-s 10.244.0.0/16 -j " + svc, "-m addrtype --src-type LOCAL -j SWYD-MARK-MASQ", "-m addrtype --src-type LOCAL -j " + svc, "-j " + svl},
 				svl: {"-> 10.244.1.2:8080"},
 			},
-			absent: []string{"filter SWYD-SERVICES|", svl + "|10.244.2.2"},
+			absent: []string{"filter SWYD-EXTERNAL-SERVICES|", svl + "|10.244.2.2"},
 		},
 		{
 			name:        "Local policy without a local endpoint drops external clients",
 			policyLocal: true,
 			endpoints:   []proxier.Endpoint{remote},
 			want: map[string][]string{
-				"filter SWYD-SERVICES": {"has no local endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j DROP", "has no local endpoints\" -d 203.0.113.7/32 -p tcp -m tcp --dport 80 -j DROP"},
-				ext:                    {"-s 10.244.0.0/16 -j " + svc},
+				"filter SWYD-EXTERNAL-SERVICES": {"has no local endpoints\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j DROP", "has no local endpoints\" -d 203.0.113.7/32 -p tcp -m tcp --dport 80 -j DROP"},
+				ext:                             {"-s 10.244.0.0/16 -j " + svc},
 			},
 			absent: []string{svl + "|", ext + "|-j " + svl},
+		},
+		{
+			// kube-proxy accepts it in filter KUBE-NODEPORTS whatever the endpoints
+			// (iptables/proxier.go, "health check node port").
+			name:        "the health-check node port is accepted, even without a local endpoint",
+			policyLocal: true,
+			healthCheck: 32000,
+			endpoints:   []proxier.Endpoint{remote},
+			want: map[string][]string{
+				"filter SWYD-NODEPORTS": {"health check node port\" -p tcp -m tcp --dport 32000 -j ACCEPT"},
+			},
 		},
 		{
 			name:      "no endpoints at all rejects every entry point",
 			endpoints: nil,
 			want: map[string][]string{
-				"filter SWYD-SERVICES": {"-m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j REJECT", "-d 198.51.100.9/32 -p tcp -m tcp --dport 80 -j REJECT", "-d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REJECT"},
+				"filter SWYD-EXTERNAL-SERVICES": {"-m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j REJECT", "-d 198.51.100.9/32 -p tcp -m tcp --dport 80 -j REJECT"},
+				"filter SWYD-SERVICES":          {"-d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j REJECT"},
 			},
 			absent: []string{"nat SWYD-SERVICES|", "nat SWYD-NODEPORTS|", ext + "|"},
 		},
@@ -70,9 +83,9 @@ func TestRenderExternalEntryPoints(t *testing.T) {
 			sourceRanges: []string{"192.0.2.0/24"},
 			endpoints:    []proxier.Endpoint{local},
 			want: map[string][]string{
-				"nat SWYD-SERVICES":    {"-d 198.51.100.9/32 -p tcp -m tcp --dport 80 -j " + fw, "-d 203.0.113.7/32 -p tcp -m tcp --dport 80 -j " + ext},
-				fw:                     {"-s 192.0.2.0/24 -j " + ext},
-				"filter SWYD-SERVICES": {"traffic not accepted by " + fw + "\" -d 198.51.100.9/32 -p tcp -m tcp --dport 80 -j DROP"},
+				"nat SWYD-SERVICES":          {"-d 198.51.100.9/32 -p tcp -m tcp --dport 80 -j " + fw, "-d 203.0.113.7/32 -p tcp -m tcp --dport 80 -j " + ext},
+				fw:                           {"-s 192.0.2.0/24 -j " + ext},
+				"filter SWYD-PROXY-FIREWALL": {"traffic not accepted by " + fw + "\" -d 198.51.100.9/32 -p tcp -m tcp --dport 80 -j DROP"},
 			},
 		},
 	}
@@ -83,6 +96,7 @@ func TestRenderExternalEntryPoints(t *testing.T) {
 			sp.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.7")}
 			sp.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("198.51.100.9")}
 			sp.ExternalPolicyLocal = tc.policyLocal
+			sp.HealthCheckNodePort = tc.healthCheck
 			for _, r := range tc.sourceRanges {
 				sp.LoadBalancerSourceRanges = append(sp.LoadBalancerSourceRanges, netip.MustParsePrefix(r))
 			}

@@ -281,7 +281,7 @@ func TestFullSyncWritesHooksInItsRestore(t *testing.T) {
 					}
 					for _, table := range []Table{TableNAT, TableFilter} {
 						dump := iptablesSave(t, flavor, table)
-						for _, h := range append(CommonHooks(), filterServicesHooks...) {
+						for _, h := range append(CommonHooks(), filterHooks...) {
 							if h.Table != table {
 								continue
 							}

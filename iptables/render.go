@@ -25,8 +25,15 @@ const (
 	// ForwardChain accepts forwarded Service traffic even where FORWARD's policy is DROP.
 	ForwardChain = ChainPrefix + "FORWARD"
 	// NodePortsChain holds one rule per NodePort; SWYD-SERVICES jumps to it last, for
-	// traffic to the node's own addresses.
+	// traffic to the node's own addresses. In filter, it accepts the health-check node
+	// ports.
 	NodePortsChain = ChainPrefix + "NODEPORTS"
+	// ExternalServicesChain (filter) rejects or drops traffic to external entry points
+	// that no endpoint may take.
+	ExternalServicesChain = ChainPrefix + "EXTERNAL-SERVICES"
+	// FirewallChain (filter) drops traffic to load-balancer IPs from outside their
+	// source ranges.
+	FirewallChain = ChainPrefix + "PROXY-FIREWALL"
 )
 
 // servicePortChain is the chain that load-balances a Service port's traffic under the
@@ -77,6 +84,10 @@ type RenderConfig struct {
 	NodePortAddresses []netip.Prefix
 	// IPv6 is set for the ip6tables backend.
 	IPv6 bool
+	// ConntrackTCPLiberal is set when the kernel's nf_conntrack_tcp_be_liberal is on:
+	// conntrack then marks only out-of-window resets INVALID, and forwarded INVALID
+	// packets need not be dropped.
+	ConntrackTCPLiberal bool
 }
 
 // nodePortJumps are the last rules of nat SWYD-SERVICES: traffic to the node's own
@@ -107,9 +118,13 @@ type chainRef struct {
 // The shared chains that hold one or more rules per ServicePort ("dispatch" rules). Their
 // rules are edited one by one on partial syncs, never rewritten whole.
 var (
-	natServices    = chainRef{TableNAT, ServicesChain}
-	natNodePorts   = chainRef{TableNAT, NodePortsChain}
-	filterServices = chainRef{TableFilter, ServicesChain}
+	natServices            = chainRef{TableNAT, ServicesChain}
+	natNodePorts           = chainRef{TableNAT, NodePortsChain}
+	filterServices         = chainRef{TableFilter, ServicesChain}
+	filterExternalServices = chainRef{TableFilter, ExternalServicesChain}
+	filterFirewall         = chainRef{TableFilter, FirewallChain}
+	filterNodePorts        = chainRef{TableFilter, NodePortsChain}
+	sharedChains           = []chainRef{natServices, natNodePorts, filterServices, filterExternalServices, filterFirewall, filterNodePorts}
 )
 
 // servicePortRules is everything one ServicePort contributes to the kernel.
@@ -147,12 +162,12 @@ func renderServicePort(cfg *RenderConfig, res *proxier.Resolution) *servicePortR
 	// used collects the policy chains that some decision forwards to, so that exactly
 	// those are written.
 	used := map[proxier.Policy]bool{}
-	refuse := func(d proxier.Decision, match string) {
+	refuse := func(c chainRef, d proxier.Decision, match string) {
 		comment := "has no endpoints"
 		if d.Verdict == proxier.Drop {
 			comment = "has no local endpoints"
 		}
-		r.add(filterServices, `-m comment --comment "%s %s" %s -j %s`, name, comment, match, d.Verdict)
+		r.add(c, `-m comment --comment "%s %s" %s -j %s`, name, comment, match, d.Verdict)
 	}
 
 	clusterIP := fmt.Sprintf("-d %s %s --dport %d", hostPrefix(sp.ClusterIP), proto, sp.Port)
@@ -167,7 +182,7 @@ func renderServicePort(cfg *RenderConfig, res *proxier.Resolution) *servicePortR
 			clusterMasq = fmt.Sprintf(`-m comment --comment "%s cluster IP" ! -s %s %s -j %s`, name, cfg.ClusterCIDR, clusterIP, MarkMasqChain)
 		}
 	} else {
-		refuse(d, clusterIP)
+		refuse(filterServices, d, clusterIP)
 	}
 
 	if res.HasExternal() {
@@ -218,7 +233,7 @@ func renderServicePort(cfg *RenderConfig, res *proxier.Resolution) *servicePortR
 				target = fw.Name
 				// Traffic from outside the ranges is not DNATed; the filter table then
 				// sees it still addressed to the load balancer, and drops it.
-				r.add(filterServices, `-m comment --comment "%s traffic not accepted by %s" %s -j DROP`, name, target, filterMatch)
+				r.add(filterFirewall, `-m comment --comment "%s traffic not accepted by %s" %s -j DROP`, name, target, filterMatch)
 			}
 			if serving {
 				r.add(shared, `-m comment --comment "%s %s" %s -j %s`, name, e.Kind, match, target)
@@ -226,12 +241,17 @@ func renderServicePort(cfg *RenderConfig, res *proxier.Resolution) *servicePortR
 			if d := res.External; d.Verdict != proxier.Forward {
 				// What the EXT chain did not send anywhere (off-node clients without an
 				// endpoint to take them) is still addressed to the entry point here.
-				refuse(d, filterMatch)
+				refuse(filterExternalServices, d, filterMatch)
 			}
 		}
 		if fw != nil {
 			r.chains = append(r.chains, *fw)
 		}
+	}
+	if sp.HealthCheckNodePort != 0 {
+		// Whatever the endpoints, so that a load balancer's health check gets its answer
+		// (503 without a local endpoint) even where INPUT's policy drops.
+		r.add(filterNodePorts, `-m comment --comment "%s health check node port" -p tcp -m tcp --dport %d -j ACCEPT`, name, sp.HealthCheckNodePort)
 	}
 
 	if used[proxier.ClusterPolicy] {

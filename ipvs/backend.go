@@ -125,51 +125,62 @@ func (b *Backend) Name() string { return "ipvs" }
 // endpoints makes IPVS answer new connections with ICMP port unreachable: the client is
 // refused at once, like a REJECT rule. Drops and masquerading are set members that the
 // fixed rule set (ruleset) acts on.
+//
+// One virtual server has one set of real servers for every client, so where the
+// resolution sends classes of clients at an external entry point to different endpoint
+// sets, the off-node clients' set wins, as in kube-proxy's IPVS mode: pods and the node
+// reach a Service with externalTrafficPolicy Local through its local endpoints when
+// there are any (docs/node-contract.md). When there are none, the virtual server takes
+// the cluster's endpoints for pods and the node, and the off-node clients are dropped
+// before IPVS sees them.
 func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan {
 	res := proxier.Resolve(&b.cfg.ResolveConfig, state, sp, b.nodeIPs)
 	p := &portPlan{}
 	add := func(addr netip.Addr, port int32, d proxier.Decision) {
 		s := vsPlan{vs: &VirtualServer{Address: addr, Protocol: sp.Protocol, Port: uint16(port), Scheduler: b.cfg.Scheduler,
 			AffinityTimeout: uint32(sp.SessionAffinityTimeout.Seconds())}}
-		if d.Verdict == proxier.Forward {
-			for _, e := range d.Endpoints {
-				s.reals = append(s.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
-			}
+		for _, e := range d.Endpoints {
+			s.reals = append(s.reals, netip.AddrPortFrom(e.IP, uint16(e.Port)))
 		}
 		p.servers = append(p.servers, s)
 	}
 	entry := func(set string, ip netip.Addr, port int32) setEntry {
 		return setEntry{set: set, ip: ip, protocol: sp.Protocol, port: uint16(port)}
 	}
-	// decisionSet is the set whose rules give a decision's traffic what it needs beyond
-	// the virtual server: a drop, masquerading, or nothing.
-	decisionSet := func(d proxier.Decision, masq, noMasq string) string {
-		switch {
-		case d.Verdict == proxier.Drop:
-			return noLocalEndpointsSet
-		case d.Masquerade == proxier.MasqueradeNone:
-			return noMasq
-		default:
-			return masq
-		}
-	}
 
+	// What the virtual servers of the external entry points forward, and the set that
+	// gives their traffic what it needs beyond IPVS: masquerading under the Cluster
+	// policy, none under Local, and the drop of off-node clients when only pods and the
+	// node may be served.
+	external, externalMembership := res.External, externalSet
+	switch {
+	case res.External.Verdict == proxier.Drop:
+		external, externalMembership = res.ExternalFromNode, externalNoLocalSet
+	case res.External.Masquerade == proxier.MasqueradeNone:
+		externalMembership = externalLocalSet
+	}
 	for _, e := range res.EntryPoints {
 		if e.Kind == proxier.NodePortEntry {
 			for _, ip := range b.nodePortIPs {
-				add(ip, e.Port, res.External)
-				p.sets = append(p.sets, entry(decisionSet(res.External, externalSet, externalLocalSet), ip, e.Port))
+				add(ip, e.Port, external)
+				p.sets = append(p.sets, entry(externalMembership, ip, e.Port))
 			}
 			continue
 		}
-		d, masq, noMasq := res.External, externalSet, externalLocalSet
 		if e.Kind == proxier.ClusterIPEntry {
 			// Masquerading of cluster IP traffic is decided by the fixed rules (from the
-			// configuration, the same for every Service); the set only names the port.
-			d, masq, noMasq = res.Internal, clusterIPSet, clusterIPSet
+			// configuration, the same for every Service); the set names the port, or
+			// the drop of internalTrafficPolicy Local without a local endpoint.
+			add(e.Addr, e.Port, res.Internal)
+			membership := clusterIPSet
+			if res.Internal.Verdict == proxier.Drop {
+				membership = noLocalEndpointsSet
+			}
+			p.sets = append(p.sets, entry(membership, e.Addr, e.Port))
+		} else {
+			add(e.Addr, e.Port, external)
+			p.sets = append(p.sets, entry(externalMembership, e.Addr, e.Port))
 		}
-		add(e.Addr, e.Port, d)
-		p.sets = append(p.sets, entry(decisionSet(d, masq, noMasq), e.Addr, e.Port))
 		// A node address is the node's already: binding it to kube-ipvs0 would make
 		// unbinding remove it, and listing it as a Service address would close every
 		// other port of the node on it.
@@ -215,6 +226,9 @@ func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxie
 }
 
 func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
+	if err := b.dev.Refresh(); err != nil {
+		return err
+	}
 	if err := b.sets.ensure(); err != nil {
 		return err
 	}
@@ -606,33 +620,54 @@ const ipvsFilterChain = iptables.ChainPrefix + "IPVS-FILTER"
 // Services (those change set members), so it is written on full syncs only.
 func (b *Backend) ruleset() iptables.Ruleset {
 	mark := b.cfg.MasqueradeMark
+	set := b.sets.name
 	var services []string
 	switch {
 	case b.cfg.MasqueradeAll:
-		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, b.sets.name(clusterIPSet), iptables.MarkMasqChain))
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, set(clusterIPSet), iptables.MarkMasqChain))
 	case b.cfg.ClusterCIDR.IsValid():
-		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst ! -s %s -j %s`, b.sets.name(clusterIPSet), b.cfg.ClusterCIDR, iptables.MarkMasqChain))
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic requiring SNAT" -m set --match-set %s dst,dst ! -s %s -j %s`, set(clusterIPSet), b.cfg.ClusterCIDR, iptables.MarkMasqChain))
+	default:
+		// Cluster IPs are local addresses here, so the node's own connections to one
+		// leave with the cluster IP as their source, which a remote endpoint would answer
+		// to itself: masquerade those, as kube-proxy's IPVS mode does without a local
+		// traffic detector.
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic from a service address requiring SNAT" -m set --match-set %s src,dst -j %s`, set(clusterIPSet), iptables.MarkMasqChain))
 	}
 	services = append(services,
-		fmt.Sprintf(`-m comment --comment "switchyard external traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, b.sets.name(externalSet), iptables.MarkMasqChain))
-	// IPVS takes it from here; skip the rest of nat for Service traffic.
-	for _, set := range []string{b.sets.name(clusterIPSet), b.sets.name(externalSet), b.sets.name(externalLocalSet)} {
-		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic" -m set --match-set %s dst,dst -j ACCEPT`, set))
+		fmt.Sprintf(`-m comment --comment "switchyard external traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, set(externalSet), iptables.MarkMasqChain))
+	// The node's own connections to the external entry points of a Local Service are
+	// masqueraded (Resolution.ExternalFromNode): their source is a node or Service
+	// address that a remote endpoint cannot answer through this node otherwise.
+	for _, s := range []string{set(externalLocalSet), set(externalNoLocalSet)} {
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard LOCAL traffic to external destinations requiring SNAT" -m addrtype --src-type LOCAL -m set --match-set %s dst,dst -j %s`, s, iptables.MarkMasqChain))
 	}
-	hairpin := fmt.Sprintf(`-m comment --comment "switchyard hairpin traffic" -m set --match-set %s dst,dst,src -j MASQUERADE`, b.sets.name(loopbackSet))
+	servicePortSets := []string{set(clusterIPSet), set(externalSet), set(externalLocalSet), set(externalNoLocalSet)}
+	// IPVS takes it from here; skip the rest of nat for Service traffic.
+	for _, s := range servicePortSets {
+		services = append(services, fmt.Sprintf(`-m comment --comment "switchyard service traffic" -m set --match-set %s dst,dst -j ACCEPT`, s))
+	}
+	hairpin := fmt.Sprintf(`-m comment --comment "switchyard hairpin traffic" -m set --match-set %s dst,dst,src -j MASQUERADE`, set(loopbackSet))
 	// INPUT sees Service traffic before IPVS does (IPVS hooks in after the filter table).
 	filter := []string{
-		fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges" -m set --match-set %s dst,dst -m set ! --match-set %s dst,dst,src -j DROP`, b.sets.name(loadBalancerFirewallSet), b.sets.name(loadBalancerSourceSet)),
-		fmt.Sprintf(`-m comment --comment "switchyard traffic policy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, b.sets.name(noLocalEndpointsSet)),
+		fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges" -m set --match-set %s dst,dst -m set ! --match-set %s dst,dst,src -j DROP`, set(loadBalancerFirewallSet), set(loadBalancerSourceSet)),
+		fmt.Sprintf(`-m comment --comment "switchyard traffic policy Local without local endpoints" -m set --match-set %s dst,dst -j DROP`, set(noLocalEndpointsSet)),
 	}
-	for _, set := range []string{b.sets.name(clusterIPSet), b.sets.name(externalSet), b.sets.name(externalLocalSet)} {
-		filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, set))
+	// Without a local endpoint, only pods (told apart by the cluster CIDR) and the node
+	// (which IPVS serves before INPUT) reach the endpoints of the cluster.
+	fromOffNode := ""
+	if b.cfg.ClusterCIDR.IsValid() {
+		fromOffNode = fmt.Sprintf(" ! -s %s", b.cfg.ClusterCIDR)
 	}
-	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, b.sets.name(serviceIPsSet)))
+	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard externalTrafficPolicy Local without local endpoints" -m set --match-set %s dst,dst%s -j DROP`, set(externalNoLocalSet), fromOffNode))
+	for _, s := range servicePortSets {
+		filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, s))
+	}
+	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard other ports of service addresses" -m conntrack --ctstate NEW -m set --match-set %s dst -j REJECT`, set(serviceIPsSet)))
 	return iptables.Ruleset{
 		Chains: map[iptables.Table][]iptables.Chain{
 			iptables.TableNAT:    append([]iptables.Chain{{Name: iptables.ServicesChain, Rules: services}}, iptables.MasqueradeChains(mark, hairpin)...),
-			iptables.TableFilter: {iptables.ForwardChainRules(mark), {Name: ipvsFilterChain, Rules: filter}},
+			iptables.TableFilter: {iptables.ForwardChainRules(mark, false), {Name: ipvsFilterChain, Rules: filter}},
 		},
 		Hooks: append(iptables.CommonHooks(), iptables.Hook{Table: iptables.TableFilter, Chain: "INPUT",
 			Rule: []string{"-m", "comment", "--comment", "switchyard ipvs access filter", "-j", ipvsFilterChain}}),

@@ -42,13 +42,13 @@ func (m *model) trace(fl behaviour.Flow) behaviour.Outcome {
 	member := func(set string) bool {
 		return m.members[setEntry{set: set, ip: dst, protocol: proto, port: port}]
 	}
-	servicePort := member(clusterIPSet) || member(externalSet) || member(externalLocalSet)
+	servicePort := member(clusterIPSet) || member(externalSet) || member(externalLocalSet) || member(externalNoLocalSet)
 	serviceIP := m.members[setEntry{set: serviceIPsSet, ip: dst}]
 	if !fl.FromNode {
 		if member(loadBalancerFirewallSet) && !m.allowedSource(fl) {
 			return behaviour.Outcome{Verdict: behaviour.Drop}
 		}
-		if member(noLocalEndpointsSet) {
+		if member(noLocalEndpointsSet) || (member(externalNoLocalSet) && !behaviour.ClusterCIDR.Contains(fl.Src)) {
 			return behaviour.Outcome{Verdict: behaviour.Drop}
 		}
 	}
@@ -62,7 +62,8 @@ func (m *model) trace(fl behaviour.Flow) behaviour.Outcome {
 		// IPVS answers ICMP port unreachable when no real server is available.
 		return behaviour.Outcome{Verdict: behaviour.Reject}
 	}
-	out := behaviour.Outcome{Masq: (member(clusterIPSet) && !behaviour.ClusterCIDR.Contains(fl.Src)) || member(externalSet)}
+	out := behaviour.Outcome{Masq: (member(clusterIPSet) && !behaviour.ClusterCIDR.Contains(fl.Src)) || member(externalSet) ||
+		(fl.FromNode && (member(externalLocalSet) || member(externalNoLocalSet)))}
 	for _, r := range s.reals {
 		out.Endpoints = append(out.Endpoints, r.String())
 		if r.Addr() == fl.Src && m.members[setEntry{set: loopbackSet, ip: r.Addr(), protocol: proto, port: r.Port(), ip2: fl.Src}] {

@@ -32,12 +32,18 @@ const (
 	externalSet = iptables.ChainPrefix + "EXTERNAL"
 	// externalLocalSet holds the same for externalTrafficPolicy Local: not masqueraded.
 	externalLocalSet = iptables.ChainPrefix + "EXTERNAL-LOCAL"
-	// noLocalEndpointsSet holds the Service address,proto:port whose traffic policy is
-	// Local while this node has no endpoint (but others do): their traffic is dropped,
-	// not refused, as in iptables mode. It applies to traffic that enters the node (from
-	// pods or outside); the node's own connections are refused by IPVS, which sees them
-	// before any filter rule.
+	// noLocalEndpointsSet holds the cluster IP,proto:port of Services with
+	// internalTrafficPolicy Local while this node has no endpoint (but others do): their
+	// traffic is dropped, not refused, as in iptables mode. It applies to traffic that
+	// enters the node (from pods or outside); the node's own connections are refused by
+	// IPVS, which sees them before any filter rule.
 	noLocalEndpointsSet = iptables.ChainPrefix + "NO-LOCAL-ENDPOINTS"
+	// externalNoLocalSet holds the external entry points of Services with
+	// externalTrafficPolicy Local while this node has no endpoint but others do: clients
+	// from outside the cluster are dropped, while pods and the node itself reach any
+	// endpoint through the virtual server (kube-proxy's short-circuit; its IPVS mode also
+	// gives them the cluster's endpoints, kubernetes#97081).
+	externalNoLocalSet = iptables.ChainPrefix + "EXTERNAL-NO-LOCAL"
 	// loadBalancerFirewallSet holds the load-balancer IP,proto:port that have
 	// loadBalancerSourceRanges; loadBalancerSourceSet holds IP,proto:port,range for each
 	// allowed range. Traffic to the first from outside the second is dropped.
@@ -52,6 +58,7 @@ var setTypes = map[string]string{
 	externalSet:             "hash:ip,port",
 	externalLocalSet:        "hash:ip,port",
 	noLocalEndpointsSet:     "hash:ip,port",
+	externalNoLocalSet:      "hash:ip,port",
 	loadBalancerFirewallSet: "hash:ip,port",
 	loadBalancerSourceSet:   "hash:ip,port,net",
 }

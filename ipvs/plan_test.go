@@ -50,13 +50,15 @@ func TestPlan(t *testing.T) {
 			wantSets: []string{"SWYD-EXTERNAL-LOCAL 192.0.2.1 30080", "SWYD-EXTERNAL-LOCAL 192.0.2.2 30080", "SWYD-EXTERNAL-LOCAL 203.0.113.7 80"},
 		},
 		{
-			name:          "externalTrafficPolicy Local without a local endpoint: external traffic is dropped",
+			// Off-node clients are dropped by the set's rule; pods and the node reach the
+			// cluster's endpoints (kube-proxy's short-circuit, and its IPVS mode's #97081).
+			name:          "externalTrafficPolicy Local without a local endpoint: the cluster's endpoints, off-node clients dropped",
 			externalLocal: true,
 			endpoints:     []proxier.Endpoint{remote},
 			wantServers: map[string][]string{
-				"10.96.0.10:80": {"10.244.2.2:8080"}, "203.0.113.7:80": nil, "192.0.2.1:30080": nil, "192.0.2.2:30080": nil,
+				"10.96.0.10:80": {"10.244.2.2:8080"}, "203.0.113.7:80": {"10.244.2.2:8080"}, "192.0.2.1:30080": {"10.244.2.2:8080"}, "192.0.2.2:30080": {"10.244.2.2:8080"},
 			},
-			wantSets: []string{"SWYD-NO-LOCAL-ENDPOINTS 192.0.2.1 30080", "SWYD-NO-LOCAL-ENDPOINTS 192.0.2.2 30080", "SWYD-NO-LOCAL-ENDPOINTS 203.0.113.7 80"},
+			wantSets: []string{"SWYD-EXTERNAL-NO-LOCAL 192.0.2.1 30080", "SWYD-EXTERNAL-NO-LOCAL 192.0.2.2 30080", "SWYD-EXTERNAL-NO-LOCAL 203.0.113.7 80"},
 		},
 		{
 			name:          "internalTrafficPolicy Local without a local endpoint: cluster IP traffic is dropped",

@@ -33,5 +33,7 @@ func newIPTablesBackend(_ context.Context, cfg config.Config, env Env) (proxier.
 		MasqueradeMark:    env.MasqueradeMark,
 		NodeName:          cfg.NodeName,
 		NodePortAddresses: cfg.NodePortPrefixes(ipv4),
+		// Read once, as kube-proxy does.
+		ConntrackTCPLiberal: iptables.ConntrackTCPLiberal(),
 	}, env.Registerer, env.Logger), nil
 }
