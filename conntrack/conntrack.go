@@ -6,29 +6,48 @@ package conntrack
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
+	"slices"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
 	v1 "k8s.io/api/core/v1"
 )
 
-// Filter selects conntrack entries; unset fields match anything.
+// Filter selects the entries of one Service destination that are not answered by one of
+// its serving endpoints, as kube-proxy's CleanStaleEntries (pkg/proxy/conntrack/cleanup.go)
+// does: those DNATed to an endpoint that is gone, or to an old port of it, and those
+// created while the destination rejected traffic (their replies come from the Service
+// address itself).
 type Filter struct {
 	Protocol v1.Protocol
-	// OrigDst and OrigDstPort match the destination the client used (a Service address).
+	// OrigDst and OrigDstPort match the destination the client used: a Service address
+	// and port, or, with OrigDst unset, any address with a NodePort.
 	OrigDst     netip.Addr
 	OrigDstPort uint16
-	// ReplySrc matches the address replies come from: the endpoint the flow was DNATed to.
-	ReplySrc netip.Addr
+	// Serving are the endpoints whose replies keep an entry.
+	Serving []netip.AddrPort
+}
+
+// Entry is what a Filter looks at in a conntrack entry.
+type Entry struct {
+	Protocol v1.Protocol
+	// OrigDst is the destination of the original direction; ReplySrc the source of the
+	// replies (the endpoint a DNATed flow goes to).
+	OrigDst, ReplySrc netip.AddrPort
+}
+
+// Matches reports whether the filter selects the entry.
+func (f Filter) Matches(e Entry) bool {
+	return e.Protocol == f.Protocol && e.OrigDst.Port() == f.OrigDstPort &&
+		(!f.OrigDst.IsValid() || e.OrigDst.Addr() == f.OrigDst) && !slices.Contains(f.Serving, e.ReplySrc)
 }
 
 // Interface is the boundary to the kernel's connection tracking table.
 type Interface interface {
-	// Clear deletes the entries matching any of the filters and returns how many.
+	// Clear deletes the entries that any of the filters selects and returns how many.
 	//
-	// Equivalent to: `conntrack -D -p udp --orig-dst IP --dport PORT [--reply-src EP]`
+	// Equivalent to: `conntrack -L -p udp`, then `conntrack -D` of each selected entry
 	Clear(ipv6 bool, filters ...Filter) (uint, error)
 }
 
@@ -37,7 +56,18 @@ type kernel struct{}
 // New returns the Interface for the current network namespace.
 func New() Interface { return kernel{} }
 
-var protocols = map[v1.Protocol]uint8{v1.ProtocolTCP: syscall.IPPROTO_TCP, v1.ProtocolUDP: syscall.IPPROTO_UDP, v1.ProtocolSCTP: syscall.IPPROTO_SCTP}
+var protocols = map[uint8]v1.Protocol{syscall.IPPROTO_TCP: v1.ProtocolTCP, syscall.IPPROTO_UDP: v1.ProtocolUDP, syscall.IPPROTO_SCTP: v1.ProtocolSCTP}
+
+// netlinkFilter lets the netlink library's delete-by-filter apply our filters.
+type netlinkFilter []Filter
+
+func (fs netlinkFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
+	dst, _ := netip.AddrFromSlice(flow.Forward.DstIP)
+	src, _ := netip.AddrFromSlice(flow.Reverse.SrcIP)
+	e := Entry{Protocol: protocols[flow.Forward.Protocol],
+		OrigDst: netip.AddrPortFrom(dst.Unmap(), flow.Forward.DstPort), ReplySrc: netip.AddrPortFrom(src.Unmap(), flow.Reverse.SrcPort)}
+	return slices.ContainsFunc(fs, func(f Filter) bool { return f.Matches(e) })
+}
 
 func (kernel) Clear(ipv6 bool, filters ...Filter) (uint, error) {
 	if len(filters) == 0 {
@@ -47,30 +77,7 @@ func (kernel) Clear(ipv6 bool, filters ...Filter) (uint, error) {
 	if ipv6 {
 		family = netlink.FAMILY_V6
 	}
-	nf := make([]netlink.CustomConntrackFilter, 0, len(filters))
-	for _, f := range filters {
-		c := &netlink.ConntrackFilter{}
-		var errs [4]error
-		if p, ok := protocols[f.Protocol]; ok {
-			errs[0] = c.AddProtocol(p)
-		}
-		if f.OrigDst.IsValid() {
-			errs[1] = c.AddIP(netlink.ConntrackOrigDstIP, net.IP(f.OrigDst.AsSlice()))
-		}
-		if f.OrigDstPort != 0 {
-			errs[2] = c.AddPort(netlink.ConntrackOrigDstPort, f.OrigDstPort)
-		}
-		if f.ReplySrc.IsValid() {
-			errs[3] = c.AddIP(netlink.ConntrackReplySrcIP, net.IP(f.ReplySrc.AsSlice()))
-		}
-		for _, err := range errs {
-			if err != nil {
-				return 0, fmt.Errorf("conntrack filter %+v: %w", f, err)
-			}
-		}
-		nf = append(nf, c)
-	}
-	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, nf...)
+	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, netlinkFilter(filters))
 	if err != nil {
 		return n, fmt.Errorf("deleting conntrack entries: %w", err)
 	}

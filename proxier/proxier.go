@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -228,8 +227,9 @@ func (p *Proxier) updateServiceHealth(state *State, full bool, changed map[Servi
 }
 
 // clearStaleFlows deletes the conntrack entries of UDP flows that the synced changes made
-// wrong: those DNATed to endpoints that are gone, and, for a port that had no endpoint,
-// those to its addresses (created while it rejected traffic). Never a blanket flush.
+// wrong: those to a changed port's addresses that none of its serving endpoints answers.
+// Never a blanket flush: after a restart, every port counts as changed, and the flows
+// its endpoints answer keep going.
 func (p *Proxier) clearStaleFlows() {
 	if p.opts.Conntrack == nil || len(p.pendingStale) == 0 {
 		p.pendingStale = p.pendingStale[:0]
@@ -238,27 +238,14 @@ func (p *Proxier) clearStaleFlows() {
 	var filters []conntrack.Filter
 	for _, s := range p.pendingStale {
 		sp := s.Port
-		type dest struct {
-			ip   netip.Addr
-			port int32
+		filter := func(ip netip.Addr, port int32) conntrack.Filter {
+			return conntrack.Filter{Protocol: sp.Protocol, OrigDst: ip, OrigDstPort: uint16(port), Serving: s.Serving}
 		}
-		dests := []dest{{sp.ClusterIP, sp.Port}}
-		for _, ip := range append(slices.Clone(sp.ExternalIPs), sp.LoadBalancerIPs...) {
-			dests = append(dests, dest{ip, sp.Port})
+		for _, ip := range append(append([]netip.Addr{sp.ClusterIP}, sp.ExternalIPs...), sp.LoadBalancerIPs...) {
+			filters = append(filters, filter(ip, sp.Port))
 		}
 		if sp.NodePort != 0 {
-			dests = append(dests, dest{netip.Addr{}, sp.NodePort}) // any node address
-		}
-		for _, d := range dests {
-			base := conntrack.Filter{Protocol: sp.Protocol, OrigDst: d.ip, OrigDstPort: uint16(d.port)}
-			if s.NowReachable {
-				filters = append(filters, base)
-			}
-			for _, ep := range s.GoneEndpoints {
-				f := base
-				f.ReplySrc = ep
-				filters = append(filters, f)
-			}
+			filters = append(filters, filter(netip.Addr{}, sp.NodePort)) // any node address
 		}
 	}
 	n, err := p.opts.Conntrack.Clear(p.opts.Family == IPv6, filters...)

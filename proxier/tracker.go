@@ -39,43 +39,31 @@ type Tracker struct {
 	stale     []StaleFlows
 }
 
-// StaleFlows are connection-tracking entries that a change made wrong, for a UDP
-// ServicePort: flows still DNATed to endpoints that are gone, and flows created while the
-// port had no endpoint (rejected, never DNATed). The kernel applies NAT to a flow's first
-// packet only, so these keep going wrong until deleted.
+// StaleFlows names a UDP ServicePort whose connection-tracking entries a change may have
+// made wrong: flows still DNATed to endpoints that are gone (or to an old port), and flows
+// created while the port had no endpoint (rejected, never DNATed). The kernel applies NAT
+// to a flow's first packet only, so these keep going wrong until deleted.
 type StaleFlows struct {
 	Port *ServicePort
-	// GoneEndpoints are the endpoint addresses that can no longer serve.
-	GoneEndpoints []netip.Addr
-	// NowReachable is set when the port had no usable endpoint and now has one.
-	NowReachable bool
+	// Serving are the endpoints that may answer the port's flows; the others' go.
+	Serving []netip.AddrPort
 }
 
-// usableIPs are the addresses of endpoints that can take traffic (ready, or serving
-// while terminating).
-func usableIPs(eps []Endpoint) []netip.Addr {
-	var out []netip.Addr
-	for _, e := range eps {
-		if (e.Ready || e.Serving) && !slices.Contains(out, e.IP) {
-			out = append(out, e.IP)
-		}
-	}
-	return out
-}
-
-// noteStale records what conntrack entries a change of one UDP ServicePort made wrong.
-func (t *Tracker) noteStale(port *ServicePort, before, after []Endpoint) {
+// noteStale records a change of one ServicePort's endpoints for conntrack cleanup, as
+// kube-proxy's CleanStaleEntries decides it: UDP ports only, serving endpoints whatever
+// the traffic policies say (a change of the Service must not break existing flows), and
+// nothing for a port left without a serving endpoint, whose flows stay as they are.
+func (t *Tracker) noteStale(port *ServicePort, endpoints []Endpoint) {
 	if port.Protocol != v1.ProtocolUDP {
 		return
 	}
-	was, now := usableIPs(before), usableIPs(after)
-	f := StaleFlows{Port: port, NowReachable: len(was) == 0 && len(now) > 0}
-	for _, ip := range was {
-		if !slices.Contains(now, ip) {
-			f.GoneEndpoints = append(f.GoneEndpoints, ip)
+	f := StaleFlows{Port: port}
+	for _, e := range endpoints {
+		if e.Serving {
+			f.Serving = append(f.Serving, netip.AddrPortFrom(e.IP, uint16(e.Port)))
 		}
 	}
-	if f.NowReachable || len(f.GoneEndpoints) > 0 {
+	if len(f.Serving) > 0 {
 		t.stale = append(t.stale, f)
 	}
 }
@@ -263,7 +251,7 @@ func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceInd
 		eps := endpoints[p.Name]
 		if !existed || !old.equal(p) || !slices.EqualFunc(t.state.Endpoints[p.Name], eps, Endpoint.equal) {
 			changed[p.Name] = struct{}{}
-			t.noteStale(p, t.state.Endpoints[p.Name], eps)
+			t.noteStale(p, eps)
 		}
 		t.state.Services[p.Name] = p
 		if len(eps) > 0 {
@@ -274,7 +262,6 @@ func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceInd
 	}
 	for _, old := range t.portNames[name] {
 		if !slices.Contains(newNames, old) {
-			t.noteStale(t.state.Services[old], t.state.Endpoints[old], nil)
 			delete(t.state.Services, old)
 			delete(t.state.Endpoints, old)
 			changed[old] = struct{}{}

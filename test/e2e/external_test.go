@@ -90,15 +90,11 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	expectHealthCheck(ctx, t, l, healthURL, "503", `"localEndpoints":0`)
 	expectFlow(ctx, t, "Local policy without a local endpoint, nodePort", fromClientOnce(entryPoints["nodePort"]), nil, "", "timeout")
 	expectFlow(ctx, t, "Local policy without a local endpoint, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
-	// iptables mode short-circuits a pod on this node to any endpoint; in IPVS mode the
-	// external virtual server only has this node's endpoints (docs/node-contract.md).
-	if mode.flag == "iptables" {
-		fromPod := func() (lab.Result, error) { return l.PodGet(ctx, l.Pods[0], entryPoints["load-balancer IP"], 12) }
-		expectFlow(ctx, t, "a pod to a Local Service's load-balancer IP", fromPod, remote, "", "")
-	} else {
-		fromPod := func() (lab.Result, error) { return l.PodGet(ctx, l.Pods[0], entryPoints["load-balancer IP"], 2) }
-		expectFlow(ctx, t, "a pod to a Local Service's load-balancer IP", fromPod, nil, "", "timeout")
-	}
+	// Both modes: iptables mode short-circuits pods to any endpoint; in IPVS mode the
+	// virtual server takes the cluster's endpoints, and only off-node clients are dropped
+	// before IPVS (kube-proxy's IPVS mode forwards them all, kubernetes#97081).
+	fromPod := func() (lab.Result, error) { return l.PodGet(ctx, l.Pods[0], entryPoints["load-balancer IP"], 12) }
+	expectFlow(ctx, t, "a pod to a Local Service's load-balancer IP", fromPod, remote, "", "")
 
 	// loadBalancerSourceRanges: a client outside them is dropped at the load-balancer IP
 	// only; NodePorts are not subject to the ranges (as in kube-proxy).

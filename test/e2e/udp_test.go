@@ -13,7 +13,8 @@ import (
 // TestUDPFlowFollowsEndpoints keeps one UDP flow (same client port) going while a
 // Service's endpoints change. The kernel NATs only a flow's first packet, so the flow only
 // follows the change if the proxy deletes the stale conntrack entries: those DNATed to a
-// removed endpoint, and those created while the Service had no endpoint.
+// removed endpoint, and those created while the Service had no endpoint. As in
+// kube-proxy, the flows of a Service left without any endpoint are left alone.
 func TestUDPFlowFollowsEndpoints(t *testing.T) {
 	forEachMode(t, "TestUDPFlowFollowsEndpoints", testUDPFlowFollowsEndpoints)
 }
@@ -30,6 +31,7 @@ func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
 	addr := fmt.Sprintf("%s:53", svc.Spec.ClusterIP)
 	const clientPort = 40053
 	flow := func() (lab.Result, error) { return l.UDP(ctx, addr, 3, clientPort) }
+	newFlow := func() (lab.Result, error) { return l.UDP(ctx, addr, 3, clientPort+1) }
 	udpSlice := func(pods []*lab.Pod) { writeProtocolEndpoints(ctx, t, l, "dns", v1.ProtocolUDP, pods) }
 
 	udpSlice(l.Pods[:1])
@@ -37,7 +39,17 @@ func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
 	udpSlice(l.Pods[1:2])
 	expectFlow(ctx, t, "endpoint replaced, same flow", flow, l.Pods[1:2], "", "")
 	udpSlice(nil)
-	expectFlow(ctx, t, "no endpoints, same flow", flow, nil, "", "refused")
+	// New flows are refused once the proxy has synced the removal...
+	expectFlow(ctx, t, "no endpoints, a new flow", newFlow, nil, "", "refused")
+	if mode.kernelLab {
+		// ...and in IPVS mode the flow's connection goes with its real server
+		// (expire_nodest_conn), so the same flow is refused too.
+		expectFlow(ctx, t, "no endpoints, same flow", flow, nil, "", "refused")
+	} else {
+		// ...while kube-proxy's cleanup leaves the flows of a Service without serving
+		// endpoints alone (conntrack/cleanup.go): the flow keeps its endpoint.
+		expectFlow(ctx, t, "no endpoints, same flow", flow, l.Pods[1:2], "", "")
+	}
 	udpSlice(l.Pods[2:3])
 	expectFlow(ctx, t, "endpoints again, same flow", flow, l.Pods[2:3], "", "")
 }
