@@ -436,9 +436,10 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) 
 }
 
 // syncVirtualServer makes the kernel's virtual server (current, nil when absent) and its
-// real servers match the plan. Removed real servers drain gracefully: TCP and SCTP ones
-// get weight 0 (no new connections) and are deleted once their connections are gone or
-// the grace period ends; UDP ones, which have no connections to drain, go at once.
+// real servers match the plan. Removed real servers drain gracefully: TCP ones get
+// weight 0 (no new connections) and are deleted once their connections are gone or the
+// grace period ends; UDP and SCTP ones go at once, as kube-proxy's
+// IsRsGracefulTerminationNeeded decides.
 func (b *Backend) syncVirtualServer(current *VirtualServer, p vsPlan) error {
 	switch {
 	case current == nil:
@@ -483,7 +484,7 @@ func (b *Backend) syncVirtualServer(current *VirtualServer, p vsPlan) error {
 		if slices.Contains(p.reals, ep) {
 			continue
 		}
-		if p.vs.Protocol == v1.ProtocolUDP || b.cfg.TerminationGrace <= 0 {
+		if p.vs.Protocol != v1.ProtocolTCP || b.cfg.TerminationGrace <= 0 {
 			if err := b.ipvs.DeleteRealServer(p.vs, r); err != nil {
 				return err
 			}

@@ -80,6 +80,8 @@ const (
 	flagPersistent = 0x1
 	// flagHashed is set by the kernel on every service it reports; it is not ours to set.
 	flagHashed = 0x2
+	// flagSourcePortHash is IP_VS_SVC_F_SCHED2: the mh scheduler hashes the source port too.
+	flagSourcePortHash = 0x10
 )
 
 type kernel struct {
@@ -113,6 +115,11 @@ func toService(v *VirtualServer) *mobyipvs.Service {
 	}
 	if v.AffinityTimeout > 0 {
 		s.Flags, s.Timeout = flagPersistent, v.AffinityTimeout
+	}
+	if v.Scheduler == "mh" {
+		// Maglev hashing on the source port as well as the address, so one client's
+		// connections spread over the endpoints, as kube-proxy sets it.
+		s.Flags |= flagSourcePortHash
 	}
 	return s
 }

@@ -146,3 +146,35 @@ func TestPlanLoopbackHoldsLocalEndpointsOnly(t *testing.T) {
 		t.Errorf("loopback set members (-want +got):\n%s", diff)
 	}
 }
+
+// TestToServiceFlags: the flags a virtual server is written with, as kube-proxy sets them
+// (pkg/proxy/ipvs/proxier.go: persistence for session affinity, source-port hashing for mh).
+func TestToServiceFlags(t *testing.T) {
+	addr := netip.MustParseAddr("10.96.0.10")
+	tests := []struct {
+		name        string
+		vs          VirtualServer
+		wantFlags   uint32
+		wantTimeout uint32
+	}{
+		{name: "rr", vs: VirtualServer{Address: addr, Port: 80, Protocol: v1.ProtocolTCP, Scheduler: "rr"}},
+		{name: "session affinity", vs: VirtualServer{Address: addr, Port: 80, Protocol: v1.ProtocolTCP, Scheduler: "rr", AffinityTimeout: 10800},
+			wantFlags: flagPersistent, wantTimeout: 10800},
+		{name: "mh hashes the source port", vs: VirtualServer{Address: addr, Port: 80, Protocol: v1.ProtocolTCP, Scheduler: "mh"},
+			wantFlags: flagSourcePortHash},
+		{name: "mh with session affinity", vs: VirtualServer{Address: addr, Port: 80, Protocol: v1.ProtocolTCP, Scheduler: "mh", AffinityTimeout: 60},
+			wantFlags: flagPersistent | flagSourcePortHash, wantTimeout: 60},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := toService(&tc.vs)
+			if s.Flags != tc.wantFlags || s.Timeout != tc.wantTimeout {
+				t.Errorf("flags %#x timeout %d, want %#x and %d", s.Flags, s.Timeout, tc.wantFlags, tc.wantTimeout)
+			}
+			back, ok := fromService(s)
+			if !ok || *back != tc.vs {
+				t.Errorf("read back as %+v, want %+v", back, tc.vs)
+			}
+		})
+	}
+}
