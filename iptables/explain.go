@@ -85,7 +85,7 @@ func programmedFor(saved map[string][]SavedRule, name proxier.ServicePortName) m
 		for _, r := range rules {
 			if strings.HasPrefix(r.Comment(), name.String()+" ") {
 				got[key] = append(got[key], r)
-				next = append(next, jumpTarget(r))
+				next = append(next, r.Target())
 			}
 		}
 	}
@@ -102,20 +102,10 @@ func programmedFor(saved map[string][]SavedRule, name proxier.ServicePortName) m
 		}
 		got[key] = rules
 		for _, r := range rules {
-			next = append(next, jumpTarget(r))
+			next = append(next, r.Target())
 		}
 	}
 	return got
-}
-
-func jumpTarget(r SavedRule) string {
-	fields := splitRule(string(r))
-	for i, f := range fields {
-		if (f == "-j" || f == "-g") && i+1 < len(fields) {
-			return fields[i+1]
-		}
-	}
-	return ""
 }
 
 // compareRules says whether got does what want does: in order for a per-port chain, as

@@ -11,9 +11,21 @@ type SavedRule string
 
 // Comment is the rule's comment, or "" when it has none.
 func (r SavedRule) Comment() string {
-	fields := splitRule(string(r))
+	fields := SplitRule(string(r))
 	for i, f := range fields {
 		if f == "--comment" && i+1 < len(fields) {
+			return fields[i+1]
+		}
+	}
+	return ""
+}
+
+// Target is the chain or target the rule jumps (-j) or goes (-g) to, or "" when it has
+// none.
+func (r SavedRule) Target() string {
+	fields := SplitRule(string(r))
+	for i, f := range fields {
+		if (f == "-j" || f == "-g") && i+1 < len(fields) {
 			return fields[i+1]
 		}
 	}
@@ -29,7 +41,7 @@ var essentialFlags = map[string]bool{"-s": true, "-d": true, "-p": true, "--dpor
 // port, DNAT destination and jump target. Two rules with the same essential form do the
 // same thing, whichever tool printed them.
 func (r SavedRule) Essential() string {
-	fields := splitRule(string(r))
+	fields := SplitRule(string(r))
 	var out []string
 	negate := false
 	for i := 0; i < len(fields); i++ {
@@ -77,8 +89,9 @@ func ParseSaved(text string) map[string][]SavedRule {
 	return chains
 }
 
-// splitRule splits a rule into fields, keeping double-quoted comments whole.
-func splitRule(line string) []string {
+// SplitRule splits a rule into fields as iptables-restore does, keeping double-quoted
+// arguments (comments) whole.
+func SplitRule(line string) []string {
 	var fields []string
 	var cur strings.Builder
 	quoted := false

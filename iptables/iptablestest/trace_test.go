@@ -1,0 +1,127 @@
+package iptablestest
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// traceRules is a Service in the shape the iptables backend writes: cluster IP
+// 10.96.0.10:80 and NodePort 30080 over two endpoints, masquerading clients from outside
+// the pod network and hairpin traffic; 10.96.0.11:80 has no endpoints. Off-node clients
+// in the "blocked" set may not reach the node.
+const traceRules = `*nat
+:SWYD-SERVICES - [0:0]
+:SWYD-NODEPORTS - [0:0]
+:SWYD-EXT - [0:0]
+:SWYD-SVC - [0:0]
+:SWYD-SEP1 - [0:0]
+:SWYD-SEP2 - [0:0]
+:SWYD-MARK-MASQ - [0:0]
+:SWYD-POSTROUTING - [0:0]
+-A PREROUTING -m comment --comment "service portals" -j SWYD-SERVICES
+-A OUTPUT -m comment --comment "service portals" -j SWYD-SERVICES
+-A POSTROUTING -j SWYD-POSTROUTING
+-A SWYD-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j SWYD-SVC
+-A SWYD-SERVICES -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWYD-NODEPORTS
+-A SWYD-NODEPORTS -p tcp -m tcp --dport 30080 -j SWYD-EXT
+-A SWYD-EXT -j SWYD-MARK-MASQ
+-A SWYD-EXT -j SWYD-SVC
+-A SWYD-SVC ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j SWYD-MARK-MASQ
+-A SWYD-SVC -m recent --name SWYD-SEP2 --mask 255.255.255.255 --rcheck --seconds 10800 --reap -j SWYD-SEP2
+-A SWYD-SVC -m statistic --mode random --probability 0.5000000000 -j SWYD-SEP1
+-A SWYD-SVC -j SWYD-SEP2
+-A SWYD-SEP1 -s 10.244.1.2/32 -j SWYD-MARK-MASQ
+-A SWYD-SEP1 -p tcp -m tcp -j DNAT --to-destination 10.244.1.2:8080
+-A SWYD-SEP2 -s 10.244.2.2/32 -j SWYD-MARK-MASQ
+-A SWYD-SEP2 -m recent --name SWYD-SEP2 --mask 255.255.255.255 --set -p tcp -m tcp -j DNAT --to-destination 10.244.2.2:8080
+-A SWYD-MARK-MASQ -j MARK --or-mark 0x4000
+-A SWYD-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A SWYD-POSTROUTING -j MARK --xor-mark 0x4000
+-A SWYD-POSTROUTING -j MASQUERADE --random-fully
+COMMIT
+*filter
+:SWYD-SERVICES - [0:0]
+-A SWYD-SERVICES -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j REJECT
+-A INPUT -m set --match-set blocked src -j DROP
+-A FORWARD -m conntrack --ctstate NEW -j SWYD-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -j SWYD-SERVICES
+COMMIT
+`
+
+// srcSets holds sets of source addresses.
+type srcSets map[string][]netip.Addr
+
+func (s srcSets) Match(set, flags string, p Packet) (bool, error) {
+	addrs, ok := s[set]
+	if !ok || flags != "src" {
+		return false, fmt.Errorf("no set %s for %s", set, flags)
+	}
+	return slices.Contains(addrs, p.Src), nil
+}
+
+func TestTrace(t *testing.T) {
+	node, pod, hairpin, outside := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("10.244.1.9"), netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("203.0.113.5")
+	ep1, ep2 := netip.MustParseAddrPort("10.244.1.2:8080"), netip.MustParseAddrPort("10.244.2.2:8080")
+	clusterIP, nodePort := netip.MustParseAddrPort("10.96.0.10:80"), netip.AddrPortFrom(node, 30080)
+	dnat := func(dst netip.AddrPort, masq bool) Result {
+		return Result{Verdict: "ACCEPT", Dst: dst, DNAT: true, Masquerade: masq}
+	}
+	tests := []struct {
+		name    string
+		pkt     Packet
+		sets    Sets
+		extra   string // restored after traceRules
+		want    []Result
+		wantErr string
+	}{
+		{name: "pod to a cluster IP: either endpoint, client kept", pkt: Packet{Src: pod, Dst: clusterIP},
+			want: []Result{dnat(ep2, false), dnat(ep1, false)}},
+		{name: "the node to a cluster IP: masqueraded", pkt: Packet{Src: node, FromNode: true, Dst: clusterIP},
+			want: []Result{dnat(ep2, true), dnat(ep1, true)}},
+		{name: "an endpoint to its own Service: masqueraded on the way to itself only", pkt: Packet{Src: hairpin, Dst: clusterIP},
+			want: []Result{dnat(ep2, false), dnat(ep1, true)}},
+		{name: "off-node client to a NodePort: masqueraded", pkt: Packet{Src: outside, Dst: nodePort}, sets: srcSets{"blocked": nil},
+			want: []Result{dnat(ep2, true), dnat(ep1, true)}},
+		{name: "a NodePort on loopback is no NodePort", pkt: Packet{Src: node, FromNode: true, Dst: netip.MustParseAddrPort("127.0.0.1:30080")}, sets: srcSets{"blocked": nil},
+			want: []Result{{Verdict: "ACCEPT", Dst: netip.MustParseAddrPort("127.0.0.1:30080")}}},
+		{name: "DNAT without a port keeps the packet's", pkt: Packet{Src: pod, Dst: netip.MustParseAddrPort("10.96.0.12:80")}, extra: "*nat\n-I SWYD-SERVICES -d 10.96.0.12 -j DNAT --to-destination 10.244.3.3\nCOMMIT\n",
+			want: []Result{dnat(netip.MustParseAddrPort("10.244.3.3:80"), false)}},
+		{name: "a Service without endpoints: rejected", pkt: Packet{Src: pod, Dst: netip.MustParseAddrPort("10.96.0.11:80")},
+			want: []Result{{Verdict: "REJECT", Dst: netip.MustParseAddrPort("10.96.0.11:80")}}},
+		{name: "another port of the node, from a blocked client: dropped in INPUT", pkt: Packet{Src: outside, Dst: netip.AddrPortFrom(node, 22)}, sets: srcSets{"blocked": {outside}},
+			want: []Result{{Verdict: "DROP", Dst: netip.AddrPortFrom(node, 22)}}},
+		{name: "forwarded traffic meets FORWARD's policy", pkt: Packet{Src: pod, Dst: netip.MustParseAddrPort("198.51.100.1:80")}, extra: "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n",
+			want: []Result{{Verdict: "DROP", Dst: netip.MustParseAddrPort("198.51.100.1:80")}}},
+		{name: "a set match needs Sets", pkt: Packet{Src: outside, Dst: netip.AddrPortFrom(node, 22)}, wantErr: "no Sets given"},
+		{name: "a match the tracer does not know fails", pkt: Packet{Src: pod, Dst: clusterIP}, extra: "*nat\n-I SWYD-SVC -m physdev --physdev-is-in -j RETURN\nCOMMIT\n", wantErr: "does not know -m physdev"},
+		{name: "the node sends from one of its addresses", pkt: Packet{Src: pod, FromNode: true, Dst: clusterIP}, wantErr: "not one of its addresses"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake()
+			mustRestore(t, f, traceRules+tc.extra)
+			tc.pkt.Protocol, tc.pkt.Local = "tcp", []netip.Addr{node}
+			got, err := f.Trace(tc.pkt, tc.sets)
+			if tc.wantErr != "" || err != nil {
+				if err == nil || tc.wantErr == "" || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Trace: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreFields(Result{}, "Rules"), cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+			for _, r := range got {
+				if len(r.Rules) == 0 {
+					t.Errorf("%v lists no rules", r)
+				}
+			}
+		})
+	}
+}
