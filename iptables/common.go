@@ -57,15 +57,18 @@ func CommonHooks() []Hook { return slices.Clone(commonHooks) }
 // passing through (not on what the node sends, which goes on to wherever an external IP
 // really is); the load-balancer source filter everywhere; the health-check ports on
 // traffic for the node.
+//
+// Each hook is inserted first in its chain, in this order (kube-proxy's
+// iptablesJumpChains), so the firewall comes first.
 var filterHooks = []Hook{
 	newConnectionHook("INPUT", ExternalServicesChain, "switchyard externally-visible service portals"),
-	newConnectionHook("INPUT", FirewallChain, "switchyard load balancer firewall"),
+	newConnectionHook("FORWARD", ExternalServicesChain, "switchyard externally-visible service portals"),
 	{TableFilter, "INPUT", []string{"-m", "comment", "--comment", "switchyard health check service ports", "-j", NodePortsChain}},
 	newConnectionHook("FORWARD", ServicesChain, "switchyard service portals"),
-	newConnectionHook("FORWARD", ExternalServicesChain, "switchyard externally-visible service portals"),
-	newConnectionHook("FORWARD", FirewallChain, "switchyard load balancer firewall"),
 	newConnectionHook("OUTPUT", ServicesChain, "switchyard service portals"),
+	newConnectionHook("INPUT", FirewallChain, "switchyard load balancer firewall"),
 	newConnectionHook("OUTPUT", FirewallChain, "switchyard load balancer firewall"),
+	newConnectionHook("FORWARD", FirewallChain, "switchyard load balancer firewall"),
 }
 
 func newConnectionHook(chain, target, comment string) Hook {

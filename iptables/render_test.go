@@ -91,14 +91,23 @@ COMMIT
 	svc, sep1, sep2 := servicePortChain(web), endpointChain(web, state.Endpoints[web][0]), endpointChain(web, state.Endpoints[web][1])
 	want := strings.NewReplacer("{SVC}", svc, "{SEP1}", sep1, "{SEP2}", sep2).Replace(`*filter
 :SWYD-SERVICES - [0:0]
+:SWYD-EXTERNAL-SERVICES - [0:0]
+:SWYD-PROXY-FIREWALL - [0:0]
+:SWYD-NODEPORTS - [0:0]
 :SWYD-FORWARD - [0:0]
 -A SWYD-SERVICES -m comment --comment "default/empty has no endpoints" -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j REJECT
+-A SWYD-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A SWYD-FORWARD -m comment --comment "switchyard forwarding rules" -m mark --mark 0x00004000/0x00004000 -j ACCEPT
 -A SWYD-FORWARD -m comment --comment "switchyard forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -I FORWARD 1 -m comment --comment "switchyard forwarding rules" -j SWYD-FORWARD
--I INPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard service portals" -j SWYD-SERVICES
+-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard externally-visible service portals" -j SWYD-EXTERNAL-SERVICES
+-I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "switchyard externally-visible service portals" -j SWYD-EXTERNAL-SERVICES
+-I INPUT 1 -m comment --comment "switchyard health check service ports" -j SWYD-NODEPORTS
 -I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "switchyard service portals" -j SWYD-SERVICES
 -I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard service portals" -j SWYD-SERVICES
+-I INPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard load balancer firewall" -j SWYD-PROXY-FIREWALL
+-I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard load balancer firewall" -j SWYD-PROXY-FIREWALL
+-I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "switchyard load balancer firewall" -j SWYD-PROXY-FIREWALL
 COMMIT
 *nat
 :SWYD-SERVICES - [0:0]

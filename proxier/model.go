@@ -119,8 +119,11 @@ type State struct {
 	NodeName string
 	// NodeLabels are the labels of this node (its zone for topology-aware routing).
 	NodeLabels map[string]string
-	Services   map[ServicePortName]*ServicePort
-	Endpoints  map[ServicePortName][]Endpoint
+	// NodeIP is the node's primary address of this family (from its Node object), the
+	// one kube-proxy checks against loadBalancerSourceRanges; invalid when unknown.
+	NodeIP    netip.Addr
+	Services  map[ServicePortName]*ServicePort
+	Endpoints map[ServicePortName][]Endpoint
 }
 
 // Changes tells a backend what changed since its last successful sync.

@@ -103,8 +103,8 @@ type EntryPoint struct {
 	SourceRanges []netip.Prefix
 	// AllowLoadBalancerSources admits connections whose source is one of the Service's
 	// load-balancer IPs, which is how the node's own connections to a load-balancer IP
-	// bound locally arrive. kube-proxy does this when a source range holds a node IP
-	// (allowFromNode).
+	// bound locally arrive. kube-proxy does this when a source range holds the node's
+	// primary IP (State.NodeIP; allowFromNode).
 	AllowLoadBalancerSources bool
 	// NodeAddress is set when Addr is one of the node's own addresses: the node already
 	// owns it, so a backend must neither bind it nor close its other ports (kube-proxy's
@@ -162,8 +162,9 @@ type ResolveConfig struct {
 }
 
 // Resolve decides what every class of traffic gets at every entry point of sp, given its
-// endpoints, the node (name, labels, and its own addresses in sp's family) and the proxy
-// configuration.
+// endpoints, the node (name, labels and primary IP from state; nodeIPs, the addresses
+// the node's interfaces hold in sp's family, when the backend binds addresses) and the
+// proxy configuration.
 func Resolve(cfg *ResolveConfig, state *State, sp *ServicePort, nodeIPs []netip.Addr) *Resolution {
 	sel := selectEndpoints(sp, state.Endpoints[sp.Name], state.NodeName, state.NodeLabels)
 	r := &Resolution{Port: sp, Endpoints: sel}
@@ -223,7 +224,7 @@ func Resolve(cfg *ResolveConfig, state *State, sp *ServicePort, nodeIPs []netip.
 	allowFromNode := false
 	if sel.HasAny {
 		ranges = sp.LoadBalancerSourceRanges
-		allowFromNode = slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return slices.ContainsFunc(nodeIPs, p.Contains) })
+		allowFromNode = state.NodeIP.IsValid() && slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(state.NodeIP) })
 	}
 	for _, ip := range sp.LoadBalancerIPs {
 		r.EntryPoints = append(r.EntryPoints, EntryPoint{Kind: LoadBalancerIPEntry, Addr: ip, Port: sp.Port, NodeAddress: isNodeIP(ip),

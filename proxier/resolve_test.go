@@ -228,8 +228,8 @@ func TestResolveEntryPoints(t *testing.T) {
 			},
 		},
 		{
-			// usesFWChain, and allowFromNode when a range holds a node IP.
-			name: "source ranges that hold a node address also admit the load-balancer IPs as sources",
+			// usesFWChain, and allowFromNode when a range holds the node's IP.
+			name: "source ranges that hold the node's IP also admit the load-balancer IPs as sources",
 			tweak: func(sp *ServicePort) {
 				sp.LoadBalancerIPs, sp.LoadBalancerSourceRanges = []netip.Addr{lbIP}, ranges("192.0.2.0/24")
 			},
@@ -240,7 +240,9 @@ func TestResolveEntryPoints(t *testing.T) {
 			},
 		},
 		{
-			name: "source ranges without a node address",
+			// allowFromNode looks at the node's primary IP only, not at every address
+			// its interfaces hold.
+			name: "source ranges without the node's IP",
 			tweak: func(sp *ServicePort) {
 				sp.LoadBalancerIPs, sp.LoadBalancerSourceRanges = []netip.Addr{lbIP}, ranges("198.18.0.0/16")
 			},
@@ -266,8 +268,8 @@ func TestResolveEntryPoints(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			sp := &ServicePort{Name: spn("lb", "http", v1.ProtocolTCP), ClusterIP: clusterIP, Port: 80, Protocol: v1.ProtocolTCP}
 			tc.tweak(sp)
-			state := &State{NodeName: "node-a", Endpoints: map[ServicePortName][]Endpoint{sp.Name: tc.endpoints}}
-			got := Resolve(&ResolveConfig{}, state, sp, []netip.Addr{nodeIP}).EntryPoints
+			state := &State{NodeName: "node-a", NodeIP: nodeIP, Endpoints: map[ServicePortName][]Endpoint{sp.Name: tc.endpoints}}
+			got := Resolve(&ResolveConfig{}, state, sp, []netip.Addr{nodeIP, netip.MustParseAddr("198.18.0.1")}).EntryPoints
 			if diff := cmp.Diff(tc.want, got, netipComparers, cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("entry points (-want +got):\n%s", diff)
 			}

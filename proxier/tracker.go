@@ -31,6 +31,7 @@ type Tracker struct {
 	// while no proxy was watching, which are not this proxy's programming latency.
 	started     time.Time
 	nodeLabels  map[string]string
+	nodeIP      netip.Addr
 	nodeChanged bool
 
 	// Owned by the sync goroutine (Flush and whoever reads State after it).
@@ -153,11 +154,13 @@ func (t *Tracker) Pending() (services, endpoints int) {
 func (t *Tracker) OnNodeUpdate(node *v1.Node) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	changed := t.nodeLabels == nil || node.Labels[v1.LabelTopologyZone] != t.nodeLabels[v1.LabelTopologyZone]
+	ip := t.family.primaryNodeIP(node)
+	changed := t.nodeLabels == nil || node.Labels[v1.LabelTopologyZone] != t.nodeLabels[v1.LabelTopologyZone] || ip != t.nodeIP
 	t.nodeLabels = maps.Clone(node.Labels)
 	if t.nodeLabels == nil {
 		t.nodeLabels = map[string]string{}
 	}
+	t.nodeIP = ip
 	t.nodeChanged = t.nodeChanged || changed
 	return changed
 }
@@ -169,8 +172,8 @@ type FlushResult struct {
 	State *State
 	// Changed lists the ServicePorts whose service or endpoints changed.
 	Changed map[ServicePortName]struct{}
-	// NodeChanged is set when this node's topology zone changed since the last flush,
-	// which affects every ServicePort.
+	// NodeChanged is set when this node's topology zone or primary address changed since
+	// the last flush, which affects every ServicePort.
 	NodeChanged bool
 	// Stale lists the UDP flows the folded changes made wrong, to delete once the new
 	// rules are in place.
@@ -202,7 +205,7 @@ func (t *Tracker) Flush() FlushResult {
 	triggers := maps.Clone(t.triggerTimes)
 	nodeChanged := t.nodeChanged
 	if nodeChanged {
-		t.state.NodeLabels = t.nodeLabels
+		t.state.NodeLabels, t.state.NodeIP = t.nodeLabels, t.nodeIP
 		t.nodeChanged = false
 	}
 	clear(t.dirtyServices)

@@ -58,6 +58,20 @@ const (
 	IPv6 Family = 6
 )
 
+// primaryNodeIP is the node's address of this family that kube-proxy takes as the node's
+// IP (its NodeIPs, from GetNodeHostIPs): the first InternalIP, else the first
+// ExternalIP; invalid when the Node has neither.
+func (f Family) primaryNodeIP(node *v1.Node) netip.Addr {
+	for _, kind := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
+		for _, a := range node.Status.Addresses {
+			if ip, ok := parseIP(a.Address); a.Type == kind && ok && f.matches(ip) {
+				return ip
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
 func (f Family) matches(a netip.Addr) bool {
 	return a.IsValid() && (a.Is4() == (f == IPv4)) && !a.Is4In6()
 }

@@ -700,3 +700,30 @@ func TestServiceEndpointsDeterministic(t *testing.T) {
 		t.Errorf("duplicate resolution picked the copy from node %q, want the one from slice s1", got.NodeName)
 	}
 }
+
+// TestPrimaryNodeIP: the node's IP that kube-proxy checks against source ranges is its
+// first InternalIP of the family, else its first ExternalIP (GetNodeHostIPs).
+func TestPrimaryNodeIP(t *testing.T) {
+	addrs := func(a ...v1.NodeAddress) *v1.Node { return &v1.Node{Status: v1.NodeStatus{Addresses: a}} }
+	internal := func(ip string) v1.NodeAddress { return v1.NodeAddress{Type: v1.NodeInternalIP, Address: ip} }
+	external := func(ip string) v1.NodeAddress { return v1.NodeAddress{Type: v1.NodeExternalIP, Address: ip} }
+	tests := []struct {
+		name   string
+		node   *v1.Node
+		family Family
+		want   string
+	}{
+		{name: "first InternalIP of the family", node: addrs(internal("fd00::1"), external("192.0.2.9"), internal("10.0.0.1"), internal("10.0.0.2")), family: IPv4, want: "10.0.0.1"},
+		{name: "ExternalIP when there is no InternalIP", node: addrs(v1.NodeAddress{Type: v1.NodeHostName, Address: "node-a"}, external("192.0.2.9")), family: IPv4, want: "192.0.2.9"},
+		{name: "IPv6", node: addrs(internal("10.0.0.1"), internal("fd00::1")), family: IPv6, want: "fd00::1"},
+		{name: "none of the family", node: addrs(internal("10.0.0.1")), family: IPv6},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.family.primaryNodeIP(tc.node)
+			if (tc.want == "" && got.IsValid()) || (tc.want != "" && got != netip.MustParseAddr(tc.want)) {
+				t.Errorf("primaryNodeIP = %v, want %q", got, tc.want)
+			}
+		})
+	}
+}
