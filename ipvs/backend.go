@@ -75,8 +75,8 @@ type terminating struct {
 type Backend struct {
 	ipvs   Interface
 	ipt    iptables.Interface
-	dev    *dummy.Device
-	sets   ipsets
+	dev    device
+	sets   sets
 	cfg    Config
 	logger klog.Logger
 
@@ -104,7 +104,7 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 	}
 	logger = logger.WithValues("ipFamily", family)
 	b := &Backend{
-		ipvs: ipvs, ipt: ipt, dev: dev, cfg: cfg, logger: logger, sets: ipsets{ipv6: cfg.IPv6},
+		ipvs: ipvs, ipt: ipt, cfg: cfg, logger: logger, sets: ipsets{ipv6: cfg.IPv6},
 		plans:       map[proxier.ServicePortName]*portPlan{},
 		addrUsers:   map[netip.Addr]int{},
 		setUsers:    map[setEntry]int{},
@@ -113,6 +113,10 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs", "ip_family": family}}, []string{"operation"}),
 	}
 	reg.MustRegister(b.operations)
+	// Without a device (tests that only render), b.dev stays a nil interface, as explain expects.
+	if dev != nil {
+		b.dev = kernelDevice{dev}
+	}
 	return b
 }
 
@@ -317,7 +321,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 
 // readNodeAddresses refreshes the node's own addresses and the node-port addresses.
 func (b *Backend) readNodeAddresses() error {
-	nodeIPs, err := nodeAddresses(b.dev, b.cfg.IPv6)
+	nodeIPs, err := b.dev.NodeAddresses(b.cfg.IPv6)
 	if err != nil {
 		return err
 	}

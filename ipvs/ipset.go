@@ -90,6 +90,16 @@ func (e setEntry) toNetlink() *netlink.IPSetEntry {
 	return n
 }
 
+// sets is what the backend does with its ipsets, an interface so that unit tests run the
+// whole Sync against fake sets.
+type sets interface {
+	name(set string) string
+	ensure() error
+	list() (map[setEntry]bool, error)
+	add(e setEntry) error
+	del(e setEntry) error
+}
+
 // ipsets is our sets for one IP family. The IPv4 sets have the names above; the IPv6
 // ones the same names with "-6" appended (an ipset holds one family).
 type ipsets struct{ ipv6 bool }

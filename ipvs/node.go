@@ -81,11 +81,28 @@ func PrepareNode(strictARP, ipv6 bool) error {
 	return errors.Join(errs...)
 }
 
-// nodeAddresses lists the node's own addresses of one family: those on every link but
+// device is what the backend uses of kube-ipvs0 and of the node's links, an interface so
+// that unit tests run the whole Sync against a fake device.
+type device interface {
+	Refresh() error
+	Index() int
+	Name() string
+	Addresses() (map[netip.Addr]bool, error)
+	AddressesIPv6() (map[netip.Addr]bool, error)
+	Bind(netip.Addr) error
+	Unbind(netip.Addr) error
+	// NodeAddresses lists the node's own addresses of one family.
+	NodeAddresses(ipv6 bool) ([]netip.Addr, error)
+}
+
+// kernelDevice is the real kube-ipvs0, with the node's addresses read over netlink.
+type kernelDevice struct{ *dummy.Device }
+
+// NodeAddresses lists the node's own addresses of one family: those on every link but
 // kube-ipvs0, never loopback or link-local ones.
 //
 // Equivalent to: `ip -4 addr show` (or -6)
-func nodeAddresses(dev *dummy.Device, ipv6 bool) ([]netip.Addr, error) {
+func (dev kernelDevice) NodeAddresses(ipv6 bool) ([]netip.Addr, error) {
 	family := netlink.FAMILY_V4
 	if ipv6 {
 		family = netlink.FAMILY_V6
