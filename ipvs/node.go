@@ -85,7 +85,6 @@ func PrepareNode(strictARP, ipv6 bool) error {
 // that unit tests run the whole Sync against a fake device.
 type device interface {
 	Refresh() error
-	Index() int
 	Name() string
 	Addresses() (map[netip.Addr]bool, error)
 	AddressesIPv6() (map[netip.Addr]bool, error)
