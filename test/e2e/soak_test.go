@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,7 +23,6 @@ import (
 
 const (
 	soakServices = 1000
-	soakDuration = 5 * time.Minute
 	soakRate     = 10 // EndpointSlice writes a second
 	// soakMemoryGrowth bounds how much the proxy's peak RSS over the last minute may
 	// exceed its peak over the second minute, when it has settled after startup.
@@ -31,12 +31,27 @@ const (
 	soakFailureRatio = 2000
 )
 
+// soakDuration is how long the endpoints churn: 3 minutes in CI, which is the least that
+// leaves a settled minute to compare the last one with; SWYD_SOAK_DURATION (e.g. 30m)
+// runs it longer on demand.
+func soakDuration(t *testing.T) time.Duration {
+	s := os.Getenv("SWYD_SOAK_DURATION")
+	if s == "" {
+		return 3 * time.Minute
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 3*time.Minute {
+		t.Fatalf("invalid SWYD_SOAK_DURATION %q: want a duration of at least 3m", s)
+	}
+	return d
+}
+
 // soakModes are one mode per backend: the iptables flavors share every line of the
 // incremental logic that a soak exercises.
 var soakModes = []proxyMode{proxyModes[0], proxyModes[2]}
 
-// TestChurnSoak programs 1,000 Services and changes their endpoints continuously for 5
-// minutes, with a client reaching another Service throughout. At the end the kernel must
+// TestChurnSoak programs 1,000 Services and changes their endpoints continuously (see
+// soakDuration), with a client reaching another Service throughout. At the end the kernel must
 // hold exactly what a freshly started proxy programs from the same objects (so
 // incremental syncs left nothing stale and missed nothing), next to no request may have
 // failed (see soakFailureRatio), and the proxy's memory must not have grown.
@@ -45,6 +60,7 @@ func TestChurnSoak(t *testing.T) {
 }
 
 func testChurnSoak(t *testing.T, mode proxyMode) {
+	soakDuration := soakDuration(t)
 	l := startLab(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), soakDuration+10*time.Minute)
 	defer cancel()
