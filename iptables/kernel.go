@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -122,21 +124,90 @@ type RestoreError struct {
 
 func (e *RestoreError) Error() string {
 	msg := fmt.Sprintf("iptables-restore: %v: %s", e.Err, e.Stderr)
-	// iptables-restore names the failing line ("line 12 failed"); show its neighbours so
-	// the log says what was wrong without dumping the whole input.
-	var line int
-	if i := strings.Index(e.Stderr, "line "); i >= 0 {
-		fmt.Sscanf(e.Stderr[i:], "line %d", &line)
-	}
-	if line > 0 {
+	// Show the failing line's neighbours, so the log says what was wrong without dumping
+	// the whole input.
+	if n := e.lineNumber(); n > 0 {
 		lines := strings.Split(string(e.Input), "\n")
-		from, to := max(line-3, 0), min(line+2, len(lines))
+		from, to := max(n-3, 0), min(n+2, len(lines))
 		msg += "\ninput lines around the failure:\n" + strings.Join(lines[from:to], "\n")
 	}
 	return msg
 }
 
 func (e *RestoreError) Unwrap() error { return e.Err }
+
+// Message is what iptables-restore said, on one line and without its usage hint.
+func (e *RestoreError) Message() string {
+	var parts []string
+	for _, l := range strings.Split(e.Stderr, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "Try `") {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// failedLine matches how iptables-restore names the line it failed at: "line 12 failed"
+// (both flavors), "Error occurred at line: 12" (both, for a rule they cannot parse) and
+// "line 12: RULE_APPEND failed (...)" (nft, for a rule the kernel refused).
+var failedLine = regexp.MustCompile(`line:? (\d+)`)
+
+// missingChain is iptables-nft-restore's complaint about a jump to a chain that does not
+// exist, which it makes at the COMMIT of the table rather than at the rule.
+var missingChain = regexp.MustCompile(`Chain '([^']+)' does not exist`)
+
+// lineNumber is the line iptables-restore says it failed at, from 1; 0 when it names none.
+func (e *RestoreError) lineNumber() int {
+	m := failedLine.FindStringSubmatch(e.Stderr)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// RefusedLine is the line of a restore input that iptables-restore failed at.
+type RefusedLine struct {
+	Text string
+	// Table is the table whose section holds the line. Committed are the tables of the
+	// sections before it: iptables-restore commits each section at its COMMIT, so those
+	// took effect although the restore failed.
+	Table     Table
+	Committed []Table
+}
+
+// RefusedLine finds the line iptables-restore failed at, or reports false when its output
+// names none. iptables-nft-restore blames a jump to a missing chain on the COMMIT of its
+// table; the line is then the first rule of that section that jumps there. The legacy
+// flavor blames every rule the kernel refuses (a target in the wrong table, say) on the
+// COMMIT, and names no rule.
+func (e *RestoreError) RefusedLine() (RefusedLine, bool) {
+	n := e.lineNumber()
+	lines := strings.Split(string(e.Input), "\n")
+	if n < 1 || n > len(lines) {
+		return RefusedLine{}, false
+	}
+	var r RefusedLine
+	start := 0 // of the failing line's section
+	for i, l := range lines[:n] {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			r.Table, start = Table(l[1:]), i
+		case l == "COMMIT" && i < n-1:
+			r.Committed = append(r.Committed, r.Table)
+		}
+	}
+	r.Text = lines[n-1]
+	if m := missingChain.FindStringSubmatch(e.Stderr); m != nil && r.Text == "COMMIT" {
+		for _, l := range lines[start:n] {
+			if strings.HasPrefix(l, "-") && SavedRule(l).Target() == m[1] {
+				r.Text = l
+				break
+			}
+		}
+	}
+	return r, true
+}
 
 // DetectFlavor decides which iptables flavor the node uses, the way kube-proxy's image
 // does: the flavor holding kubelet's KUBE-IPTABLES-HINT (or KUBE-KUBELET-CANARY) chain

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os/exec"
 	"runtime"
@@ -151,8 +152,10 @@ func testBackendInKernel(t *testing.T, flavor Flavor) {
 	// dispatch rule that is gone); the full sync that follows repairs everything.
 	mustRun(t, bin, "-t", "nat", "-F", "SWYD-SERVICES")
 	delete(state.Endpoints, empty)
-	if err := b.Sync(ctx, state, proxier.Changes{ServicePorts: map[proxier.ServicePortName]struct{}{empty: {}}}); err == nil {
-		t.Errorf("partial sync over a flushed SWYD-SERVICES succeeded; want an error that triggers a full sync")
+	// Not a PortErrors: the port's rules are not what the kernel refused.
+	var refused proxier.PortErrors
+	if err := b.Sync(ctx, state, proxier.Changes{ServicePorts: map[proxier.ServicePortName]struct{}{empty: {}}}); err == nil || errors.As(err, &refused) {
+		t.Errorf("partial sync over a flushed SWYD-SERVICES returned %v; want an error that triggers a full sync", err)
 	}
 	sync(true)
 	expect("repaired", TableFilter, []string{"default/empty has no endpoints"}, nil)
@@ -296,5 +299,134 @@ func TestFullSyncWritesHooksInItsRestore(t *testing.T) {
 				}
 			})
 		})
+	}
+}
+
+// corruptingIPTables rewrites lines of each restore input before the kernel sees them,
+// the way a renderer bug or a kernel without some module makes the kernel refuse a rule.
+// It only rewrites rules in a port's own chains, which name the port whatever they say.
+type corruptingIPTables struct {
+	Interface
+	corrupt func(line string) string // nil passes every line through
+}
+
+func (c *corruptingIPTables) Restore(ctx context.Context, data []byte) error {
+	if c.corrupt == nil {
+		return c.Interface.Restore(ctx, data)
+	}
+	lines := strings.Split(string(data), "\n")
+	for i, l := range lines {
+		lines[i] = c.corrupt(l)
+	}
+	return c.Interface.Restore(ctx, []byte(strings.Join(lines, "\n")))
+}
+
+// TestRefusedServicePortInKernel: the real iptables-restore of each flavor refuses the
+// rules of one Service, and the node keeps programming the others, a Service added while
+// it fails included, then programs the refused one once the kernel takes it.
+func TestRefusedServicePortInKernel(t *testing.T) {
+	const badEndpoint = "10.244.9.9"
+	faults := []struct {
+		name    string
+		corrupt func(line string) string
+	}{
+		{
+			// The shape of the defect that stopped whole nodes: iptables-nft-restore
+			// blames it on the table's COMMIT, legacy on the rule.
+			name: "a jump to a chain nobody writes",
+			corrupt: func(l string) string {
+				if !strings.HasPrefix(l, "-A "+ChainPrefix+"SVC-") || !strings.Contains(l, "-> "+badEndpoint+":") {
+					return l
+				}
+				i := strings.LastIndex(l, "-j ")
+				return l[:i] + "-j " + ChainPrefix + "NOWHERE"
+			},
+		},
+		{
+			name: "a match the kernel lacks",
+			corrupt: func(l string) string {
+				if !strings.Contains(l, "--to-destination "+badEndpoint+":") {
+					return l
+				}
+				return strings.Replace(l, " -j DNAT", " -m nosuchmatch -j DNAT", 1)
+			},
+		},
+	}
+	for _, flavor := range []Flavor{Nft, Legacy} {
+		for _, fault := range faults {
+			t.Run(string(flavor)+"/"+fault.name, func(t *testing.T) {
+				inFreshNetns(t, func() { testRefusedServicePortInKernel(t, flavor, fault.corrupt, badEndpoint) })
+			})
+		}
+	}
+}
+
+func testRefusedServicePortInKernel(t *testing.T, flavor Flavor, corrupt func(string) string, badEndpoint string) {
+	ctx := context.Background()
+	ipt, err := New(flavor, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := &corruptingIPTables{Interface: ipt, corrupt: corrupt}
+	b := NewBackend(kernel, testRenderConfig, prometheus.NewRegistry(), klog.Background())
+	web, bad, late := spn("default", "web", "http"), spn("default", "bad", "http"), spn("default", "late", "http")
+	state := &proxier.State{NodeName: "node-a",
+		Services: map[proxier.ServicePortName]*proxier.ServicePort{
+			web: clusterIPService(web, "10.96.0.10", 80),
+			bad: clusterIPService(bad, "10.96.0.20", 80),
+		},
+		Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{web: readyEndpoints("10.244.1.2"), bad: readyEndpoints(badEndpoint)},
+	}
+	webDNAT, badDNAT, lateDNAT := "--to-destination 10.244.1.2:8080", "--to-destination "+badEndpoint+":8080", "--to-destination 10.244.3.3:8080"
+	for _, step := range []struct {
+		name        string
+		changes     proxier.Changes
+		kernelTakes bool
+		wantRefused bool
+		present     []string
+		absent      []string
+	}{
+		{name: "full sync", changes: proxier.Changes{Full: true}, wantRefused: true, present: []string{webDNAT}, absent: []string{badDNAT, "10.96.0.20"}},
+		{
+			// The loop retries the refused port with every change that follows.
+			name:    "a Service added while one is refused",
+			changes: proxier.Changes{ServicePorts: map[proxier.ServicePortName]struct{}{bad: {}, late: {}}}, wantRefused: true,
+			present: []string{webDNAT, lateDNAT, "-d 10.96.0.30/32"}, absent: []string{badDNAT, "10.96.0.20"},
+		},
+		{
+			name:    "the kernel takes it",
+			changes: proxier.Changes{ServicePorts: map[proxier.ServicePortName]struct{}{bad: {}}}, kernelTakes: true,
+			present: []string{webDNAT, lateDNAT, badDNAT, "-d 10.96.0.20/32"},
+		},
+	} {
+		if step.name == "a Service added while one is refused" {
+			state.Services[late] = clusterIPService(late, "10.96.0.30", 80)
+			state.Endpoints[late] = readyEndpoints("10.244.3.3")
+		}
+		if step.kernelTakes {
+			kernel.corrupt = nil
+		}
+		err := b.Sync(ctx, state, step.changes)
+		var refused proxier.PortErrors
+		switch {
+		case step.wantRefused && (!errors.As(err, &refused) || len(refused) != 1 || refused[bad] == nil):
+			t.Fatalf("%s: Sync() = %v, want the rules of %s refused and nothing else", step.name, err, bad)
+		case !step.wantRefused && err != nil:
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if step.wantRefused {
+			t.Logf("%s: %v", step.name, refused[bad])
+		}
+		dump := iptablesSave(t, flavor, TableNAT)
+		for _, p := range step.present {
+			if !strings.Contains(dump, p) {
+				t.Errorf("%s: the nat table lacks %q:\n%s", step.name, p, dump)
+			}
+		}
+		for _, a := range step.absent {
+			if strings.Contains(dump, a) {
+				t.Errorf("%s: the nat table has %q:\n%s", step.name, a, dump)
+			}
+		}
 	}
 }

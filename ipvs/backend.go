@@ -81,8 +81,13 @@ type Backend struct {
 	logger klog.Logger
 
 	mu sync.Mutex
-	// plans is what the last syncs programmed, per ServicePort.
+	// plans is what the last syncs programmed, per ServicePort, or tried to for those in
+	// failed.
 	plans map[proxier.ServicePortName]*portPlan
+	// failed holds the ServicePorts whose last programming failed part-way: the kernel
+	// may hold any part of their plans, old or new, so their next sync looks at the
+	// kernel rather than at plans.
+	failed map[proxier.ServicePortName]bool
 	// addrUsers counts the ServicePorts using each bound address, so an address is
 	// unbound exactly when the last of them goes.
 	addrUsers map[netip.Addr]int
@@ -106,6 +111,7 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 	b := &Backend{
 		ipvs: ipvs, ipt: ipt, cfg: cfg, logger: logger, sets: ipsets{ipv6: cfg.IPv6},
 		plans:       map[proxier.ServicePortName]*portPlan{},
+		failed:      map[proxier.ServicePortName]bool{},
 		addrUsers:   map[netip.Addr]int{},
 		setUsers:    map[setEntry]int{},
 		terminating: map[Key]map[netip.AddrPort]terminating{},
@@ -219,28 +225,39 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 	return p
 }
 
-// Sync is part of proxier.Backend.
+// Sync is part of proxier.Backend. A failed netlink operation is blamed on the
+// ServicePorts it was for (a virtual server and its real servers on their port, a bound
+// address or a set member on every port using it); everything else is applied, and the
+// ports are returned in a proxier.PortErrors. A failure of anything no port owns (the
+// static rules, a listing, the removal of what no port uses any more) fails the sync.
 func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxier.Changes) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	var failed proxier.PortErrors
+	var err error
 	if changes.Full {
-		return b.fullSync(ctx, state)
+		failed, err = b.fullSync(ctx, state)
+	} else {
+		failed, err = b.partialSync(state, changes.ServicePorts)
 	}
-	return b.partialSync(state, changes.ServicePorts)
+	if err != nil {
+		return err
+	}
+	return failed.ErrorOrNil()
 }
 
-func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
+func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.PortErrors, error) {
 	if err := b.dev.Refresh(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.sets.ensure(); err != nil {
-		return err
+		return nil, err
 	}
 	if _, _, err := iptables.Apply(ctx, b.ipt, b.ruleset()); err != nil {
-		return fmt.Errorf("static iptables rules: %w", err)
+		return nil, fmt.Errorf("static iptables rules: %w", err)
 	}
 	if err := b.readNodeAddresses(); err != nil {
-		return err
+		return nil, err
 	}
 
 	plans := make(map[proxier.ServicePortName]*portPlan, len(state.Services))
@@ -263,13 +280,15 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 
 	bound, err := b.boundAddresses(addrUsers)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	failed := proxier.PortErrors{}
 	for a := range addrUsers {
-		if !bound[a] {
-			if err := b.bind(a); err != nil {
-				return err
-			}
+		if bound[a] {
+			continue
+		}
+		if err := b.bind(a); err != nil {
+			failed.Add(err, users(plans, func(p *portPlan) bool { return slices.Contains(p.addrs, a) })...)
 		}
 	}
 	// Set members go in before the virtual servers they describe, so the first packet a
@@ -277,25 +296,30 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 	// members go after the virtual servers that used them.
 	members, err := b.sets.list()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var errs []error
 	for e := range setUsers {
-		if !members[e] {
-			errs = append(errs, b.addEntry(e))
+		if members[e] {
+			continue
+		}
+		if err := b.addEntry(e); err != nil {
+			failed.Add(err, users(plans, func(p *portPlan) bool { return slices.Contains(p.sets, e) })...)
 		}
 	}
 	current, err := b.ipvs.VirtualServers()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return nil, err
 	}
 	inKernel := map[Key]*VirtualServer{}
 	for _, vs := range current {
 		inKernel[vs.Key()] = vs
 	}
 	for key, s := range wanted {
-		errs = append(errs, b.syncVirtualServer(inKernel[key], s))
+		if err := b.syncVirtualServer(inKernel[key], s); err != nil {
+			failed.Add(err, users(plans, func(p *portPlan) bool { return p.server(key) != nil })...)
+		}
 	}
+	var errs []error
 	for key, vs := range inKernel {
 		if _, ok := wanted[key]; !ok && b.owns(vs, bound) {
 			errs = append(errs, b.deleteVirtualServer(vs))
@@ -312,11 +336,27 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) error {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return err
+		return nil, errors.Join(err, failed.ErrorOrNil())
 	}
 	b.plans, b.addrUsers, b.setUsers = plans, addrUsers, setUsers
-	b.logger.V(2).Info("Full IPVS sync", "servicePorts", len(plans), "virtualServers", len(wanted), "addresses", len(addrUsers))
-	return nil
+	clear(b.failed)
+	for name := range failed {
+		b.failed[name] = true
+	}
+	b.logger.V(2).Info("Full IPVS sync", "servicePorts", len(plans), "failedServicePorts", len(failed), "virtualServers", len(wanted), "addresses", len(addrUsers))
+	return failed, nil
+}
+
+// users lists the ServicePorts whose plans use a kernel object, to blame its failure on
+// each of them. It walks every plan, which only a failure pays for.
+func users(plans map[proxier.ServicePortName]*portPlan, uses func(*portPlan) bool) []proxier.ServicePortName {
+	var out []proxier.ServicePortName
+	for name, p := range plans {
+		if uses(p) {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // readNodeAddresses refreshes the node's own addresses and the node-port addresses.
@@ -370,23 +410,65 @@ const (
 	nodePortMax = 32767
 )
 
-func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServicePortName]struct{}) error {
-	var errs []error
+func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServicePortName]struct{}) (proxier.PortErrors, error) {
+	// The virtual servers of a port whose last programming failed are looked up in the
+	// kernel, in one listing for all of them.
+	var inKernel map[Key]*VirtualServer
+	for name := range changed {
+		if !b.failed[name] || inKernel != nil {
+			continue
+		}
+		current, err := b.ipvs.VirtualServers()
+		if err != nil {
+			return nil, err
+		}
+		inKernel = make(map[Key]*VirtualServer, len(current))
+		for _, vs := range current {
+			inKernel[vs.Key()] = vs
+		}
+	}
+	failed := proxier.PortErrors{}
+	broken := &brokenObjects{addrs: map[netip.Addr]error{}, entries: map[setEntry]error{}}
 	for name := range changed {
 		old := b.plans[name]
 		var cur *portPlan
 		if sp, ok := state.Services[name]; ok {
 			cur = b.plan(state, sp)
 		}
-		errs = append(errs, b.replacePlan(name, old, cur))
+		var kernel map[Key]*VirtualServer
+		if b.failed[name] {
+			kernel = inKernel
+		}
+		if err := b.replacePlan(name, old, cur, kernel, broken); err != nil {
+			failed[name] = err
+			b.failed[name] = true
+		} else {
+			// Also a deleted port whose removal failed before: what it left in the kernel
+			// is no port's now, and the next full sync, every sync period, removes it.
+			delete(b.failed, name)
+		}
 	}
-	return errors.Join(errs...)
+	return failed, nil
+}
+
+// brokenObjects are the addresses and set members that failed to go in during one sync,
+// so that every port using one is blamed, not only the first to try it.
+type brokenObjects struct {
+	addrs   map[netip.Addr]error
+	entries map[setEntry]error
 }
 
 // replacePlan moves one ServicePort from what was programmed to what is wanted. New
-// addresses are bound before their virtual servers exist, and old ones unbound after
-// their virtual servers are gone.
-func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) error {
+// addresses are bound and set members added before their virtual servers exist (which
+// wait while one of them fails), and old ones go after their virtual servers are gone.
+// The users counted are those that want each object, whether it went in or not, so
+// that they stay right whatever fails.
+//
+// inKernel, when set, is the kernel's virtual servers, for a port whose last
+// programming failed part-way: nothing of old can then be trusted, so every address and
+// set member of cur is applied again (both are idempotent), and its virtual servers are
+// compared with the kernel's.
+func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan, inKernel map[Key]*VirtualServer, broken *brokenObjects) error {
 	if old == nil {
 		old = &portPlan{}
 	}
@@ -396,31 +478,41 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan) 
 	} else {
 		b.plans[name] = cur
 	}
+	recheck := inKernel != nil
+	var errs []error
 	for _, a := range cur.addrs {
-		if b.addrUsers[a] == 0 {
+		if err, ok := broken.addrs[a]; ok {
+			errs = append(errs, err)
+		} else if b.addrUsers[a] == 0 || recheck {
 			if err := b.bind(a); err != nil {
-				return err
+				broken.addrs[a] = err
+				errs = append(errs, err)
 			}
 		}
 		b.addrUsers[a]++
 	}
-	// As in a full sync: set members before the virtual servers they describe.
 	for _, e := range cur.sets {
-		if b.setUsers[e] == 0 {
+		if err, ok := broken.entries[e]; ok {
+			errs = append(errs, err)
+		} else if b.setUsers[e] == 0 || recheck {
 			if err := b.addEntry(e); err != nil {
-				return err
+				broken.entries[e] = err
+				errs = append(errs, err)
 			}
 		}
 		b.setUsers[e]++
 	}
-	for _, s := range cur.servers {
-		if err := b.syncVirtualServer(old.server(s.vs.Key()), s); err != nil {
-			return err
+	if len(errs) == 0 {
+		for _, s := range cur.servers {
+			current := old.server(s.vs.Key())
+			if recheck {
+				current = inKernel[s.vs.Key()]
+			}
+			errs = append(errs, b.syncVirtualServer(current, s))
 		}
 	}
-	var errs []error
 	for _, s := range old.servers {
-		if cur.server(s.vs.Key()) == nil {
+		if cur.server(s.vs.Key()) == nil && (!recheck || inKernel[s.vs.Key()] != nil) {
 			errs = append(errs, b.deleteVirtualServer(s.vs))
 		}
 	}

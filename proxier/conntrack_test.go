@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -52,7 +53,10 @@ func TestStaleUDPFlows(t *testing.T) {
 		// before runs and syncs first, with the table empty.
 		before []proxierEvent
 		events []proxierEvent
-		want   []conntrack.Entry
+		// refused makes the kernel refuse the port's rules in the sync of events: its
+		// flows must then stay until the retry that programs it.
+		refused bool
+		want    []conntrack.Entry
 	}{
 		{
 			name:   "first sync after a restart: only the flows no endpoint answers go",
@@ -64,6 +68,15 @@ func TestStaleUDPFlows(t *testing.T) {
 			before: []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.2.2")), initialized()},
 			events: []proxierEvent{sliceEvent(slice("10.244.1.2"))},
 			want:   append(append([]conntrack.Entry{}, live...), unrelated...),
+		},
+		{
+			// Deleted while the old rules still DNAT, a flow would be created again
+			// through them.
+			name:    "an endpoint replaced while the kernel refuses the port: the flows go once the retry programs it",
+			before:  []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.2.2")), initialized()},
+			events:  []proxierEvent{sliceEvent(slice("10.244.1.2"))},
+			refused: true,
+			want:    append(append([]conntrack.Entry{}, live...), unrelated...),
 		},
 		{
 			// kube-proxy leaves the flows of a port without serving endpoints alone.
@@ -92,12 +105,22 @@ func TestStaleUDPFlows(t *testing.T) {
 			for _, e := range tc.events {
 				e(tp)
 			}
-			if err := tp.p.sync(); err != nil {
-				t.Fatal(err)
-			}
 			sort := cmpopts.SortSlices(func(a, b conntrack.Entry) bool {
 				return a.OrigDst.String()+a.ReplySrc.String() < b.OrigDst.String()+b.ReplySrc.String()
 			})
+			if tc.refused {
+				tp.backend.errs = []error{PortErrors{spn("dns", "dns", v1.ProtocolUDP): errors.New("refused")}}
+				if err := tp.p.sync(); err == nil {
+					t.Fatal("sync with a refused port succeeded")
+				}
+				all := append(append(append([]conntrack.Entry{}, live...), stale...), unrelated...)
+				if diff := cmp.Diff(all, table.Entries(false), sort, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+					t.Errorf("conntrack entries after the refused sync (-want +got):\n%s", diff)
+				}
+			}
+			if err := tp.p.sync(); err != nil {
+				t.Fatal(err)
+			}
 			if diff := cmp.Diff(tc.want, table.Entries(false), sort, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
 				t.Errorf("conntrack entries after the sync (-want +got):\n%s", diff)
 			}

@@ -12,7 +12,9 @@ import (
 // Health tracks whether syncs keep succeeding, with kube-proxy's semantics: the proxy is
 // unhealthy when an update was queued (an event arrived, or a periodic resync came due)
 // and no sync has succeeded for longer than the timeout since then. An idle proxy with
-// nothing to do stays healthy.
+// nothing to do stays healthy. A sync in which the kernel refused the rules of some
+// Service ports only (PortErrors) succeeded: the node programs every other Service, and
+// those ports are reported on their Services and in metrics instead (see Proxier.sync).
 type Health struct {
 	clock   clock.PassiveClock
 	timeout time.Duration

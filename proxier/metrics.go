@@ -20,6 +20,11 @@ type Metrics struct {
 	EndpointChangesTotal       prometheus.Counter
 	SyncFailuresTotal          prometheus.Counter
 	InvalidObjectFieldsTotal   prometheus.Counter
+	// ServicePortFailing is 1 for each ServicePort whose rules the kernel refused in the
+	// last sync, by IP family (one Metrics serves both families' proxiers). Only ports
+	// failing now have a series, so the labels stay as few as the failures; the kernel's
+	// error, free text, is in the Service's Event and the log instead.
+	ServicePortFailing *prometheus.GaugeVec
 }
 
 // syncBuckets are kube-proxy's: 1 ms doubling up to ~16 s.
@@ -59,9 +64,12 @@ func NewMetrics(reg prometheus.Registerer, backend string) *Metrics {
 		EndpointChangesTotal:       counter("kubeproxy", "sync_proxy_rules_endpoint_changes_total", "Cumulative proxy rules Endpoint changes"),
 		SyncFailuresTotal:          counter("switchyard", "sync_proxy_rules_failures_total", "Syncs that failed and were retried"),
 		InvalidObjectFieldsTotal:   counter("switchyard", "invalid_object_fields_total", "Unusable Service and EndpointSlice field values skipped, counted each time the object is translated"),
+		ServicePortFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "sync_proxy_rules_service_port_failing",
+			Help:        "1 for each Service port whose rules the kernel refused at the last sync; every other Service is programmed, and this port is retried with backoff (its Service has a " + FailedToProgramReason + " Warning Event with the kernel's error)",
+			ConstLabels: labels}, []string{"ip_family", "namespace", "service", "port"}),
 	}
 	reg.MustRegister(m.SyncDuration, m.FullSyncDuration, m.PartialSyncDuration, m.NetworkProgrammingDuration,
 		m.LastSyncTimestamp, m.LastQueuedTimestamp, m.ServiceChangesPending, m.EndpointChangesPending,
-		m.ServiceChangesTotal, m.EndpointChangesTotal, m.SyncFailuresTotal, m.InvalidObjectFieldsTotal)
+		m.ServiceChangesTotal, m.EndpointChangesTotal, m.SyncFailuresTotal, m.InvalidObjectFieldsTotal, m.ServicePortFailing)
 	return m
 }

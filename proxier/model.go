@@ -5,6 +5,7 @@
 package proxier
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -29,6 +30,13 @@ func (n ServicePortName) String() string {
 		return n.NamespacedName.String()
 	}
 	return n.NamespacedName.String() + ":" + n.Port
+}
+
+// Compare orders names by namespace, Service, port name and protocol, for output that
+// must not depend on map order.
+func (n ServicePortName) Compare(o ServicePortName) int {
+	return cmp.Or(cmp.Compare(n.Namespace, o.Namespace), cmp.Compare(n.Name, o.Name),
+		cmp.Compare(n.Port, o.Port), cmp.Compare(n.Protocol, o.Protocol))
 }
 
 // ServicePort is everything a backend needs to know about one port of a Service, for one

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -39,12 +40,23 @@ type Options struct {
 	Clock     clock.WithTicker
 	Logger    klog.Logger
 	// Events, when set, records a Warning Event on each Service or EndpointSlice with a
-	// field that had to be skipped.
+	// field that had to be skipped, and on each Service with a port whose rules the
+	// kernel refused.
 	Events events.EventRecorder
 }
 
-// InvalidFieldReason is the reason of the Event recorded for a skipped field.
-const InvalidFieldReason = "InvalidField"
+// Reasons of the Warning Events the loop records.
+const (
+	// InvalidFieldReason is the reason of the Event recorded for a skipped field.
+	InvalidFieldReason = "InvalidField"
+	// FailedToProgramReason is the reason of the Event recorded on a Service when the
+	// kernel refused the rules of one of its ports (see PortErrors).
+	FailedToProgramReason = "FailedToProgram"
+)
+
+// eventNoteLimit is the longest note the API server accepts in an Event (events.k8s.io
+// validation); a kernel's error quoting a rule can be longer.
+const eventNoteLimit = 1024
 
 // Proxier is the control loop: informer events go into its Tracker, its Runner decides
 // when to sync, and each sync hands the desired state and the changed set to the Backend.
@@ -67,6 +79,9 @@ type Proxier struct {
 	lastFull        time.Time
 	pendingTriggers []time.Time
 	pendingStale    []StaleFlows
+	// failing are the ServicePorts whose rules the backend could not apply in the last
+	// sync that reached it; every sync retries them until they go in.
+	failing PortErrors
 }
 
 // retryMin is the first retry delay after a failed sync; it doubles up to SyncPeriod.
@@ -79,11 +94,7 @@ func New(opts Options) *Proxier {
 	p.tracker = NewTracker(opts.Family, opts.NodeName, opts.Clock.Now(), func(e FieldError) {
 		opts.Metrics.InvalidObjectFieldsTotal.Inc()
 		p.logger.Error(nil, "Skipping unusable field", "object", e.ObjectName(), "field", e.Field, "value", e.Value, "reason", e.Reason)
-		if opts.Events != nil {
-			// The owner of the object sees this with kubectl describe; the recorder
-			// folds repeats of the same Event into one series.
-			opts.Events.Eventf(&e.Object, nil, v1.EventTypeWarning, InvalidFieldReason, "Proxy", "%s", e.Message())
-		}
+		p.warn(&e.Object, InvalidFieldReason, e.Message())
 	})
 	p.runner = NewRunner(p.sync, opts.MinSyncPeriod, opts.SyncPeriod, retryMin, opts.Clock)
 	return p
@@ -136,13 +147,18 @@ func (p *Proxier) sync() error {
 	p.opts.Metrics.EndpointChangesPending.Set(0)
 	p.pendingTriggers = append(p.pendingTriggers, flushed.TriggerTimes...)
 	p.pendingStale = append(p.pendingStale, flushed.Stale...)
+	// The ports the kernel refused last time go again, as changed, whatever else changed.
+	changed := flushed.Changed
+	for n := range p.failing {
+		changed[n] = struct{}{}
+	}
 
 	full := p.fullRequested.Swap(false) || p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.fullSyncPeriod()
-	if !full && len(flushed.Changed) == 0 {
+	if !full && len(changed) == 0 {
 		p.succeeded()
 		return nil
 	}
-	err := p.opts.Backend.Sync(p.ctx, flushed.State, Changes{Full: full, ServicePorts: flushed.Changed})
+	err := p.opts.Backend.Sync(p.ctx, flushed.State, Changes{Full: full, ServicePorts: changed})
 	elapsed := p.opts.Clock.Since(start).Seconds()
 	p.opts.Metrics.SyncDuration.Observe(elapsed)
 	if full {
@@ -150,14 +166,16 @@ func (p *Proxier) sync() error {
 	} else {
 		p.opts.Metrics.PartialSyncDuration.Observe(elapsed)
 	}
-	if err != nil {
+	failed, onlyPorts := portErrors(err)
+	if err != nil && !onlyPorts {
 		// The changes flushed above are only in the tracker's state now, so the retry
 		// must be a full sync to be sure they reach the kernel.
 		p.needFull = true
 		p.opts.Metrics.SyncFailuresTotal.Inc()
-		p.logger.Error(err, "Sync failed; retrying with a full sync", "full", full, "changedServicePorts", len(flushed.Changed))
+		p.logger.Error(err, "Sync failed; retrying with a full sync", "full", full, "changedServicePorts", len(changed))
 		return fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
 	}
+	// From here on the sync succeeded, for every port but the failed ones.
 	p.needFull = false
 	now := p.opts.Clock.Now()
 	if full {
@@ -170,15 +188,61 @@ func (p *Proxier) sync() error {
 	}
 	p.pendingTriggers = p.pendingTriggers[:0]
 	if p.opts.ServiceHealth != nil {
-		p.updateServiceHealth(flushed.State, full, flushed.Changed)
+		p.updateServiceHealth(flushed.State, full, changed)
 	}
+	p.reportFailing(failed)
 	// Only now that the new rules are in place: deleted earlier, a flow could be
 	// recreated through the old rules.
 	p.clearStaleFlows()
-	p.logger.V(2).Info("Sync complete", "full", full, "changedServicePorts", len(flushed.Changed),
-		"servicePorts", len(flushed.State.Services), "elapsed", time.Duration(elapsed*float64(time.Second)))
+	p.logger.V(2).Info("Sync complete", "full", full, "changedServicePorts", len(changed),
+		"servicePorts", len(flushed.State.Services), "failedServicePorts", len(failed), "elapsed", time.Duration(elapsed*float64(time.Second)))
+	// /healthz stays green while only some ports fail: it answers whether this node
+	// programs Services, which it does. A liveness probe that restarted the proxy would
+	// not make the kernel accept those rules, and a cloud load balancer that checks the
+	// node (kube-proxy's healthz port) would take it out of rotation for every Service,
+	// the very blast radius this avoids. The failing ports are in their Services' Events,
+	// the log, and switchyard_sync_proxy_rules_service_port_failing.
 	p.succeeded()
+	if len(failed) > 0 {
+		// An error, for the runner to retry the failed ports with its backoff.
+		return fmt.Errorf("%s sync: %w", p.opts.Backend.Name(), err)
+	}
 	return nil
+}
+
+// reportFailing publishes which ServicePorts failed in the sync that just ran, and
+// forgets those that went in since.
+func (p *Proxier) reportFailing(failed PortErrors) {
+	family := p.opts.Family.String()
+	labels := func(n ServicePortName) []string { return []string{family, n.Namespace, n.Name, n.Port} }
+	for n := range p.failing {
+		if _, still := failed[n]; !still {
+			p.opts.Metrics.ServicePortFailing.DeleteLabelValues(labels(n)...)
+		}
+	}
+	for n, err := range failed {
+		p.opts.Metrics.ServicePortFailing.WithLabelValues(labels(n)...).Set(1)
+		p.logger.Error(err, "The kernel refused a Service port's rules; retrying it with backoff", "servicePort", n)
+		// Every attempt records the Event again, so it stays visible for as long as the
+		// port fails; the recorder folds the repeats into one series.
+		if ref, ok := p.tracker.serviceReference(n.NamespacedName); ok {
+			p.warn(&ref, FailedToProgramReason, fmt.Sprintf("The %s %s rules of port %s/%s could not be applied on node %s, retrying: %v",
+				family, p.opts.Backend.Name(), cmp.Or(n.Port, "(unnamed)"), n.Protocol, p.opts.NodeName, err))
+		}
+	}
+	p.failing = failed
+}
+
+// warn records a Warning Event about an object, which its owner sees with kubectl
+// describe; the recorder folds repeats of the same Event into one series.
+func (p *Proxier) warn(object *v1.ObjectReference, reason, note string) {
+	if p.opts.Events == nil {
+		return
+	}
+	if len(note) > eventNoteLimit {
+		note = strings.ToValidUTF8(note[:eventNoteLimit-3], "") + "..."
+	}
+	p.opts.Events.Eventf(object, nil, v1.EventTypeWarning, reason, "Proxy", "%s", note)
 }
 
 func (p *Proxier) fullSyncPeriod() time.Duration {
@@ -229,14 +293,19 @@ func (p *Proxier) updateServiceHealth(state *State, full bool, changed map[Servi
 // clearStaleFlows deletes the conntrack entries of UDP flows that the synced changes made
 // wrong: those to a changed port's addresses that none of its serving endpoints answers.
 // Never a blanket flush: after a restart, every port counts as changed, and the flows
-// its endpoints answer keep going.
+// its endpoints answer keep going. The flows of a port whose rules failed wait until
+// they go in.
 func (p *Proxier) clearStaleFlows() {
-	if p.opts.Conntrack == nil || len(p.pendingStale) == 0 {
-		p.pendingStale = p.pendingStale[:0]
-		return
-	}
+	var waiting []StaleFlows
 	var filters []conntrack.Filter
 	for _, s := range p.pendingStale {
+		if _, failed := p.failing[s.Port.Name]; failed {
+			waiting = append(waiting, s)
+			continue
+		}
+		if p.opts.Conntrack == nil {
+			continue
+		}
 		sp := s.Port
 		filter := func(ip netip.Addr, port int32) conntrack.Filter {
 			return conntrack.Filter{Protocol: sp.Protocol, OrigDst: ip, OrigDstPort: uint16(port), Serving: s.Serving}
@@ -248,6 +317,10 @@ func (p *Proxier) clearStaleFlows() {
 			filters = append(filters, filter(netip.Addr{}, sp.NodePort)) // any node address
 		}
 	}
+	p.pendingStale = append(p.pendingStale[:0], waiting...)
+	if len(filters) == 0 {
+		return
+	}
 	n, err := p.opts.Conntrack.Clear(p.opts.Family == IPv6, filters...)
 	if err != nil {
 		// Not worth failing the sync: the entries expire by themselves, later.
@@ -255,5 +328,4 @@ func (p *Proxier) clearStaleFlows() {
 	} else {
 		p.logger.V(2).Info("Deleted stale conntrack entries", "entries", n, "filters", len(filters))
 	}
-	p.pendingStale = p.pendingStale[:0]
 }

@@ -3,9 +3,11 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	testingclock "k8s.io/utils/clock/testing"
 )
 
@@ -639,4 +642,196 @@ func TestMetricsBackendLabel(t *testing.T) {
 			}
 		}
 	}
+}
+
+// eventLog records the Events a proxier records, as "Kind namespace/name reason note".
+type eventLog struct{ events []string }
+
+func (l *eventLog) Eventf(regarding runtime.Object, _ runtime.Object, eventtype, reason, _, note string, args ...any) {
+	ref := regarding.(*v1.ObjectReference)
+	l.events = append(l.events, fmt.Sprintf("%s %s/%s %s %s %s", ref.Kind, ref.Namespace, ref.Name, eventtype, reason, fmt.Sprintf(note, args...)))
+}
+
+// TestProxierPortErrors: when the backend reports that the kernel refused the rules of
+// some ports only, the sync counts as done for the rest (no failure, no forced full
+// sync, health green), each refused port gets an Event on its Service and a series of
+// switchyard_sync_proxy_rules_service_port_failing, and every following sync retries
+// it until it goes in.
+func TestProxierPortErrors(t *testing.T) {
+	refused := errors.New(`iptables-restore refused line 12: Couldn't load target "SWYD-MISSING"`)
+	a, b, c := makeService("a", nil), makeService("b", nil), makeService("c", nil)
+	aHTTP, bHTTP, cHTTP := spn("a", "http", v1.ProtocolTCP), spn("b", "http", v1.ProtocolTCP), spn("c", "http", v1.ProtocolTCP)
+	bEvent := `Service ns/b Warning FailedToProgram The IPv4 fake rules of port http/TCP could not be applied on node node-a, retrying: ` + refused.Error()
+
+	type step struct {
+		events []proxierEvent
+		err    error // what the backend returns
+		// wantCall is the backend call this sync must make (nil: none).
+		wantCall *fakeSyncCall
+		// wantErr is whether sync() returns an error, for the runner to retry.
+		wantErr      bool
+		wantFailures float64
+		// wantFailing are the ports with a failing series after the sync.
+		wantFailing []ServicePortName
+		wantEvents  []string // recorded by this sync
+	}
+	// firstRefused is a first (full) sync in which the kernel refuses b.
+	firstRefused := step{
+		events:      []proxierEvent{svcEvent(a), svcEvent(b), initialized()},
+		err:         PortErrors{bHTTP: refused},
+		wantCall:    &fakeSyncCall{full: true, changed: []ServicePortName{aHTTP, bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+		wantErr:     true,
+		wantFailing: []ServicePortName{bHTTP},
+		wantEvents:  []string{bEvent},
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{
+			name: "a refused port is retried by every following sync until it goes in; health stays green",
+			steps: []step{
+				firstRefused,
+				{
+					// Past the health timeout (and so a periodic full sync): the other
+					// Services are programmed, so the node is healthy.
+					events:      []proxierEvent{clockStep(testHealthTimeout + time.Second)},
+					err:         PortErrors{bHTTP: refused},
+					wantCall:    &fakeSyncCall{full: true, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantErr:     true,
+					wantFailing: []ServicePortName{bHTTP},
+					wantEvents:  []string{bEvent},
+				},
+				{
+					events:   []proxierEvent{clockStep(time.Second), svcEvent(c)},
+					wantCall: &fakeSyncCall{changed: []ServicePortName{bHTTP, cHTTP}, services: []ServicePortName{aHTTP, bHTTP, cHTTP}},
+				},
+				{
+					events: []proxierEvent{clockStep(time.Second)}, // nothing left to retry
+				},
+			},
+		},
+		{
+			name: "a refused port deleted is retried as deleted, and its series goes",
+			steps: []step{
+				{
+					events:      []proxierEvent{svcEvent(a), svcEvent(b), initialized()},
+					err:         fmt.Errorf("partial sync: %w", PortErrors{bHTTP: refused}),
+					wantCall:    &fakeSyncCall{full: true, changed: []ServicePortName{aHTTP, bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantErr:     true,
+					wantFailing: []ServicePortName{bHTTP},
+					wantEvents:  []string{bEvent},
+				},
+				{
+					events:   []proxierEvent{clockStep(time.Second), svcDeleteEvent(b)},
+					wantCall: &fakeSyncCall{changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP}},
+				},
+			},
+		},
+		{
+			name: "a whole failure keeps the refused port for the full sync that follows",
+			steps: []step{
+				firstRefused,
+				{
+					events:       []proxierEvent{clockStep(time.Second)},
+					err:          errors.New("xtables lock held"),
+					wantCall:     &fakeSyncCall{changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantErr:      true,
+					wantFailures: 1,
+					wantFailing:  []ServicePortName{bHTTP},
+				},
+				{
+					events:       []proxierEvent{clockStep(time.Second)},
+					wantCall:     &fakeSyncCall{full: true, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantFailures: 1,
+				},
+			},
+		},
+		{
+			// Something besides the ports failed, so nothing can be taken as done.
+			name: "port errors joined with another error are a failed sync",
+			steps: []step{
+				{
+					events:       []proxierEvent{svcEvent(a), svcEvent(b), initialized()},
+					err:          errors.Join(errors.New("listing virtual servers"), PortErrors{bHTTP: refused}),
+					wantCall:     &fakeSyncCall{full: true, changed: []ServicePortName{aHTTP, bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
+					wantErr:      true,
+					wantFailures: 1,
+				},
+				{
+					events:       []proxierEvent{clockStep(time.Second)},
+					wantCall:     &fakeSyncCall{full: true, services: []ServicePortName{aHTTP, bHTTP}},
+					wantFailures: 1,
+				},
+			},
+		},
+	}
+	sortNames := cmpopts.SortSlices(func(a, b ServicePortName) bool { return a.Compare(b) < 0 })
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tp := newTestProxier(t)
+			events := &eventLog{}
+			tp.p.opts.Events = events
+			for i, step := range tc.steps {
+				for _, ev := range step.events {
+					ev(tp)
+				}
+				tp.backend.errs = []error{step.err}
+				callsBefore, eventsBefore := len(tp.backend.calls), len(events.events)
+
+				err := tp.p.sync()
+
+				var got *fakeSyncCall
+				if len(tp.backend.calls) > callsBefore {
+					got = &tp.backend.calls[callsBefore]
+				}
+				if diff := cmp.Diff(step.wantCall, got, cmp.AllowUnexported(fakeSyncCall{}), sortNames, cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("step %d: backend call (-want +got):\n%s", i, diff)
+				}
+				// A PortErrors is a map, which errors.Is cannot compare: the message tells.
+				if (err != nil) != step.wantErr || (err != nil && !strings.Contains(err.Error(), step.err.Error())) {
+					t.Errorf("step %d: sync() = %v, want an error: %v (wrapping %v)", i, err, step.wantErr, step.err)
+				}
+				if got := counterValue(t, tp.reg, "switchyard_sync_proxy_rules_failures_total"); got != step.wantFailures {
+					t.Errorf("step %d: switchyard_sync_proxy_rules_failures_total = %v, want %v", i, got, step.wantFailures)
+				}
+				if diff := cmp.Diff(step.wantFailing, failingSeries(t, tp.reg), sortNames, cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("step %d: switchyard_sync_proxy_rules_service_port_failing series (-want +got):\n%s", i, diff)
+				}
+				if diff := cmp.Diff(step.wantEvents, events.events[eventsBefore:], cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("step %d: Events (-want +got):\n%s", i, diff)
+				}
+				if healthy, _ := tp.health.Healthy(); !healthy {
+					t.Errorf("step %d: unhealthy", i)
+				}
+			}
+		})
+	}
+}
+
+// failingSeries lists the ports switchyard_sync_proxy_rules_service_port_failing has a
+// series of value 1 for, in the IPv4 family.
+func failingSeries(t *testing.T, reg *prometheus.Registry) []ServicePortName {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	var out []ServicePortName
+	for _, mf := range mfs {
+		if mf.GetName() != "switchyard_sync_proxy_rules_service_port_failing" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["ip_family"] != "IPv4" || m.GetGauge().GetValue() != 1 {
+				t.Errorf("unexpected series %v = %v", labels, m.GetGauge().GetValue())
+			}
+			out = append(out, spn(labels["service"], labels["port"], v1.ProtocolTCP))
+		}
+	}
+	return out
 }

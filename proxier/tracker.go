@@ -148,6 +148,18 @@ func (t *Tracker) Pending() (services, endpoints int) {
 	return len(t.dirtyServices), len(t.dirtyEndpoints)
 }
 
+// serviceReference refers to a Service as the subject of an Event, or reports false when
+// the tracker no longer holds it.
+func (t *Tracker) serviceReference(name types.NamespacedName) (v1.ObjectReference, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	svc, ok := t.services[name]
+	if !ok {
+		return v1.ObjectReference{}, false
+	}
+	return objectReference("v1", "Service", svc.ObjectMeta), true
+}
+
 // OnNodeUpdate records this node's labels and reports whether its topology zone changed.
 // A zone change can move every Service's endpoint selection, so the next Flush then asks
 // for a full sync.

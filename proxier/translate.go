@@ -58,6 +58,14 @@ const (
 	IPv6 Family = 6
 )
 
+// String is the family as metrics and logs name it ("IPv4", "IPv6").
+func (f Family) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 // primaryNodeIP is the node's address of this family that kube-proxy takes as the node's
 // IP (its NodeIPs, from GetNodeHostIPs): the first InternalIP, else the first
 // ExternalIP; invalid when the Node has neither.

@@ -101,7 +101,7 @@ func explainService(ctx context.Context, cfg config.Config, service types.Namesp
 		if !ok {
 			return false, fmt.Errorf("the %s backend cannot explain", backend.Name())
 		}
-		fmt.Fprintf(out, "%s in %s mode, %s, on node %s:\n", service, cfg.Mode, familyName(family), cfg.NodeName)
+		fmt.Fprintf(out, "%s in %s mode, %s, on node %s:\n", service, cfg.Mode, family.String(), cfg.NodeName)
 		tracker := proxier.NewTracker(family, cfg.NodeName, time.Now(), func(e proxier.FieldError) {
 			fmt.Fprintf(out, "  skipped %v\n", e)
 		})

@@ -146,11 +146,11 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			ServiceHealth:  serviceHealth,
 			Conntrack:      stale,
 			Clock:          clk,
-			Logger:         logger.WithValues("ipFamily", familyName(family)),
+			Logger:         logger.WithValues("ipFamily", family.String()),
 			Events:         recorder,
 		})
 		proxiers = append(proxiers, p)
-		go iptables.MonitorCanary(ctx, canaryIPT, canaryInterval, p.RequestFullSync, logger.WithValues("ipFamily", familyName(family)))
+		go iptables.MonitorCanary(ctx, canaryIPT, canaryInterval, p.RequestFullSync, logger.WithValues("ipFamily", family.String()))
 	}
 
 	metricsMux := http.NewServeMux()
@@ -218,13 +218,6 @@ func families(flavor iptables.Flavor, logger klog.Logger) []proxier.Family {
 	return append(out, proxier.IPv6)
 }
 
-func familyName(f proxier.Family) string {
-	if f == proxier.IPv6 {
-		return "IPv6"
-	}
-	return "IPv4"
-}
-
 // newBackend makes the backend of the configured proxy mode for one IP family.
 func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, flavor iptables.Flavor, use modes.Use, reg prometheus.Registerer, logger klog.Logger) (proxier.Backend, error) {
 	ipv4 := family == proxier.IPv4
@@ -239,7 +232,7 @@ func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, f
 		}
 	}
 	if !resolve.ClusterCIDR.IsValid() && !cfg.MasqueradeAll {
-		logger.Info("No --cluster-cidr for this IP family and no --masquerade-all: traffic to cluster IPs is not masqueraded", "ipFamily", familyName(family))
+		logger.Info("No --cluster-cidr for this IP family and no --masquerade-all: traffic to cluster IPs is not masqueraded", "ipFamily", family.String())
 	}
 	backend, err := modes.All.NewBackend(ctx, cfg, modes.Env{
 		Family:         family,
@@ -251,7 +244,7 @@ func newBackend(ctx context.Context, cfg config.Config, family proxier.Family, f
 		Logger:         logger,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("setting up %s mode for %s: %w", cfg.Mode, familyName(family), err)
+		return nil, fmt.Errorf("setting up %s mode for %s: %w", cfg.Mode, family.String(), err)
 	}
 	return backend, nil
 }
@@ -267,7 +260,7 @@ func initNode(cfg config.Config, mode modes.Mode, flavor iptables.Flavor, logger
 	if mode.InitNode != nil {
 		for _, family := range families(flavor, logger) {
 			if err := mode.InitNode(cfg, family, logger); err != nil {
-				logger.Error(err, "Could not prepare the node for the proxy mode", "mode", mode.Name, "ipFamily", familyName(family))
+				logger.Error(err, "Could not prepare the node for the proxy mode", "mode", mode.Name, "ipFamily", family.String())
 			}
 		}
 	}

@@ -46,6 +46,7 @@ var targets = map[string]struct {
 type Fake struct {
 	mu     sync.Mutex
 	tables map[iptables.Table]*table
+	reject func(chain string, rule iptables.SavedRule) bool
 }
 
 type table struct {
@@ -58,6 +59,8 @@ type table struct {
 	// owned holds, while a section edits the table, the chains whose rules it has copied
 	// and may change in place.
 	owned map[string]bool
+	// reject, while a section edits the table, is the Fake's (see RejectRules).
+	reject func(chain string, rule iptables.SavedRule) bool
 }
 
 // NewFake returns an iptables with empty nat, filter and mangle tables whose built-in
@@ -72,6 +75,15 @@ func NewFake() *Fake {
 		f.tables[name] = t
 	}
 	return f
+}
+
+// RejectRules makes the fake refuse every rule added to a chain (-A, -I) for which reject
+// returns true, as the kernel refuses a rule with a match or target it lacks: the restore
+// fails at that line. nil refuses none.
+func (f *Fake) RejectRules(reject func(chain string, rule iptables.SavedRule) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reject = reject
 }
 
 // Flavor is part of iptables.Interface.
@@ -130,6 +142,7 @@ func (f *Fake) Restore(_ context.Context, data []byte) error {
 				err = fmt.Errorf("no table %s", line[1:])
 			default:
 				edit = t.clone()
+				edit.reject = f.reject
 			}
 		case edit == nil:
 			err = errors.New("no table given")
@@ -221,6 +234,9 @@ func (t *table) apply(fields []string) error {
 			return errors.New("index of insertion too big")
 		}
 		r := savedRule(args)
+		if t.reject != nil && t.reject(chain, r) {
+			return errors.New("the kernel refuses this rule")
+		}
 		if err := t.checkTarget(r.Target()); err != nil {
 			return err
 		}
