@@ -31,7 +31,10 @@ func testUDPFlowFollowsEndpoints(t *testing.T, mode proxyMode) {
 	addr := fmt.Sprintf("%s:53", svc.Spec.ClusterIP)
 	const clientPort = 40053
 	flow := func() (lab.Result, error) { return l.UDP(ctx, addr, 3, clientPort) }
-	newFlow := func() (lab.Result, error) { return l.UDP(ctx, addr, 3, clientPort+1) }
+	// Each attempt is a new flow (a new client port): a flow that met the old rules keeps
+	// its endpoint, which is what the same flow checks below.
+	newPort := clientPort
+	newFlow := func() (lab.Result, error) { newPort++; return l.UDP(ctx, addr, 3, newPort) }
 	udpSlice := func(pods []*lab.Pod) { writeProtocolEndpoints(ctx, t, l, "dns", v1.ProtocolUDP, pods) }
 
 	udpSlice(l.Pods[:1])
