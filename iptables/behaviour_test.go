@@ -2,13 +2,9 @@ package iptables_test
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
-	"slices"
-	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
@@ -51,51 +47,9 @@ func TestBehaviourSuite(t *testing.T) {
 			if err := sync(b); err != nil {
 				t.Fatal(err)
 			}
-			for _, fl := range behaviour.Flows() {
-				pkt := iptablestest.Packet{Protocol: strings.ToLower(string(fl.Protocol)), Src: fl.Src, Dst: fl.Dst, FromNode: fl.FromNode, Local: []netip.Addr{behaviour.NodeIP}}
-				results, err := ipt.Trace(pkt, nil)
-				if err != nil {
-					t.Fatalf("%s: %v", fl.Name, err)
-				}
-				if diff := cmp.Diff(fl.WantFor("iptables"), outcome(results)); diff != "" {
-					t.Errorf("%s (%s -> %s/%s): (-want +got)\n%s%s", fl.Name, fl.Src, fl.Dst, fl.Protocol, diff, matchedRules(results))
-				}
-			}
+			behaviour.CheckTraces(t, "iptables", []netip.Addr{behaviour.NodeIP}, func(pkt iptablestest.Packet) ([]iptablestest.Result, error) {
+				return ipt.Trace(pkt, nil)
+			})
 		})
 	}
-}
-
-// outcome says what the ways a connection can go come to, in the suite's terms: the
-// endpoints it is DNATed to, or a verdict, UNTOUCHED when it is accepted without DNAT (no
-// rule of ours decided anything). Ways that differ in more than their endpoint make a
-// verdict no flow expects.
-func outcome(results []iptablestest.Result) behaviour.Outcome {
-	var out behaviour.Outcome
-	for i, r := range results {
-		o := behaviour.Outcome{Verdict: r.Verdict, Masq: r.Masquerade}
-		switch {
-		case r.Verdict != "ACCEPT":
-		case r.DNAT:
-			o.Verdict, o.Endpoints = "", []string{r.Dst.String()}
-		default:
-			o.Verdict = behaviour.Untouched
-		}
-		if i > 0 && (o.Verdict != out.Verdict || o.Masq != out.Masq) {
-			return behaviour.Outcome{Verdict: "the ways differ (see below)"}
-		}
-		out.Verdict, out.Masq = o.Verdict, o.Masq
-		out.Endpoints = append(out.Endpoints, o.Endpoints...)
-	}
-	slices.Sort(out.Endpoints)
-	out.Endpoints = slices.Compact(out.Endpoints)
-	return out
-}
-
-// matchedRules lists the rules each way matched, for a failure message.
-func matchedRules(results []iptablestest.Result) string {
-	var b strings.Builder
-	for _, r := range results {
-		fmt.Fprintf(&b, "%s to %s (DNAT %v, masqueraded %v) through:\n\t%s\n", r.Verdict, r.Dst, r.DNAT, r.Masquerade, strings.Join(r.Rules, "\n\t"))
-	}
-	return b.String()
 }

@@ -233,9 +233,10 @@ func TestFailedServicePorts(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			b, fipvs, dev, sets := fakeBackend()
+			b, node := fakeBackend()
+			fipvs, dev := node.ipvs, node.dev
 			r := &refusal{}
-			b.ipvs, b.dev, b.sets = refusingIPVS{fipvs, r}, refusingDevice{dev, r}, refusingSets{sets, r}
+			b.ipvs, b.dev, b.sets = refusingIPVS{fipvs, r}, refusingDevice{dev, r}, refusingSets{node.sets, r}
 			state := &proxier.State{NodeName: "node-a", Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
 			for i, step := range tc.steps {
 				if step.mutate != nil {

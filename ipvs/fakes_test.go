@@ -6,10 +6,12 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dummy"
@@ -110,6 +112,28 @@ func (f *fakeIPVS) UpdateRealServer(v *VirtualServer, r *RealServer) error {
 	return f.setReal(v, r, false)
 }
 
+// Lookup is part of iptablestest.IPVS. IPVS schedules new connections to the real servers
+// of weight above 0 only: those of weight 0 are draining.
+func (f *fakeIPVS) Lookup(protocol string, dst netip.AddrPort) ([]netip.AddrPort, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := Key{dst.Addr(), kubeProtocol(protocol), dst.Port()}
+	if _, ok := f.servers[key]; !ok {
+		return nil, false
+	}
+	var reals []netip.AddrPort
+	for ep, r := range f.reals[key] {
+		if r.Weight > 0 {
+			reals = append(reals, ep)
+		}
+	}
+	slices.SortFunc(reals, netip.AddrPort.Compare)
+	return reals, true
+}
+
+// kubeProtocol is the protocol iptables spells "tcp" as Kubernetes spells it.
+func kubeProtocol(protocol string) v1.Protocol { return v1.Protocol(strings.ToUpper(protocol)) }
+
 func (f *fakeIPVS) DeleteRealServer(v *VirtualServer, r *RealServer) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -159,14 +183,90 @@ func (s *fakeSets) list() (map[setEntry]bool, error) { return maps.Clone(s.membe
 func (s *fakeSets) add(e setEntry) error             { s.members[e] = true; return nil }
 func (s *fakeSets) del(e setEntry) error             { delete(s.members, e); return nil }
 
+// Match is part of iptablestest.Sets: whether the set named holds the member that flags
+// select from p, one flag (src or dst) for each dimension of the set's type, as
+// `-m set --match-set NAME FLAGS` takes them. A hash:ip,port,net set holds the member
+// when one of its nets contains the address.
+func (s *fakeSets) Match(name, flags string, p iptablestest.Packet) (bool, error) {
+	var set, typ string
+	for ours, t := range setTypes {
+		if s.name(ours) == name {
+			set, typ = ours, t
+		}
+	}
+	if typ == "" {
+		return false, fmt.Errorf("no ipset %s", name)
+	}
+	dims, dirs := strings.Split(strings.TrimPrefix(typ, "hash:"), ","), strings.Split(flags, ",")
+	if len(dirs) != len(dims) {
+		return false, fmt.Errorf("ipset %s of type %s matched with the flags %s", name, typ, flags)
+	}
+	want := setEntry{set: set}
+	var inNet netip.Addr
+	for i, dim := range dims {
+		addr := p.Dst.Addr()
+		switch dirs[i] {
+		case "dst":
+		case "src":
+			addr = p.Src
+		default:
+			return false, fmt.Errorf("ipset %s: unknown flag %q in %s", name, dirs[i], flags)
+		}
+		switch {
+		case dim == "port" && dirs[i] == "src":
+			return false, fmt.Errorf("ipset %s: the tracer's packets have no source port (flags %s)", name, flags)
+		case dim == "port":
+			want.protocol, want.port = kubeProtocol(p.Protocol), p.Dst.Port()
+		case dim == "ip" && i == 0:
+			want.ip = addr
+		case dim == "ip":
+			want.ip2 = addr
+		case dim == "net":
+			inNet = addr
+		default:
+			return false, fmt.Errorf("ipset %s: the fake does not know the type %s", name, typ)
+		}
+	}
+	if !inNet.IsValid() {
+		return s.members[want], nil
+	}
+	for e := range s.members {
+		net := e.net
+		e.net = netip.Prefix{}
+		if e == want && net.Contains(inNet) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// fakeNode is every kernel boundary of a Backend as a stateful fake.
+type fakeNode struct {
+	ipvs *fakeIPVS
+	dev  *fakeDevice
+	sets *fakeSets
+	ipt  *iptablestest.Fake
+}
+
 // fakeBackend is a Backend whose every kernel boundary is a stateful fake.
-func fakeBackend() (*Backend, *fakeIPVS, *fakeDevice, *fakeSets) {
-	fipvs, dev := newFakeIPVS(), &fakeDevice{bound: map[netip.Addr]bool{}, node: []netip.Addr{behaviour.NodeIP}}
-	sets := &fakeSets{members: map[setEntry]bool{}}
-	b := NewBackend(fipvs, iptablestest.NewFake(), nil, Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}},
+func fakeBackend() (*Backend, *fakeNode) {
+	node := &fakeNode{ipvs: newFakeIPVS(), dev: &fakeDevice{bound: map[netip.Addr]bool{}, node: []netip.Addr{behaviour.NodeIP}},
+		sets: &fakeSets{members: map[setEntry]bool{}}, ipt: iptablestest.NewFake()}
+	b := NewBackend(node.ipvs, node.ipt, nil, Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}, MasqueradeMark: "0x4000"},
 		prometheus.NewRegistry(), klog.Background())
-	b.dev, b.sets = dev, sets
-	return b, fipvs, dev, sets
+	b.dev, b.sets = node.dev, node.sets
+	return b, node
+}
+
+// local lists the node's own addresses, with the Service addresses bound on kube-ipvs0.
+func (n *fakeNode) local() []netip.Addr {
+	return append(slices.Clone(n.dev.node), slices.Collect(maps.Keys(n.dev.bound))...)
+}
+
+// trace follows a new connection through the node's iptables rules, with its ipsets, and
+// through IPVS where the kernel's IPVS hooks take it.
+func (n *fakeNode) trace(p iptablestest.Packet) ([]iptablestest.Result, error) {
+	return n.ipt.Trace(p, n.sets, iptablestest.WithIPVS(n.ipvs))
 }
 
 // TestSyncAgainstFakes runs the whole Sync, full then partial, and checks that a full sync
@@ -174,7 +274,8 @@ func fakeBackend() (*Backend, *fakeIPVS, *fakeDevice, *fakeSets) {
 func TestSyncAgainstFakes(t *testing.T) {
 	ctx := context.Background()
 	state := behaviour.State()
-	b, fipvs, dev, sets := fakeBackend()
+	b, node := fakeBackend()
+	fipvs, dev, sets := node.ipvs, node.dev, node.sets
 	if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err != nil {
 		t.Fatalf("full sync: %v", err)
 	}
@@ -208,5 +309,49 @@ func TestSyncAgainstFakes(t *testing.T) {
 	if len(fipvs.servers) != servers || len(dev.bound) != bound || len(sets.members) != members {
 		t.Errorf("full sync did not restore what was deleted: %d/%d/%d, want %d/%d/%d",
 			len(fipvs.servers), len(dev.bound), len(sets.members), servers, bound, members)
+	}
+}
+
+// TestFakeSetsMatch checks the fake's `-m set` answers for each set type the rules use,
+// and that what it cannot answer is an error rather than a miss.
+func TestFakeSetsMatch(t *testing.T) {
+	vip, pod := netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("10.244.1.2")
+	sets := &fakeSets{members: map[setEntry]bool{
+		{set: serviceIPsSet, ip: vip}:                                                                         true,
+		{set: clusterIPSet, ip: vip, protocol: v1.ProtocolTCP, port: 80}:                                      true,
+		{set: loopbackSet, ip: pod, protocol: v1.ProtocolTCP, port: 8080, ip2: pod}:                           true,
+		{set: loadBalancerSourceSet, ip: vip, protocol: v1.ProtocolTCP, port: 80, net: behaviour.ClusterCIDR}: true,
+	}}
+	toVIP := iptablestest.Packet{Protocol: "tcp", Src: pod, Dst: netip.AddrPortFrom(vip, 80)}
+	tests := []struct {
+		name, set, flags string
+		pkt              iptablestest.Packet
+		want             bool
+		wantErr          string
+	}{
+		{name: "hash:ip", set: serviceIPsSet, flags: "dst", pkt: toVIP, want: true},
+		{name: "hash:ip, by source", set: serviceIPsSet, flags: "src", pkt: toVIP, want: false},
+		{name: "hash:ip,port", set: clusterIPSet, flags: "dst,dst", pkt: toVIP, want: true},
+		{name: "hash:ip,port, other protocol", set: clusterIPSet, flags: "dst,dst", pkt: iptablestest.Packet{Protocol: "udp", Src: pod, Dst: toVIP.Dst}, want: false},
+		{name: "hash:ip,port,ip", set: loopbackSet, flags: "dst,dst,src", pkt: iptablestest.Packet{Protocol: "tcp", Src: pod, Dst: netip.AddrPortFrom(pod, 8080)}, want: true},
+		{name: "hash:ip,port,net, inside the net", set: loadBalancerSourceSet, flags: "dst,dst,src", pkt: toVIP, want: true},
+		{name: "hash:ip,port,net, outside the net", set: loadBalancerSourceSet, flags: "dst,dst,src", pkt: iptablestest.Packet{Protocol: "tcp", Src: behaviour.Outside, Dst: toVIP.Dst}, want: false},
+		{name: "an unknown set", set: "KUBE-CLUSTER-IP", flags: "dst,dst", pkt: toVIP, wantErr: "no ipset"},
+		{name: "flags for another type", set: clusterIPSet, flags: "dst", pkt: toVIP, wantErr: "matched with the flags"},
+		{name: "a source port", set: clusterIPSet, flags: "dst,src", pkt: toVIP, wantErr: "no source port"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := sets.Match(tc.set, tc.flags, tc.pkt)
+			if tc.wantErr != "" || err != nil {
+				if err == nil || tc.wantErr == "" || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Match: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if got != tc.want {
+				t.Errorf("Match(%s, %s) = %v, want %v", tc.set, tc.flags, got, tc.want)
+			}
+		})
 	}
 }

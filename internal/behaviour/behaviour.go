@@ -1,9 +1,9 @@
 // Package behaviour is the behaviour suite written once: a node's worth of Services (one
 // desired State) and the packet flows service-semantics.md prescribes for them, each with
-// its outcome. Each backend runs the same flows against its own rendered state through a
-// stateful fake (iptables: a rule tracer over the restore input; IPVS: a model of the
-// virtual servers, sets and filter rules), so both modes are held to one table. The real
-// counterpart, with packets, is test/e2e.
+// its outcome. Each backend syncs the State into stateful fakes of the kernel, and
+// CheckTraces traces the same flows through what it wrote (iptables: the rules;
+// IPVS: its rules, with its ipsets and virtual servers), so both modes are held to one
+// table. The real counterpart, with packets, is test/e2e.
 package behaviour
 
 import (

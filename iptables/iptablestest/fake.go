@@ -1,8 +1,8 @@
 // Package iptablestest is an in-memory iptables for tests of the backends that program it.
 // Fake applies iptables-restore inputs the way the kernel does, refusing what it refuses,
 // and answers iptables-save; Trace follows a new connection through its tables from the
-// built-in hooks, as netfilter does, so tests can assert what happens to packets rather
-// than which rules were written.
+// built-in hooks, as netfilter does (and through IPVS, where given one), so tests can
+// assert what happens to packets rather than which rules were written.
 package iptablestest
 
 import (

@@ -21,9 +21,9 @@ type Packet struct {
 	// any other arrives on an interface (from off-node or from a local pod) and meets
 	// nat PREROUTING. Its source must be one of the node's addresses.
 	FromNode bool
-	// Local are the node's own addresses (loopback ones always are). They decide
-	// `-m addrtype LOCAL`, and whether the routing decision delivers a packet to the
-	// node or forwards it.
+	// Local are the node's own addresses (loopback ones always are), with those bound
+	// on kube-ipvs0 in IPVS mode. They decide `-m addrtype LOCAL`, and whether the
+	// routing decision delivers a packet to the node or forwards it.
 	Local []netip.Addr
 }
 
@@ -34,10 +34,27 @@ type Sets interface {
 	Match(set, flags string, p Packet) (bool, error)
 }
 
+// IPVS is the node's IP Virtual Server table (IPVS mode), which Trace consults where the
+// kernel's IPVS hooks take new connections (WithIPVS).
+type IPVS interface {
+	// Lookup returns the real servers of the virtual server on dst for protocol ("tcp",
+	// as Packet spells it) that take new connections (those of weight above 0), and
+	// whether there is such a virtual server.
+	Lookup(protocol string, dst netip.AddrPort) (reals []netip.AddrPort, ok bool)
+}
+
+// TraceOption adds to what Trace follows a packet through besides the tables.
+type TraceOption func(*tracer)
+
+// WithIPVS makes Trace pass new connections to IPVS where the kernel's IPVS hooks take
+// them (see ipvsHook).
+func WithIPVS(v IPVS) TraceOption { return func(tr *tracer) { tr.ipvs = v } }
+
 // Result is one way a new connection goes. Trace returns one per way, several where
 // `-m statistic --mode random` spreads connections over rules.
 type Result struct {
-	// Verdict is ACCEPT (delivered: to the node, or forwarded), DROP or REJECT.
+	// Verdict is ACCEPT (delivered: to the node, forwarded, or sent on by IPVS), DROP
+	// or REJECT.
 	Verdict string
 	// Dst is the destination the connection ends at, after DNAT if DNAT is set.
 	Dst  netip.AddrPort
@@ -48,29 +65,52 @@ type Result struct {
 	Rules []string
 }
 
-// hook is a built-in chain of a table.
+// hook is a built-in chain of a table, or ipvsHook.
 type hook struct {
 	table iptables.Table
 	chain string
 }
+
+// ipvsHook is where IPVS takes new connections, among the tables' hooks: ip_vs_ops4 in
+// net/netfilter/ipvs/ip_vs_core.c registers its request hook at NF_INET_LOCAL_IN with
+// priority NF_IP_PRI_NAT_SRC - 1 (99: after mangle INPUT at -150 and filter INPUT at 0,
+// before nat INPUT at 100), and at NF_INET_LOCAL_OUT with NF_IP_PRI_NAT_DST + 2 (-98:
+// after mangle OUTPUT at -150 and nat OUTPUT at -100, before filter OUTPUT at 0). So
+// filter INPUT sees traffic entering the node before IPVS does, while the node's own
+// connections reach IPVS before any filter rule. Traffic the node forwards never meets
+// IPVS, whose FORWARD hooks handle replies only.
+var ipvsHook = hook{chain: "IPVS"}
+
+// ipvsSent are the hooks a connection IPVS took meets on its way to the real server:
+// the masquerading forwarding method (ip_vs_nat_xmit, the one the IPVS backend uses)
+// rewrites the destination and sends the packet through NF_INET_LOCAL_OUT and then
+// POSTROUTING (ip_vs_nat_send_or_cont). nat OUTPUT is not consulted there: the
+// connection's destination NAT was settled in nat PREROUTING or OUTPUT already, and the
+// nat table only sees a connection's first packet in each direction. IPVS's own hook
+// passes over a packet it sent (ipvs_property).
+var ipvsSent = []hook{{iptables.TableMangle, "OUTPUT"}, {iptables.TableFilter, "OUTPUT"}, {iptables.TableMangle, "POSTROUTING"}, {iptables.TableNAT, "POSTROUTING"}}
 
 // Trace follows p through the built-in chains the way netfilter does for a new
 // connection: from an interface, mangle and nat PREROUTING, then the routing decision on
 // the destination after DNAT: to the node, mangle and filter INPUT and nat INPUT;
 // elsewhere, mangle and filter FORWARD, mangle and nat POSTROUTING. From the node, mangle
 // and nat OUTPUT, filter OUTPUT, mangle and nat POSTROUTING, and back in through mangle
-// and filter INPUT when addressed to the node. A match or target the tracer does not
-// know is an error, never skipped; sets may be nil where no rule uses -m set.
-func (f *Fake) Trace(p Packet, sets Sets) ([]Result, error) {
+// and filter INPUT when addressed to the node. WithIPVS adds IPVS at its hooks
+// (ipvsHook). A match or target the tracer does not know is an error, never skipped;
+// sets may be nil where no rule uses -m set.
+func (f *Fake) Trace(p Packet, sets Sets, opts ...TraceOption) ([]Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	tr := &tracer{tables: f.tables, pkt: p, sets: sets}
+	for _, o := range opts {
+		o(tr)
+	}
 	first := []hook{{iptables.TableMangle, "PREROUTING"}, {iptables.TableNAT, "PREROUTING"}}
 	if p.FromNode {
 		if !tr.local(p.Src) {
 			return nil, fmt.Errorf("a packet from the node comes from %s, which is not one of its addresses", p.Src)
 		}
-		first = []hook{{iptables.TableMangle, "OUTPUT"}, {iptables.TableNAT, "OUTPUT"}}
+		first = []hook{{iptables.TableMangle, "OUTPUT"}, {iptables.TableNAT, "OUTPUT"}, ipvsHook}
 	}
 	routed, results, err := tr.through(first, path{dst: p.Dst})
 	if err != nil {
@@ -99,11 +139,11 @@ func (tr *tracer) afterRouting(p path) []hook {
 	case tr.pkt.FromNode && toNode:
 		// Out through loopback and back in, where nat INPUT is not consulted: the
 		// connection's NAT was settled on the way out.
-		return []hook{filter("OUTPUT"), mangle("POSTROUTING"), nat("POSTROUTING"), mangle("INPUT"), filter("INPUT")}
+		return []hook{filter("OUTPUT"), mangle("POSTROUTING"), nat("POSTROUTING"), mangle("INPUT"), filter("INPUT"), ipvsHook}
 	case tr.pkt.FromNode:
 		return []hook{filter("OUTPUT"), mangle("POSTROUTING"), nat("POSTROUTING")}
 	case toNode:
-		return []hook{mangle("INPUT"), filter("INPUT"), nat("INPUT")}
+		return []hook{mangle("INPUT"), filter("INPUT"), ipvsHook, nat("INPUT")}
 	default:
 		return []hook{mangle("FORWARD"), filter("FORWARD"), mangle("POSTROUTING"), nat("POSTROUTING")}
 	}
@@ -113,6 +153,7 @@ type tracer struct {
 	tables map[iptables.Table]*table
 	pkt    Packet
 	sets   Sets
+	ipvs   IPVS
 }
 
 // path is the state of one way through the tables.
@@ -133,12 +174,21 @@ func (tr *tracer) local(a netip.Addr) bool {
 }
 
 // through runs p through hooks in turn: the paths that come out of the last one
-// accepted, and the results of those dropped or rejected on the way.
+// accepted, and the results of those that ended on the way: dropped, rejected, or sent
+// to a real server by IPVS.
 func (tr *tracer) through(hooks []hook, p path) (accepted []path, stopped []Result, err error) {
 	accepted = []path{p}
 	for _, h := range hooks {
 		var next []path
 		for _, p := range accepted {
+			if h == ipvsHook {
+				passed, ended, err := tr.throughIPVS(p)
+				if err != nil {
+					return nil, nil, err
+				}
+				next, stopped = append(next, passed...), append(stopped, ended...)
+				continue
+			}
 			exits, err := tr.walk(h.table, h.chain, 0, p)
 			if err != nil {
 				return nil, nil, err
@@ -156,6 +206,43 @@ func (tr *tracer) through(hooks []hook, p path) (accepted []path, stopped []Resu
 		accepted = next
 	}
 	return accepted, stopped, nil
+}
+
+// throughIPVS is IPVS's hook: a connection to none of its virtual servers passes on
+// untouched. One to a virtual server goes to each of its real servers in turn (every
+// scheduler may pick any), DNATed and sent through ipvsSent, and ends there; without a
+// real server, IPVS answers ICMP port unreachable (ip_vs_leave), as REJECT does.
+func (tr *tracer) throughIPVS(p path) (passed []path, ended []Result, err error) {
+	if tr.ipvs == nil {
+		return []path{p}, nil, nil
+	}
+	reals, ok := tr.ipvs.Lookup(tr.pkt.Protocol, p.dst)
+	if !ok {
+		return []path{p}, nil, nil
+	}
+	if len(reals) == 0 {
+		p.rules = append(slices.Clip(p.rules), fmt.Sprintf("ipvs %s %s: no real server", tr.pkt.Protocol, p.dst))
+		return nil, []Result{p.result("REJECT")}, nil
+	}
+	for _, r := range reals {
+		if tr.local(r.Addr()) {
+			// IPVS then hands the packet on up the local stack (nat INPUT next), a way
+			// the tracer does not follow.
+			return nil, nil, fmt.Errorf("ipvs %s %s: the tracer does not follow a real server on the node (%s)", tr.pkt.Protocol, p.dst, r)
+		}
+		to := p
+		to.rules = append(slices.Clip(p.rules), fmt.Sprintf("ipvs %s %s -> %s", tr.pkt.Protocol, p.dst, r))
+		to.dst, to.dnat = r, true
+		sent, stopped, err := tr.through(ipvsSent, to)
+		if err != nil {
+			return nil, nil, err
+		}
+		ended = append(ended, stopped...)
+		for _, s := range sent {
+			ended = append(ended, s.result("ACCEPT"))
+		}
+	}
+	return nil, ended, nil
 }
 
 // exit is one way out of a chain: with a verdict, or "" when the packet returns.

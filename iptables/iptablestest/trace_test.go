@@ -65,21 +65,62 @@ func (s srcSets) Match(set, flags string, p Packet) (bool, error) {
 	return slices.Contains(addrs, p.Src), nil
 }
 
-func TestTrace(t *testing.T) {
-	node, pod, hairpin, outside := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("10.244.1.9"), netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("203.0.113.5")
-	ep1, ep2 := netip.MustParseAddrPort("10.244.1.2:8080"), netip.MustParseAddrPort("10.244.2.2:8080")
-	clusterIP, nodePort := netip.MustParseAddrPort("10.96.0.10:80"), netip.AddrPortFrom(node, 30080)
-	dnat := func(dst netip.AddrPort, masq bool) Result {
-		return Result{Verdict: "ACCEPT", Dst: dst, DNAT: true, Masquerade: masq}
+// The clients, Service and endpoints of the rules traced.
+var (
+	node, pod, hairpin, outside = netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("10.244.1.9"), netip.MustParseAddr("10.244.1.2"), netip.MustParseAddr("203.0.113.5")
+	ep1, ep2                    = netip.MustParseAddrPort("10.244.1.2:8080"), netip.MustParseAddrPort("10.244.2.2:8080")
+	clusterIP, nodePort         = netip.MustParseAddrPort("10.96.0.10:80"), netip.AddrPortFrom(node, 30080)
+)
+
+func dnat(dst netip.AddrPort, masq bool) Result {
+	return Result{Verdict: "ACCEPT", Dst: dst, DNAT: true, Masquerade: masq}
+}
+
+// traceTest is one TCP connection traced through a set of rules.
+type traceTest struct {
+	name    string
+	pkt     Packet
+	sets    Sets
+	ipvs    IPVS   // nil: no IPVS
+	extra   string // restored after the rules
+	want    []Result
+	wantErr string
+}
+
+// runTraceTests traces each test's packet through rules (and its extra ones) on a node
+// whose own addresses are local.
+func runTraceTests(t *testing.T, rules string, local []netip.Addr, tests []traceTest) {
+	t.Helper()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := NewFake()
+			mustRestore(t, f, rules+tc.extra)
+			tc.pkt.Protocol, tc.pkt.Local = "tcp", local
+			var opts []TraceOption
+			if tc.ipvs != nil {
+				opts = append(opts, WithIPVS(tc.ipvs))
+			}
+			got, err := f.Trace(tc.pkt, tc.sets, opts...)
+			if tc.wantErr != "" || err != nil {
+				if err == nil || tc.wantErr == "" || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Trace: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreFields(Result{}, "Rules"), cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+			for _, r := range got {
+				if len(r.Rules) == 0 {
+					t.Errorf("%v lists no rules", r)
+				}
+			}
+		})
 	}
-	tests := []struct {
-		name    string
-		pkt     Packet
-		sets    Sets
-		extra   string // restored after traceRules
-		want    []Result
-		wantErr string
-	}{
+}
+
+func TestTrace(t *testing.T) {
+	runTraceTests(t, traceRules, []netip.Addr{node}, []traceTest{
 		{name: "pod to a cluster IP: either endpoint, client kept", pkt: Packet{Src: pod, Dst: clusterIP},
 			want: []Result{dnat(ep2, false), dnat(ep1, false)}},
 		{name: "the node to a cluster IP: masqueraded", pkt: Packet{Src: node, FromNode: true, Dst: clusterIP},
@@ -101,27 +142,61 @@ func TestTrace(t *testing.T) {
 		{name: "a set match needs Sets", pkt: Packet{Src: outside, Dst: netip.AddrPortFrom(node, 22)}, wantErr: "no Sets given"},
 		{name: "a match the tracer does not know fails", pkt: Packet{Src: pod, Dst: clusterIP}, extra: "*nat\n-I SWYD-SVC -m physdev --physdev-is-in -j RETURN\nCOMMIT\n", wantErr: "does not know -m physdev"},
 		{name: "the node sends from one of its addresses", pkt: Packet{Src: pod, FromNode: true, Dst: clusterIP}, wantErr: "not one of its addresses"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			f := NewFake()
-			mustRestore(t, f, traceRules+tc.extra)
-			tc.pkt.Protocol, tc.pkt.Local = "tcp", []netip.Addr{node}
-			got, err := f.Trace(tc.pkt, tc.sets)
-			if tc.wantErr != "" || err != nil {
-				if err == nil || tc.wantErr == "" || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("Trace: %v, want an error containing %q", err, tc.wantErr)
-				}
-				return
-			}
-			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreFields(Result{}, "Rules"), cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
-				t.Errorf("(-want +got)\n%s", diff)
-			}
-			for _, r := range got {
-				if len(r.Rules) == 0 {
-					t.Errorf("%v lists no rules", r)
-				}
-			}
-		})
-	}
+	})
+}
+
+// ipvsRules are in the shape the IPVS backend writes: nat marks connections to the
+// cluster IP 10.96.0.10:80 from outside the pod network for masquerading and leaves them
+// to IPVS; filter INPUT drops the blocked clients before IPVS sees them.
+const ipvsRules = `*nat
+:SWYD-SERVICES - [0:0]
+:SWYD-MARK-MASQ - [0:0]
+:SWYD-POSTROUTING - [0:0]
+-A PREROUTING -j SWYD-SERVICES
+-A OUTPUT -j SWYD-SERVICES
+-A POSTROUTING -j SWYD-POSTROUTING
+-A SWYD-SERVICES ! -s 10.244.0.0/16 -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j SWYD-MARK-MASQ
+-A SWYD-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j ACCEPT
+-A SWYD-MARK-MASQ -j MARK --or-mark 0x4000
+-A SWYD-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A SWYD-POSTROUTING -j MASQUERADE
+COMMIT
+*filter
+-A INPUT -m set --match-set blocked src -j DROP
+COMMIT
+`
+
+// virtualServers is an IPVS table of TCP virtual servers and their real servers.
+type virtualServers map[netip.AddrPort][]netip.AddrPort
+
+func (v virtualServers) Lookup(protocol string, dst netip.AddrPort) ([]netip.AddrPort, bool) {
+	reals, ok := v[dst]
+	return reals, ok && protocol == "tcp"
+}
+
+func TestTraceIPVS(t *testing.T) {
+	empty, forwarded := netip.MustParseAddrPort("10.96.0.11:80"), netip.MustParseAddrPort("10.96.0.12:80")
+	ipvs := virtualServers{clusterIP: {ep1, ep2}, empty: nil, forwarded: {ep1}}
+	none := srcSets{"blocked": nil}
+	runTraceTests(t, ipvsRules, []netip.Addr{node, clusterIP.Addr(), empty.Addr()}, []traceTest{
+		{name: "pod to a virtual server: each real server, client kept", pkt: Packet{Src: pod, Dst: clusterIP}, sets: none, ipvs: ipvs,
+			want: []Result{dnat(ep1, false), dnat(ep2, false)}},
+		{name: "off-node client: the mark set in PREROUTING masquerades it after IPVS", pkt: Packet{Src: outside, Dst: clusterIP}, sets: none, ipvs: ipvs,
+			want: []Result{dnat(ep1, true), dnat(ep2, true)}},
+		{name: "filter INPUT comes before IPVS", pkt: Packet{Src: outside, Dst: clusterIP}, sets: srcSets{"blocked": {outside}}, ipvs: ipvs,
+			want: []Result{{Verdict: "DROP", Dst: clusterIP}}},
+		{name: "the node: taken after nat OUTPUT, and filter OUTPUT sees the real server", pkt: Packet{Src: node, FromNode: true, Dst: clusterIP}, sets: none, ipvs: ipvs,
+			extra: "*filter\n-A OUTPUT -d 10.96.0.10/32 -j DROP\n-A OUTPUT -d 10.244.2.2/32 -j REJECT\nCOMMIT\n",
+			want:  []Result{dnat(ep1, true), {Verdict: "REJECT", Dst: ep2, DNAT: true}}},
+		{name: "a virtual server without real servers: refused", pkt: Packet{Src: pod, Dst: empty}, sets: none, ipvs: ipvs,
+			want: []Result{{Verdict: "REJECT", Dst: empty}}},
+		{name: "no virtual server: delivered to the node", pkt: Packet{Src: pod, Dst: netip.AddrPortFrom(clusterIP.Addr(), 81)}, sets: none, ipvs: ipvs,
+			want: []Result{{Verdict: "ACCEPT", Dst: netip.AddrPortFrom(clusterIP.Addr(), 81)}}},
+		{name: "forwarded traffic never meets IPVS", pkt: Packet{Src: pod, Dst: forwarded}, sets: none, ipvs: ipvs,
+			want: []Result{{Verdict: "ACCEPT", Dst: forwarded}}},
+		{name: "without IPVS, nothing takes the connection", pkt: Packet{Src: pod, Dst: clusterIP}, sets: none,
+			want: []Result{{Verdict: "ACCEPT", Dst: clusterIP}}},
+		{name: "a real server on the node is not followed", pkt: Packet{Src: pod, Dst: clusterIP}, sets: none, ipvs: virtualServers{clusterIP: {netip.AddrPortFrom(node, 8080)}},
+			wantErr: "does not follow a real server on the node"},
+	})
 }
