@@ -1,11 +1,13 @@
 package ipvs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +51,9 @@ type portPlan struct {
 	// load-balancer IPs; NodePorts use the node's own addresses).
 	addrs []netip.Addr
 	sets  []setEntry
+	// nodeDrops are the load-balancer entry points whose loadBalancerSourceRanges do not
+	// admit the node: SWYD-IPVS-OUT-FILTER drops the node's own connections to them.
+	nodeDrops []Key
 }
 
 func (p *portPlan) server(k Key) *VirtualServer {
@@ -69,9 +74,10 @@ type terminating struct {
 
 // Backend programs Services as IPVS virtual servers. A full sync lists the kernel's
 // virtual servers, bound addresses and set members once and applies the difference; a
-// partial sync touches only the virtual servers of the ServicePorts that changed. Neither
-// starts a process: everything but the static iptables rules (written on full syncs only)
-// goes over netlink.
+// partial sync touches only the virtual servers of the ServicePorts that changed.
+// Everything but the iptables rules goes over netlink: a full sync writes the rules in
+// one iptables-restore, and a partial sync starts one only when the node drops change (a
+// load-balancer IP whose source ranges do not admit the node comes or goes).
 type Backend struct {
 	ipvs   Interface
 	ipt    iptables.Interface
@@ -94,6 +100,10 @@ type Backend struct {
 	// setUsers counts the ServicePorts needing each set member.
 	setUsers    map[setEntry]int
 	terminating map[Key]map[netip.AddrPort]terminating
+	// nodeDropUsers counts the ServicePorts needing each node drop; nodeDropsWritten are
+	// those SWYD-IPVS-OUT-FILTER holds since our last write to it, sorted.
+	nodeDropUsers    map[Key]int
+	nodeDropsWritten []Key
 	// nodeIPs are the node's own addresses, and nodePortIPs those NodePorts are served on,
 	// as of the last full sync.
 	nodeIPs, nodePortIPs []netip.Addr
@@ -110,11 +120,12 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 	logger = logger.WithValues("ipFamily", family)
 	b := &Backend{
 		ipvs: ipvs, ipt: ipt, cfg: cfg, logger: logger, sets: ipsets{ipv6: cfg.IPv6},
-		plans:       map[proxier.ServicePortName]*portPlan{},
-		failed:      map[proxier.ServicePortName]bool{},
-		addrUsers:   map[netip.Addr]int{},
-		setUsers:    map[setEntry]int{},
-		terminating: map[Key]map[netip.AddrPort]terminating{},
+		plans:         map[proxier.ServicePortName]*portPlan{},
+		failed:        map[proxier.ServicePortName]bool{},
+		addrUsers:     map[netip.Addr]int{},
+		setUsers:      map[setEntry]int{},
+		nodeDropUsers: map[Key]int{},
+		terminating:   map[Key]map[netip.AddrPort]terminating{},
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "ipvs_operations_total",
 			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs", "ip_family": family}}, []string{"operation"}),
 	}
@@ -205,6 +216,15 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 				for _, ip := range sp.LoadBalancerIPs {
 					sources = append(slices.Clip(sources), netip.PrefixFrom(ip, ip.BitLen()))
 				}
+			} else {
+				// IPVS takes the node's own connections before any filter rule sees them,
+				// so the source filter above never meets them: a rule after IPVS drops
+				// them instead, as kube-proxy's lbNoNodeAccessIPPortProtocolEntries do.
+				// kube-proxy lists these also while the Service has no endpoint (we
+				// resolve no source ranges then); its virtual server has no real server
+				// then, so IPVS refuses the node before that rule could see the packet,
+				// here as there.
+				p.nodeDrops = append(p.nodeDrops, Key{e.Addr, sp.Protocol, uint16(e.Port)})
 			}
 			for _, src := range sources {
 				s := entry(loadBalancerSourceSet, e.Addr, e.Port)
@@ -212,6 +232,11 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 				p.sets = append(p.sets, s)
 			}
 		}
+	}
+	if sp.HealthCheckNodePort != 0 {
+		// Whatever the endpoints, so that a load balancer's health check gets its
+		// answer (503 without a local endpoint), as kube-proxy adds every Service's.
+		p.sets = append(p.sets, setEntry{set: healthCheckNodePortSet, port: uint16(sp.HealthCheckNodePort)})
 	}
 	// Hairpin traffic (a pod reaching itself through the Service) is masqueraded by this
 	// set; only a pod on this node can hairpin here, so remote endpoints are left out, as
@@ -238,7 +263,7 @@ func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxie
 	if changes.Full {
 		failed, err = b.fullSync(ctx, state)
 	} else {
-		failed, err = b.partialSync(state, changes.ServicePorts)
+		failed, err = b.partialSync(ctx, state, changes.ServicePorts)
 	}
 	if err != nil {
 		return err
@@ -253,9 +278,6 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 	if err := b.sets.ensure(); err != nil {
 		return nil, err
 	}
-	if _, _, err := iptables.Apply(ctx, b.ipt, b.ruleset()); err != nil {
-		return nil, fmt.Errorf("static iptables rules: %w", err)
-	}
 	if err := b.readNodeAddresses(); err != nil {
 		return nil, err
 	}
@@ -263,6 +285,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 	plans := make(map[proxier.ServicePortName]*portPlan, len(state.Services))
 	addrUsers := map[netip.Addr]int{}
 	setUsers := map[setEntry]int{}
+	nodeDropUsers := map[Key]int{}
 	wanted := map[Key]vsPlan{}
 	for name, sp := range state.Services {
 		p := b.plan(state, sp)
@@ -273,16 +296,26 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 		for _, e := range p.sets {
 			setUsers[e]++
 		}
+		for _, k := range p.nodeDrops {
+			nodeDropUsers[k]++
+		}
 		for _, s := range p.servers {
 			wanted[s.vs.Key()] = s
 		}
 	}
 
+	failed := proxier.PortErrors{}
+	rules := func(nodeDrops []Key) error {
+		_, _, err := iptables.Apply(ctx, b.ipt, b.ruleset(nodeDrops))
+		return err
+	}
+	if err := b.writeNodeDrops(rules, sortedKeys(nodeDropUsers), plans, failed); err != nil {
+		return nil, fmt.Errorf("static iptables rules: %w", err)
+	}
 	bound, err := b.boundAddresses(addrUsers)
 	if err != nil {
 		return nil, err
 	}
-	failed := proxier.PortErrors{}
 	for a := range addrUsers {
 		if bound[a] {
 			continue
@@ -338,7 +371,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 	if err := errors.Join(errs...); err != nil {
 		return nil, errors.Join(err, failed.ErrorOrNil())
 	}
-	b.plans, b.addrUsers, b.setUsers = plans, addrUsers, setUsers
+	b.plans, b.addrUsers, b.setUsers, b.nodeDropUsers = plans, addrUsers, setUsers, nodeDropUsers
 	clear(b.failed)
 	for name := range failed {
 		b.failed[name] = true
@@ -410,7 +443,7 @@ const (
 	nodePortMax = 32767
 )
 
-func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServicePortName]struct{}) (proxier.PortErrors, error) {
+func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed map[proxier.ServicePortName]struct{}) (proxier.PortErrors, error) {
 	// The virtual servers of a port whose last programming failed are looked up in the
 	// kernel, in one listing for all of them.
 	var inKernel map[Key]*VirtualServer
@@ -448,7 +481,61 @@ func (b *Backend) partialSync(state *proxier.State, changed map[proxier.ServiceP
 			delete(b.failed, name)
 		}
 	}
+	// The node drops are rules, not set members: the chain is written again, alone,
+	// when they changed (or the kernel refused some last time).
+	if want := sortedKeys(b.nodeDropUsers); !slices.Equal(want, b.nodeDropsWritten) {
+		refused := proxier.PortErrors{}
+		write := func(nodeDrops []Key) error { return b.ipt.Restore(ctx, outFilterRestore(nodeDrops)) }
+		if err := b.writeNodeDrops(write, want, b.plans, refused); err != nil {
+			return nil, fmt.Errorf("%s: %w", ipvsOutFilterChain, err)
+		}
+		for name, err := range refused {
+			failed.Add(err, name)
+			b.failed[name] = true
+		}
+	}
 	return failed, nil
+}
+
+// writeNodeDrops has write put the node drops of want in the kernel (with whatever else
+// write writes). When the kernel refuses them, the drops it held before and still wanted
+// are written again, without the new ones, which are blamed on the ports that want them:
+// a kernel without xt_ipvs then still gets every other Service, as a refused Service does
+// (docs/node-contract.md). It fails when the kernel refuses that too.
+func (b *Backend) writeNodeDrops(write func(nodeDrops []Key) error, want []Key, plans map[proxier.ServicePortName]*portPlan, failed proxier.PortErrors) error {
+	refused := write(want)
+	if refused == nil {
+		b.nodeDropsWritten = want
+		return nil
+	}
+	kept := slices.DeleteFunc(slices.Clone(want), func(k Key) bool { return !slices.Contains(b.nodeDropsWritten, k) })
+	if len(kept) == len(want) {
+		return refused
+	}
+	if err := write(kept); err != nil {
+		return errors.Join(refused, err)
+	}
+	b.nodeDropsWritten = kept
+	for _, k := range want {
+		if !slices.Contains(kept, k) {
+			failed.Add(refused, users(plans, func(p *portPlan) bool { return slices.Contains(p.nodeDrops, k) })...)
+		}
+	}
+	return nil
+}
+
+// sortedKeys lists the keys with users, in a stable order for the rules.
+func sortedKeys(users map[Key]int) []Key {
+	var out []Key
+	for k, n := range users {
+		if n > 0 {
+			out = append(out, k)
+		}
+	}
+	slices.SortFunc(out, func(a, b Key) int {
+		return cmp.Or(a.Address.Compare(b.Address), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
+	})
+	return out
 }
 
 // brokenObjects are the addresses and set members that failed to go in during one sync,
@@ -526,6 +613,15 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan, 
 		if b.setUsers[e]--; b.setUsers[e] <= 0 {
 			delete(b.setUsers, e)
 			errs = append(errs, b.delEntry(e))
+		}
+	}
+	// The node drops are written after every changed port is replaced (partialSync).
+	for _, k := range cur.nodeDrops {
+		b.nodeDropUsers[k]++
+	}
+	for _, k := range old.nodeDrops {
+		if b.nodeDropUsers[k]--; b.nodeDropUsers[k] <= 0 {
+			delete(b.nodeDropUsers, k)
 		}
 	}
 	return errors.Join(errs...)
@@ -710,12 +806,47 @@ func (b *Backend) delEntry(e setEntry) error {
 
 func (b *Backend) count(op string) { b.operations.WithLabelValues(op).Inc() }
 
-// ipvsFilterChain closes the ports of Service addresses that are not Service ports.
-const ipvsFilterChain = iptables.ChainPrefix + "IPVS-FILTER"
+const (
+	// ipvsFilterChain closes the ports of Service addresses that are not Service ports,
+	// and drops what the sets say must not reach IPVS.
+	ipvsFilterChain = iptables.ChainPrefix + "IPVS-FILTER"
+	// ipvsOutFilterChain drops the node's own connections to the load-balancer entry
+	// points whose source ranges do not admit it (kube-proxy's KUBE-IPVS-OUT-FILTER).
+	ipvsOutFilterChain = iptables.ChainPrefix + "IPVS-OUT-FILTER"
+)
 
-// ruleset is the small, fixed set of iptables rules IPVS mode needs. It never changes with
-// Services (those change set members), so it is written on full syncs only.
-func (b *Backend) ruleset() iptables.Ruleset {
+// outFilterRules are SWYD-IPVS-OUT-FILTER's rules for the node drops. A connection the node
+// opens to a Service address bound on kube-ipvs0 has that address as its source, and IPVS
+// takes it (in OUTPUT, before the filter table) and sends it on to a real server: filter
+// OUTPUT sees it then, addressed to the real server, and the ipvs match (xt_ipvs) tells
+// which virtual server it is for.
+func outFilterRules(nodeDrops []Key) []string {
+	var rules []string
+	for _, k := range nodeDrops {
+		rules = append(rules, fmt.Sprintf(`-m comment --comment "switchyard loadBalancerSourceRanges do not admit the node" -s %s -m ipvs --vaddr %s --vproto %s --vport %d -j DROP`,
+			k.Address, k.Address, strings.ToLower(string(k.Protocol)), k.Port))
+	}
+	return rules
+}
+
+// outFilterRestore rewrites SWYD-IPVS-OUT-FILTER alone, as a partial sync does.
+//
+// Equivalent to: `iptables-restore --noflush` of the chain
+func outFilterRestore(nodeDrops []Key) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%s\n:%s - [0:0]\n", iptables.TableFilter, ipvsOutFilterChain)
+	for _, r := range outFilterRules(nodeDrops) {
+		fmt.Fprintf(&b, "-A %s %s\n", ipvsOutFilterChain, r)
+	}
+	b.WriteString("COMMIT\n")
+	return []byte(b.String())
+}
+
+// ruleset is the small set of iptables rules IPVS mode needs, with the node drops given.
+// Nothing else in it changes with Services (those change set members), so it is written
+// on full syncs only; partial syncs rewrite SWYD-IPVS-OUT-FILTER alone, when the node
+// drops change.
+func (b *Backend) ruleset(nodeDrops []Key) iptables.Ruleset {
 	mark := b.cfg.MasqueradeMark
 	set := b.sets.name
 	var services []string
@@ -756,7 +887,11 @@ func (b *Backend) ruleset() iptables.Ruleset {
 	if b.cfg.ClusterCIDR.IsValid() {
 		fromOffNode = fmt.Sprintf(" ! -s %s", b.cfg.ClusterCIDR)
 	}
-	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard externalTrafficPolicy Local without local endpoints" -m set --match-set %s dst,dst%s -j DROP`, set(externalNoLocalSet), fromOffNode))
+	filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard externalTrafficPolicy Local without local endpoints" -m set --match-set %s dst,dst%s -j DROP`, set(externalNoLocalSet), fromOffNode),
+		// On every address, Service addresses included, and before the reject of their
+		// other ports: kube-proxy returns these from KUBE-IPVS-FILTER and accepts them in
+		// its KUBE-NODE-PORT chain.
+		fmt.Sprintf(`-m comment --comment "switchyard health check node ports" -m set --match-set %s dst -j ACCEPT`, set(healthCheckNodePortSet)))
 	for _, s := range servicePortSets {
 		filter = append(filter, fmt.Sprintf(`-m comment --comment "switchyard service ports" -m set --match-set %s dst,dst -j RETURN`, s))
 	}
@@ -764,10 +899,13 @@ func (b *Backend) ruleset() iptables.Ruleset {
 	return iptables.Ruleset{
 		Chains: map[iptables.Table][]iptables.Chain{
 			iptables.TableNAT:    append([]iptables.Chain{{Name: iptables.ServicesChain, Rules: services}}, iptables.MasqueradeChains(mark, hairpin)...),
-			iptables.TableFilter: {iptables.ForwardChainRules(mark, false), {Name: ipvsFilterChain, Rules: filter}},
+			iptables.TableFilter: {iptables.ForwardChainRules(mark, false), {Name: ipvsFilterChain, Rules: filter}, {Name: ipvsOutFilterChain, Rules: outFilterRules(nodeDrops)}},
 		},
-		Hooks: append(iptables.CommonHooks(), iptables.Hook{Table: iptables.TableFilter, Chain: "INPUT",
-			Rule: []string{"-m", "comment", "--comment", "switchyard ipvs access filter", "-j", ipvsFilterChain}}),
+		Hooks: append(iptables.CommonHooks(),
+			iptables.Hook{Table: iptables.TableFilter, Chain: "INPUT",
+				Rule: []string{"-m", "comment", "--comment", "switchyard ipvs access filter", "-j", ipvsFilterChain}},
+			iptables.Hook{Table: iptables.TableFilter, Chain: "OUTPUT",
+				Rule: []string{"-m", "comment", "--comment", "switchyard ipvs access filter", "-j", ipvsOutFilterChain}}),
 	}
 }
 

@@ -186,7 +186,8 @@ func (s *fakeSets) del(e setEntry) error             { delete(s.members, e); ret
 // Match is part of iptablestest.Sets: whether the set named holds the member that flags
 // select from p, one flag (src or dst) for each dimension of the set's type, as
 // `-m set --match-set NAME FLAGS` takes them. A hash:ip,port,net set holds the member
-// when one of its nets contains the address.
+// when one of its nets contains the address. A bitmap:port set holds ports alone, which
+// the kernel finds in TCP and UDP packets only (ip_set_get_ip_port).
 func (s *fakeSets) Match(name, flags string, p iptablestest.Packet) (bool, error) {
 	var set, typ string
 	for ours, t := range setTypes {
@@ -197,7 +198,11 @@ func (s *fakeSets) Match(name, flags string, p iptablestest.Packet) (bool, error
 	if typ == "" {
 		return false, fmt.Errorf("no ipset %s", name)
 	}
-	dims, dirs := strings.Split(strings.TrimPrefix(typ, "hash:"), ","), strings.Split(flags, ",")
+	kind, dimensions, _ := strings.Cut(typ, ":")
+	if kind != "hash" && typ != "bitmap:port" {
+		return false, fmt.Errorf("ipset %s: the fake does not know the type %s", name, typ)
+	}
+	dims, dirs := strings.Split(dimensions, ","), strings.Split(flags, ",")
 	if len(dirs) != len(dims) {
 		return false, fmt.Errorf("ipset %s of type %s matched with the flags %s", name, typ, flags)
 	}
@@ -215,6 +220,11 @@ func (s *fakeSets) Match(name, flags string, p iptablestest.Packet) (bool, error
 		switch {
 		case dim == "port" && dirs[i] == "src":
 			return false, fmt.Errorf("ipset %s: the tracer's packets have no source port (flags %s)", name, flags)
+		case dim == "port" && kind == "bitmap":
+			if p.Protocol != "tcp" && p.Protocol != "udp" {
+				return false, nil
+			}
+			want.port = p.Dst.Port()
 		case dim == "port":
 			want.protocol, want.port = kubeProtocol(p.Protocol), p.Dst.Port()
 		case dim == "ip" && i == 0:
@@ -321,7 +331,11 @@ func TestFakeSetsMatch(t *testing.T) {
 		{set: clusterIPSet, ip: vip, protocol: v1.ProtocolTCP, port: 80}:                                      true,
 		{set: loopbackSet, ip: pod, protocol: v1.ProtocolTCP, port: 8080, ip2: pod}:                           true,
 		{set: loadBalancerSourceSet, ip: vip, protocol: v1.ProtocolTCP, port: 80, net: behaviour.ClusterCIDR}: true,
+		{set: healthCheckNodePortSet, port: 32000}:                                                            true,
 	}}
+	toHealthCheck := func(protocol string, port uint16) iptablestest.Packet {
+		return iptablestest.Packet{Protocol: protocol, Src: behaviour.Outside, Dst: netip.AddrPortFrom(behaviour.NodeIP, port)}
+	}
 	toVIP := iptablestest.Packet{Protocol: "tcp", Src: pod, Dst: netip.AddrPortFrom(vip, 80)}
 	tests := []struct {
 		name, set, flags string
@@ -336,6 +350,12 @@ func TestFakeSetsMatch(t *testing.T) {
 		{name: "hash:ip,port,ip", set: loopbackSet, flags: "dst,dst,src", pkt: iptablestest.Packet{Protocol: "tcp", Src: pod, Dst: netip.AddrPortFrom(pod, 8080)}, want: true},
 		{name: "hash:ip,port,net, inside the net", set: loadBalancerSourceSet, flags: "dst,dst,src", pkt: toVIP, want: true},
 		{name: "hash:ip,port,net, outside the net", set: loadBalancerSourceSet, flags: "dst,dst,src", pkt: iptablestest.Packet{Protocol: "tcp", Src: behaviour.Outside, Dst: toVIP.Dst}, want: false},
+		{name: "bitmap:port, on any address", set: healthCheckNodePortSet, flags: "dst", pkt: toHealthCheck("tcp", 32000), want: true},
+		{name: "bitmap:port, another port", set: healthCheckNodePortSet, flags: "dst", pkt: toHealthCheck("tcp", 32001), want: false},
+		{name: "bitmap:port, UDP", set: healthCheckNodePortSet, flags: "dst", pkt: toHealthCheck("udp", 32000), want: true},
+		{name: "bitmap:port, SCTP has no port for it", set: healthCheckNodePortSet, flags: "dst", pkt: toHealthCheck("sctp", 32000), want: false},
+		{name: "bitmap:port, by source port", set: healthCheckNodePortSet, flags: "src", pkt: toHealthCheck("tcp", 32000), wantErr: "no source port"},
+		{name: "bitmap:port, flags for another type", set: healthCheckNodePortSet, flags: "dst,dst", pkt: toHealthCheck("tcp", 32000), wantErr: "matched with the flags"},
 		{name: "an unknown set", set: "KUBE-CLUSTER-IP", flags: "dst,dst", pkt: toVIP, wantErr: "no ipset"},
 		{name: "flags for another type", set: clusterIPSet, flags: "dst", pkt: toVIP, wantErr: "matched with the flags"},
 		{name: "a source port", set: clusterIPSet, flags: "dst,src", pkt: toVIP, wantErr: "no source port"},

@@ -1,14 +1,17 @@
 package ipvs
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard/switchyard/iptables"
@@ -49,6 +52,12 @@ const (
 	// allowed range. Traffic to the first from outside the second is dropped.
 	loadBalancerFirewallSet = iptables.ChainPrefix + "LB-FW"
 	loadBalancerSourceSet   = iptables.ChainPrefix + "LB-SOURCE"
+	// healthCheckNodePortSet holds the healthCheckNodePort of every Service that has one
+	// (a port only, like kube-proxy's KUBE-HEALTH-CHECK-NODE-PORT): connections to it are
+	// accepted on every address of the node, so that a load balancer's health check gets
+	// its answer even where INPUT's policy drops. The kernel matches a bitmap:port member
+	// for TCP and UDP only.
+	healthCheckNodePortSet = iptables.ChainPrefix + "HEALTH-CHECK-NODE-PORT"
 )
 
 var setTypes = map[string]string{
@@ -61,13 +70,14 @@ var setTypes = map[string]string{
 	externalNoLocalSet:      "hash:ip,port",
 	loadBalancerFirewallSet: "hash:ip,port",
 	loadBalancerSourceSet:   "hash:ip,port,net",
+	healthCheckNodePortSet:  "bitmap:port",
 }
 
 // setEntry is one member of one of our sets.
 type setEntry struct {
 	set      string
-	ip       netip.Addr
-	protocol v1.Protocol // "" for hash:ip
+	ip       netip.Addr  // invalid for bitmap:port
+	protocol v1.Protocol // "" for hash:ip and bitmap:port
 	port     uint16
 	ip2      netip.Addr   // only for hash:ip,port,ip
 	net      netip.Prefix // only for hash:ip,port,net
@@ -121,10 +131,15 @@ func (s ipsets) family() uint8 {
 
 // ensure creates our sets when missing.
 //
-// Equivalent to: `ipset create SWYD-CLUSTER-IP hash:ip,port [family inet6]` (and the others)
+// Equivalent to: `ipset create SWYD-CLUSTER-IP hash:ip,port [family inet6]` (and the others;
+// `ipset create SWYD-HEALTH-CHECK-NODE-PORT bitmap:port range 0-65535`, which has no family)
 func (s ipsets) ensure() error {
 	for set, typ := range setTypes {
-		err := netlink.IpsetCreate(s.name(set), typ, netlink.IpsetCreateOptions{Family: s.family()})
+		opts := netlink.IpsetCreateOptions{Family: s.family()}
+		if typ == "bitmap:port" {
+			opts.PortTo = math.MaxUint16
+		}
+		err := netlink.IpsetCreate(s.name(set), typ, opts)
 		if err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("creating ipset %s (%s): %w", s.name(set), typ, err)
 		}
@@ -143,6 +158,12 @@ func (s ipsets) list() (map[setEntry]bool, error) {
 			return nil, fmt.Errorf("listing ipset %s: %w", s.name(set), err)
 		}
 		for _, e := range res.Entries {
+			if setTypes[set] == "bitmap:port" {
+				if e.Port != nil {
+					out[setEntry{set: set, port: *e.Port}] = true
+				}
+				continue
+			}
 			ip, ok := netip.AddrFromSlice(e.IP)
 			if !ok {
 				continue
@@ -171,9 +192,15 @@ func (s ipsets) list() (map[setEntry]bool, error) {
 
 // add equivalent: `ipset add SET MEMBER -exist`
 func (s ipsets) add(e setEntry) error {
-	n := e.toNetlink()
-	n.Replace = true // like -exist: adding a member twice is not an error
-	if err := netlink.IpsetAdd(s.name(e.set), n); err != nil {
+	var err error
+	if setTypes[e.set] == "bitmap:port" {
+		err = ipsetPort(nl.IPSET_CMD_ADD, s.name(e.set), e.port)
+	} else {
+		n := e.toNetlink()
+		n.Replace = true // like -exist: adding a member twice is not an error
+		err = netlink.IpsetAdd(s.name(e.set), n)
+	}
+	if err != nil {
 		return fmt.Errorf("adding %v to ipset %s: %w", e, s.name(e.set), err)
 	}
 	return nil
@@ -181,10 +208,44 @@ func (s ipsets) add(e setEntry) error {
 
 // del equivalent: `ipset del SET MEMBER -exist`
 func (s ipsets) del(e setEntry) error {
-	if err := netlink.IpsetDel(s.name(e.set), e.toNetlink()); err != nil && !errors.Is(err, syscall.ENOENT) && !isIpsetNotExist(err) {
+	var err error
+	if setTypes[e.set] == "bitmap:port" {
+		err = ipsetPort(nl.IPSET_CMD_DEL, s.name(e.set), e.port)
+	} else {
+		err = netlink.IpsetDel(s.name(e.set), e.toNetlink())
+	}
+	if err != nil && !errors.Is(err, syscall.ENOENT) && !isIpsetNotExist(err) {
 		return fmt.Errorf("deleting %v from ipset %s: %w", e, s.name(e.set), err)
 	}
 	return nil
+}
+
+// ipsetPort adds (IPSET_CMD_ADD, as with -exist) or deletes (IPSET_CMD_DEL) the member of a
+// bitmap:port set, which is a port alone. netlink's IpsetAdd and IpsetDel send a protocol
+// with every port, an attribute the bitmap:port type does not take: kernels that check a
+// request against the type's attributes refuse it as an ipset protocol error
+// (vishvananda/netlink#1054). This sends what `ipset add SET PORT` does.
+func ipsetPort(cmd int, set string, port uint16) error {
+	_, err := ipsetPortRequest(cmd, set, port).Execute(unix.NETLINK_NETFILTER, 0)
+	// As netlink does: ipset's own errors come back as errnos from IPSET_ERR_PRIVATE on.
+	var errno syscall.Errno
+	if errors.As(err, &errno) && int(errno) >= nl.IPSET_ERR_PRIVATE {
+		err = nl.IPSetError(uintptr(errno))
+	}
+	return err
+}
+
+// ipsetPortRequest is ipsetPort's request: the set's name, and the port as the member's
+// only attribute.
+func ipsetPortRequest(cmd int, set string, port uint16) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(cmd|(unix.NFNL_SUBSYS_IPSET<<8), nl.GetIpsetFlags(cmd))
+	req.AddData(&nl.Nfgenmsg{NfgenFamily: unix.AF_NETLINK, Version: nl.NFNETLINK_V0})
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_PROTOCOL, nl.Uint8Attr(nl.IPSET_PROTOCOL)))
+	req.AddData(nl.NewRtAttr(nl.IPSET_ATTR_SETNAME, nl.ZeroTerminated(set)))
+	data := nl.NewRtAttr(nl.IPSET_ATTR_DATA|int(nl.NLA_F_NESTED), nil)
+	data.AddChild(nl.NewRtAttr(nl.IPSET_ATTR_PORT|int(nl.NLA_F_NET_BYTEORDER), binary.BigEndian.AppendUint16(nil, port)))
+	req.AddData(data)
+	return req
 }
 
 // isIpsetNotExist recognises ipset's own "element is missing" error (IPSET_ERR_EXIST),

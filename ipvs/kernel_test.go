@@ -4,6 +4,7 @@ package ipvs
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -246,6 +247,29 @@ func TestBackendInKernel(t *testing.T) {
 	sync(true)
 	expectIPVS("repaired", "10.96.0.11:80/TCP rr persistent 10800")
 	expectAddrs("repaired", "10.96.0.11")
+
+	// A load balancer with a health-check node port and source ranges that do not hold
+	// the node's IP: the port goes into the bitmap:port set (and lists back as the member
+	// it is), and the kernel takes the rule that drops the node's own connections after
+	// IPVS (xt_ipvs), in a partial sync and again in a full one.
+	lb := svcName("lb", v1.ProtocolTCP)
+	state.NodeIP = netip.MustParseAddr("192.0.2.1")
+	state.Services[lb] = &proxier.ServicePort{Name: lb, ClusterIP: netip.MustParseAddr("10.96.0.12"), Port: 80, Protocol: v1.ProtocolTCP,
+		LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("198.51.100.12")}, LoadBalancerSourceRanges: []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
+		ExternalPolicyLocal: true, HealthCheckNodePort: 32001}
+	state.Endpoints[lb] = endpoints("10.244.1.2")
+	for _, full := range []bool{false, true} {
+		step := fmt.Sprintf("load balancer (full sync %v)", full)
+		sync(full, lb)
+		expectSet(step, healthCheckNodePortSet, "32001")
+		filter := run(t, "iptables-legacy-save", "-t", "filter")
+		for _, want := range []string{"-A OUTPUT -m comment --comment \"switchyard ipvs access filter\" -j SWYD-IPVS-OUT-FILTER",
+			"-A SWYD-IPVS-OUT-FILTER -s 198.51.100.12/32", "-m ipvs --vaddr 198.51.100.12", "--match-set SWYD-HEALTH-CHECK-NODE-PORT dst -j ACCEPT"} {
+			if !strings.Contains(filter, want) {
+				t.Errorf("%s: filter table lacks %q:\n%s", step, want, filter)
+			}
+		}
+	}
 
 	for range 2 { // idempotent
 		if err := Cleanup(ctx, handle, ipt, dummy.DefaultName); err != nil {

@@ -33,6 +33,9 @@ var (
 	Allowed = netip.MustParseAddr("198.18.0.5")
 )
 
+// HealthCheckNodePort is the healthCheckNodePort of the "local" Service.
+const HealthCheckNodePort = 32001
+
 // Verdicts other than delivery to endpoints.
 const (
 	Reject    = "REJECT"
@@ -51,12 +54,18 @@ type Outcome struct {
 // Flow is one packet flow and what must happen to it.
 type Flow struct {
 	Name string
-	// Src is the client; FromNode marks a process on the node itself.
+	// Src is the client; FromNode marks a process on the node itself, whose Src may be
+	// left unset for the source the kernel picks: the destination itself when that is
+	// one of the node's addresses (in IPVS mode, Service addresses are, on kube-ipvs0),
+	// else NodeIP.
 	Src      netip.Addr
 	FromNode bool
 	Protocol v1.Protocol
 	Dst      netip.AddrPort
-	Want     Outcome
+	// InputDrops puts the flow on a node whose filter INPUT policy is DROP, a host
+	// firewall that admits only what some rule accepts.
+	InputDrops bool
+	Want       Outcome
 	// ModeWant overrides Want for a proxy mode where the kernel makes it differ
 	// (docs/node-contract.md explains each).
 	ModeWant map[string]Outcome
@@ -132,12 +141,32 @@ func Flows() []Flow {
 		{Name: "an external IP that is the node's own address: the Service port reaches the endpoints", Src: Outside, Protocol: tcp, Dst: at(node, 8443),
 			Want: Outcome{Endpoints: []string{ep(L)}, Masq: true}},
 		{Name: "an external IP that is the node's own address: the node's other ports there stay the node's", Src: Outside, Protocol: tcp, Dst: at(node, 22), Want: Outcome{Verdict: Untouched}},
+
+		// A load balancer's health check reaches the health-check server on the node
+		// whatever the node's firewall does with other ports, and on a Service address
+		// too (IPVS mode binds those and closes their other ports): kube-proxy accepts
+		// the port in INPUT in both modes (IPVS: KUBE-NODE-PORT, after KUBE-IPVS-FILTER
+		// returns it).
+		{Name: "off-node client to the node at a healthCheckNodePort: accepted, where INPUT's policy drops", Src: Outside, Protocol: tcp, Dst: at(node, HealthCheckNodePort),
+			InputDrops: true, Want: Outcome{Verdict: Untouched}},
+		{Name: "off-node client to a load-balancer IP at a healthCheckNodePort: not another port of a Service address", Src: Outside, Protocol: tcp, Dst: at("198.51.100.10", HealthCheckNodePort),
+			Want: Outcome{Verdict: Untouched}},
+
+		// The node's own connections to a load-balancer IP meet its source ranges too:
+		// in iptables mode from the node's address, which a range may hold (kube-proxy's
+		// allowFromNode admits the load-balancer IPs as sources then); in IPVS mode from
+		// the load-balancer IP itself, bound on kube-ipvs0, which IPVS takes before any
+		// filter rule, so kube-proxy drops it after IPVS (KUBE-IPVS-OUT-FILTER) unless a
+		// range holds the node's primary IP.
+		{Name: "the node to a load-balancer IP whose source ranges do not hold it: dropped", FromNode: true, Protocol: tcp, Dst: at("198.51.100.12", 80), Want: Outcome{Verdict: Drop}},
+		{Name: "the node to a load-balancer IP whose source ranges hold it: any endpoint, masqueraded", FromNode: true, Protocol: tcp, Dst: at("198.51.100.13", 80),
+			Want: Outcome{Endpoints: both, Masq: true}},
 	}
 }
 
 // State is the desired state the flows are about.
 func State() *proxier.State {
-	s := &proxier.State{NodeName: NodeName, NodeLabels: map[string]string{v1.LabelTopologyZone: "zone-a"}, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
+	s := &proxier.State{NodeName: NodeName, NodeIP: NodeIP, NodeLabels: map[string]string{v1.LabelTopologyZone: "zone-a"}, Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
 	add := func(name, clusterIP string, port, nodePort int32, protocol v1.Protocol, eps []netip.Addr, tweak func(*proxier.ServicePort)) {
 		n := proxier.ServicePortName{NamespacedName: types.NamespacedName{Namespace: "default", Name: name}, Protocol: protocol}
 		sp := &proxier.ServicePort{Name: n, ClusterIP: netip.MustParseAddr(clusterIP), Port: port, Protocol: protocol, NodePort: nodePort}
@@ -166,7 +195,7 @@ func State() *proxier.State {
 		sp.ExternalIPs, sp.LoadBalancerIPs = addrs("203.0.113.7"), addrs("198.51.100.9")
 	})
 	add("local", "10.96.0.11", 80, 30081, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
-		sp.LoadBalancerIPs, sp.ExternalPolicyLocal = addrs("198.51.100.10"), true
+		sp.LoadBalancerIPs, sp.ExternalPolicyLocal, sp.HealthCheckNodePort = addrs("198.51.100.10"), true, HealthCheckNodePort
 	})
 	add("nolocal", "10.96.0.12", 80, 30082, tcp, []netip.Addr{R}, func(sp *proxier.ServicePort) {
 		sp.LoadBalancerIPs, sp.ExternalPolicyLocal = addrs("198.51.100.11"), true
@@ -194,6 +223,10 @@ func State() *proxier.State {
 	add("fw", "10.96.0.18", 80, 30086, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
 		sp.LoadBalancerIPs = addrs("198.51.100.12")
 		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
+	})
+	add("fwnode", "10.96.0.23", 80, 30088, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
+		sp.LoadBalancerIPs = addrs("198.51.100.13")
+		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16"), netip.PrefixFrom(NodeIP, 24).Masked()}
 	})
 	return s
 }

@@ -20,12 +20,21 @@ func CheckTraces(t *testing.T, mode string, local []netip.Addr, trace func(iptab
 	t.Helper()
 	for _, fl := range Flows() {
 		pkt := iptablestest.Packet{Protocol: strings.ToLower(string(fl.Protocol)), Src: fl.Src, Dst: fl.Dst, FromNode: fl.FromNode, Local: local}
+		if fl.FromNode && !fl.Src.IsValid() {
+			pkt.Src = NodeIP
+			if slices.Contains(local, fl.Dst.Addr()) {
+				pkt.Src = fl.Dst.Addr()
+			}
+		}
+		if fl.InputDrops {
+			pkt.InputPolicy = "DROP"
+		}
 		results, err := trace(pkt)
 		if err != nil {
 			t.Fatalf("%s: %v", fl.Name, err)
 		}
 		if diff := cmp.Diff(fl.WantFor(mode), outcome(results)); diff != "" {
-			t.Errorf("%s (%s -> %s/%s): (-want +got)\n%s%s", fl.Name, fl.Src, fl.Dst, fl.Protocol, diff, matchedRules(results))
+			t.Errorf("%s (%s -> %s/%s): (-want +got)\n%s%s", fl.Name, pkt.Src, fl.Dst, fl.Protocol, diff, matchedRules(results))
 		}
 	}
 }

@@ -3,6 +3,7 @@ package iptablestest
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -25,6 +26,10 @@ type Packet struct {
 	// on kube-ipvs0 in IPVS mode. They decide `-m addrtype LOCAL`, and whether the
 	// routing decision delivers a packet to the node or forwards it.
 	Local []netip.Addr
+	// InputPolicy, when set (ACCEPT or DROP), is filter INPUT's policy on the node
+	// instead of the table's: DROP is a host firewall that admits only what some rule
+	// accepts.
+	InputPolicy string
 }
 
 // Sets answers `-m set` matches (IPVS mode's ipsets).
@@ -105,6 +110,17 @@ func (f *Fake) Trace(p Packet, sets Sets, opts ...TraceOption) ([]Result, error)
 	for _, o := range opts {
 		o(tr)
 	}
+	switch p.InputPolicy {
+	case "":
+	case "ACCEPT", "DROP":
+		filter := *f.tables[iptables.TableFilter]
+		filter.policy = maps.Clone(filter.policy)
+		filter.policy["INPUT"] = p.InputPolicy
+		tr.tables = maps.Clone(f.tables)
+		tr.tables[iptables.TableFilter] = &filter
+	default:
+		return nil, fmt.Errorf("no policy %s for filter INPUT", p.InputPolicy)
+	}
 	first := []hook{{iptables.TableMangle, "PREROUTING"}, {iptables.TableNAT, "PREROUTING"}}
 	if p.FromNode {
 		if !tr.local(p.Src) {
@@ -158,11 +174,13 @@ type tracer struct {
 
 // path is the state of one way through the tables.
 type path struct {
-	dst   netip.AddrPort
-	dnat  bool
-	mark  uint64
-	masq  bool
-	rules []string
+	dst  netip.AddrPort
+	dnat bool
+	// virtual is the virtual server IPVS sent the connection on from, when it did.
+	virtual netip.AddrPort
+	mark    uint64
+	masq    bool
+	rules   []string
 }
 
 func (p path) result(verdict string) Result {
@@ -210,8 +228,9 @@ func (tr *tracer) through(hooks []hook, p path) (accepted []path, stopped []Resu
 
 // throughIPVS is IPVS's hook: a connection to none of its virtual servers passes on
 // untouched. One to a virtual server goes to each of its real servers in turn (every
-// scheduler may pick any), DNATed and sent through ipvsSent, and ends there; without a
-// real server, IPVS answers ICMP port unreachable (ip_vs_leave), as REJECT does.
+// scheduler may pick any), DNATed and sent through ipvsSent, and ends there; there `-m
+// ipvs` knows the virtual server it came from. Without a real server, IPVS answers ICMP
+// port unreachable (ip_vs_leave), as REJECT does.
 func (tr *tracer) throughIPVS(p path) (passed []path, ended []Result, err error) {
 	if tr.ipvs == nil {
 		return []path{p}, nil, nil
@@ -232,7 +251,7 @@ func (tr *tracer) throughIPVS(p path) (passed []path, ended []Result, err error)
 		}
 		to := p
 		to.rules = append(slices.Clip(p.rules), fmt.Sprintf("ipvs %s %s -> %s", tr.pkt.Protocol, p.dst, r))
-		to.dst, to.dnat = r, true
+		to.dst, to.dnat, to.virtual = r, true, p.dst
 		sent, stopped, err := tr.through(ipvsSent, to)
 		if err != nil {
 			return nil, nil, err
@@ -370,6 +389,12 @@ func (tr *tracer) match(r iptables.SavedRule, p path) (matched, random bool, tar
 			if err = fmt.Errorf("no Sets given to answer --match-set %s", set); tr.sets != nil {
 				ok, err = tr.sets.Match(set, flags, pkt)
 			}
+		case "--vaddr", "--vproto", "--vport":
+			ok, err = tr.matchIPVS(opt, arg(), p)
+			if !p.virtual.IsValid() {
+				// xt_ipvs matches no packet IPVS did not send, negated or not.
+				ok = negate
+			}
 		case "--mode":
 			if mode := arg(); mode != "random" {
 				err = fmt.Errorf("the tracer does not know statistic mode %s", mode)
@@ -397,9 +422,33 @@ func (tr *tracer) match(r iptables.SavedRule, p path) (matched, random bool, tar
 	return matched, random, "", nil, nil
 }
 
+// matchIPVS evaluates one option of `-m ipvs` (xt_ipvs) on a connection IPVS sent on from
+// a virtual server (path.virtual): its address (ADDR or ADDR/LEN), protocol (a name or a
+// number) or port.
+func (tr *tracer) matchIPVS(opt, value string, p path) (bool, error) {
+	switch opt {
+	case "--vaddr":
+		return contains(value, p.virtual.Addr())
+	case "--vproto":
+		if n, err := strconv.ParseUint(value, 10, 8); err == nil {
+			return ipProtocols[tr.pkt.Protocol] == n, nil
+		}
+		if _, known := ipProtocols[value]; !known {
+			return false, fmt.Errorf("the tracer does not know the protocol %s", value)
+		}
+		return value == tr.pkt.Protocol, nil
+	default: // --vport
+		port, err := strconv.ParseUint(value, 10, 16)
+		return uint16(port) == p.virtual.Port(), err
+	}
+}
+
+// ipProtocols are the protocols of Packet, with their numbers.
+var ipProtocols = map[string]uint64{"tcp": 6, "udp": 17, "sctp": 132}
+
 // modules are the match extensions whose options match knows.
 var modules = map[string]bool{"comment": true, "tcp": true, "udp": true, "sctp": true, "addrtype": true,
-	"conntrack": true, "mark": true, "set": true, "statistic": true, "recent": true}
+	"conntrack": true, "mark": true, "set": true, "statistic": true, "recent": true, "ipvs": true}
 
 // contains reports whether an address or prefix, as -s and -d take it, holds a.
 func contains(s string, a netip.Addr) (bool, error) {
