@@ -264,7 +264,7 @@ func TestBackendInKernel(t *testing.T) {
 		expectSet(step, healthCheckNodePortSet, "32001")
 		filter := run(t, "iptables-legacy-save", "-t", "filter")
 		for _, want := range []string{"-A OUTPUT -m comment --comment \"switchyard ipvs access filter\" -j SWYD-IPVS-OUT-FILTER",
-			"-A SWYD-IPVS-OUT-FILTER -s 198.51.100.12/32", "-m ipvs --vaddr 198.51.100.12", "--match-set SWYD-HEALTH-CHECK-NODE-PORT dst -j ACCEPT"} {
+			"-A SWYD-IPVS-OUT-FILTER -s 198.51.100.12/32", "-m ipvs --vproto 6 --vaddr 198.51.100.12 --vport 80 -j DROP", "--match-set SWYD-HEALTH-CHECK-NODE-PORT dst -j ACCEPT"} {
 			if !strings.Contains(filter, want) {
 				t.Errorf("%s: filter table lacks %q:\n%s", step, want, filter)
 			}

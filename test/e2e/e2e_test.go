@@ -139,7 +139,30 @@ func startProxy(t *testing.T, mode proxyMode, extraFlags ...string) (*lab.Lab, c
 	t.Helper()
 	l := startLab(t, 3)
 	ctx, _ := startProxyIn(t, l, mode, extraFlags...)
+	waitForFullSync(ctx, t, l, 3*time.Minute)
 	return l, ctx
+}
+
+// waitForFullSync waits until the proxy has finished its first full sync, so that a
+// test's window for one change starts when the proxy is ready, not when its process
+// started (informer lists and the first sync take tens of seconds in the kernel lab).
+func waitForFullSync(ctx context.Context, t *testing.T, l *lab.Lab, limit time.Duration) {
+	t.Helper()
+	err := lab.Eventually(ctx, limit, 250*time.Millisecond, func() error {
+		out, err := l.NodeOutput(ctx, "curl", "-sf", "http://127.0.0.1:10249/metrics")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "kubeproxy_sync_full_proxy_rules_duration_seconds_count") && !strings.HasSuffix(line, " 0") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no full sync yet")
+	})
+	if err != nil {
+		t.Fatalf("waiting for the proxy's first full sync: %v", err)
+	}
 }
 
 // startProxyIn runs switchyard in the lab l, as startProxy does, and returns the path of
@@ -173,7 +196,14 @@ func startProxyIn(t *testing.T, l *lab.Lab, mode proxyMode, extraFlags ...string
 	t.Cleanup(func() {
 		if t.Failed() {
 			out, _ := os.ReadFile(logPath)
-			t.Logf("switchyard log:\n%s", tail(string(out), 60))
+			// Each line marked, so that `make test`'s filter of the apiserver's info
+			// lines (which look the same) keeps the proxy's.
+			t.Logf("switchyard log:\n%s", regexp.MustCompile(`(?m)^`).ReplaceAllString(tail(string(out), 80), "switchyard| "))
+			// How busy the node and the proxy's sync loop were: a change waits behind a
+			// long full sync.
+			diag, err := l.NodeOutput(context.Background(), "sh", "-c", "cat /proc/loadavg; ps -eo pid,pcpu,time,rss,args --sort=-pcpu | head -6 | cut -c1-160; "+
+				"curl -s http://127.0.0.1:10249/metrics | grep -E '^kubeproxy_sync_(full_|partial_)?proxy_rules_(duration_seconds_(sum|count)|last_timestamp|last_queued)'")
+			t.Logf("the node at the failure (%v):\n%s", err, diag)
 		}
 	})
 	return ctx, logPath

@@ -73,21 +73,7 @@ func testChurnSoak(t *testing.T, mode proxyMode) {
 	startProxyIn(t, l, mode)
 	// The first sync of 1,000 Services takes longer than a Service may take to be
 	// programmed afterwards (tens of seconds in the kernel lab): wait for it first.
-	err := lab.Eventually(ctx, 5*time.Minute, time.Second, func() error {
-		out, err := l.NodeOutput(ctx, "curl", "-sf", "http://127.0.0.1:10249/metrics")
-		if err != nil {
-			return err
-		}
-		for _, line := range strings.Split(out, "\n") {
-			if strings.HasPrefix(line, "kubeproxy_sync_full_proxy_rules_duration_seconds_count") && !strings.HasSuffix(line, " 0") {
-				return nil
-			}
-		}
-		return fmt.Errorf("no full sync yet")
-	})
-	if err != nil {
-		t.Fatalf("waiting for the proxy's first sync: %v", err)
-	}
+	waitForFullSync(ctx, t, l, 5*time.Minute)
 	_, url := serveWeb(ctx, t, l, l.Pods)
 	traffic := startTraffic(ctx, l, url)
 
