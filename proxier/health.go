@@ -62,6 +62,16 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request) { Healths{h}.
 // Healths is the health of a proxier per IP family: healthy only when every family is.
 type Healths []*Health
 
+// Healthy reports whether every family's proxier is healthy.
+func (hs Healths) Healthy() bool {
+	for _, h := range hs {
+		if ok, _ := h.Healthy(); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // ServeHTTP answers /healthz and /livez like kube-proxy: 200 when healthy, 503 when not,
 // with a small JSON body either way. lastUpdated is the oldest of the families'.
 func (hs Healths) ServeHTTP(w http.ResponseWriter, _ *http.Request) {

@@ -2,7 +2,6 @@ package proxier
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -22,6 +21,9 @@ import (
 type ServiceHealth struct {
 	logger klog.Logger
 	listen func(network, address string) (net.Listener, error)
+	// proxyHealthy is the proxy's own health (its /healthz): a node whose proxy stopped
+	// syncing is no place to send traffic, whatever its endpoints.
+	proxyHealthy func() bool
 
 	mu      sync.Mutex
 	servers map[int32]*healthServer
@@ -35,8 +37,9 @@ type healthServer struct {
 }
 
 // NewServiceHealth makes the servers' manager; no port is open until SyncServices.
-func NewServiceHealth(logger klog.Logger) *ServiceHealth {
-	return &ServiceHealth{logger: logger, listen: net.Listen, servers: map[int32]*healthServer{}, counts: map[types.NamespacedName]int{}}
+// proxyHealthy reports the proxy's own health.
+func NewServiceHealth(logger klog.Logger, proxyHealthy func() bool) *ServiceHealth {
+	return &ServiceHealth{logger: logger, listen: net.Listen, proxyHealthy: proxyHealthy, servers: map[int32]*healthServer{}, counts: map[types.NamespacedName]int{}}
 }
 
 // Update sets the health check ports and local endpoint counts of the given Services;
@@ -84,17 +87,7 @@ func (h *ServiceHealth) open(name types.NamespacedName, port int32) error {
 		h.mu.Lock()
 		count := h.counts[name]
 		h.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(count))
-		if count == 0 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-		_ = json.NewEncoder(w).Encode(map[string]any{
-			"service":             map[string]string{"namespace": name.Namespace, "name": name.Name},
-			"localEndpoints":      count,
-			"serviceProxyHealthy": true,
-		})
+		h.answer(w, name, count, h.proxyHealthy())
 	})}
 	h.servers[port] = s
 	h.logger.V(2).Info("Serving health check port", "service", name, "port", port)
@@ -104,6 +97,20 @@ func (h *ServiceHealth) open(name types.NamespacedName, port int32) error {
 		}
 	}()
 	return nil
+}
+
+// answer writes kube-proxy's answer to a health check, byte for byte (load balancers and
+// their operators match on it): 200 only when the node has local endpoints and its proxy
+// is healthy, the count in a header and in an indented JSON body without a final newline.
+func (h *ServiceHealth) answer(w http.ResponseWriter, name types.NamespacedName, count int, proxyHealthy bool) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Load-Balancing-Endpoint-Weight", strconv.Itoa(count))
+	if count == 0 || !proxyHealthy {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintf(w, "{\n\t\"service\": {\n\t\t\"namespace\": %q,\n\t\t\"name\": %q\n\t},\n\t\"localEndpoints\": %d,\n\t\"serviceProxyHealthy\": %v\n}",
+		name.Namespace, name.Name, count, proxyHealthy)
 }
 
 // Services lists the Services that have a health check port or a count.

@@ -276,15 +276,21 @@ func (p *Proxier) updateServiceHealth(state *State, full bool, changed map[Servi
 	list := make([]types.NamespacedName, 0, len(names))
 	for name := range names {
 		list = append(list, name)
+		// Like kube-proxy (EndpointsMap.LocalReadyEndpoints), a pod counts once however
+		// many ports of the Service it serves: the count is of local ready addresses.
+		local := map[netip.Addr]bool{}
 		for _, spn := range p.tracker.portNames[name] {
 			if sp := state.Services[spn]; sp != nil && sp.HealthCheckNodePort != 0 {
 				ports[name] = sp.HealthCheckNodePort
 			}
 			for _, e := range state.Endpoints[spn] {
 				if e.Ready && e.IsLocal(state.NodeName) {
-					counts[name]++
+					local[e.IP] = true
 				}
 			}
+		}
+		if len(local) > 0 {
+			counts[name] = len(local)
 		}
 	}
 	p.opts.ServiceHealth.Update(ports, counts, list)

@@ -116,13 +116,14 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxier.NewMetrics(reg, cfg.Mode)
 	clk := clock.RealClock{}
-	serviceHealth := proxier.NewServiceHealth(logger)
-	stale := conntrack.New()
-
 	// One proxier per IP family, like kube-proxy: each programs its family's addresses of
 	// every Service, and a dual-stack Service gets both.
 	var proxiers []*proxier.Proxier
 	var healths proxier.Healths
+	// The health check ports answer with the health of every family, as kube-proxy's
+	// do; healths is complete before any port opens (after the first sync).
+	serviceHealth := proxier.NewServiceHealth(logger, func() bool { return healths.Healthy() })
+	stale := conntrack.New()
 	for _, family := range families(flavor, logger) {
 		backend, err := newBackend(ctx, cfg, family, flavor, modes.ForProxy, reg, logger)
 		if err != nil {

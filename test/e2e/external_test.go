@@ -81,13 +81,13 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	}
 	// The load balancer's health check asks the node whether it has endpoints.
 	healthURL := fmt.Sprintf("http://%s:%d/", lab.NodeIP, svc.Spec.HealthCheckNodePort)
-	expectHealthCheck(ctx, t, l, healthURL, "200", `"localEndpoints":1`)
+	expectHealthCheck(ctx, t, l, healthURL, "200", `"localEndpoints": 1`)
 
 	// No endpoint on this node: external clients are dropped (the load balancer's health
 	// check steers them away), while a pod on this node still reaches the Service through
 	// its external addresses (short-circuit to any endpoint).
 	writeEndpoints(ctx, t, l, "ext", remote)
-	expectHealthCheck(ctx, t, l, healthURL, "503", `"localEndpoints":0`)
+	expectHealthCheck(ctx, t, l, healthURL, "503", `"localEndpoints": 0`)
 	expectFlow(ctx, t, "Local policy without a local endpoint, nodePort", fromClientOnce(entryPoints["nodePort"]), nil, "", "timeout")
 	expectFlow(ctx, t, "Local policy without a local endpoint, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
 	// Both modes: iptables mode short-circuits pods to any endpoint; in IPVS mode the
