@@ -10,7 +10,7 @@ GO ?= go
 # user-mode-linux is the kernel lab: a Linux kernel with IPVS that runs as a process.
 DEB_PACKAGES := iptables ipset ipvsadm conntrack iproute2 procps kmod curl iputils-ping ca-certificates user-mode-linux
 
-.PHONY: all build deps controlplane lint test demo parity bench bench-dataplane bench-ci image clean
+.PHONY: all build deps controlplane lint test demo parity differential differential-ci bench bench-dataplane bench-ci image clean
 
 all: build
 
@@ -18,6 +18,7 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/switchyard ./cmd/switchyard
 	$(GO) build -o bin/labagent ./hack/labagent
 	$(GO) build -o bin/bench ./benchmarks/cmd/bench
+	$(GO) build -o bin/differential ./differential/cmd/differential
 
 # image builds the DaemonSet's container image (Dockerfile) with docker or podman; push it
 # to a registry the nodes can pull from and set it in deploy/daemonset.yaml.
@@ -63,6 +64,22 @@ parity: deps controlplane
 	rm -rf $(CURDIR)/.cache/parity && mkdir -p $(CURDIR)/.cache/parity
 	SWYD_PARITY_DIR=$(CURDIR)/.cache/parity $(GO) test -count=1 -timeout 30m ./test/e2e/
 	$(GO) run ./hack/parity -in $(CURDIR)/.cache/parity/flows.jsonl -out docs/parity.md
+
+# differential runs switchyard and upstream kube-proxy against the same generated Services
+# on the same kernel, probes every entry point under each, and writes where they differ
+# to docs/differential/ (report.md, report.json); it fails when they differ anywhere.
+# SEED and COUNT choose the scenarios (the same seed generates the same ones).
+SEED ?= 1
+COUNT ?= 40
+differential: deps controlplane build
+	hack/controlplane/build.sh kube-proxy
+	bin/differential -seed $(SEED) -count $(COUNT) -out docs/differential
+
+# differential-ci is the same at a small size and a fixed seed: the hard corners and a
+# few more, in both iptables flavors, in about 2 minutes.
+differential-ci: deps controlplane build
+	hack/controlplane/build.sh kube-proxy
+	bin/differential -seed 1 -count 16 -out $(CURDIR)/.cache/differential-ci
 
 # bench measures rule-refresh latency for every backend at N = 100 to 10,000 Services,
 # next to the kernel's own tools and upstream kube-proxy, and writes benchmarks/results/

@@ -52,7 +52,7 @@ func Populate(ctx context.Context, client kubernetes.Interface, w *Workload, fro
 	if err := ensureFixedService(ctx, client, Namespace, probeName, probeClusterIP); err != nil {
 		return err
 	}
-	if err := createNode(ctx, client); err != nil {
+	if err := CreateNode(ctx, client); err != nil {
 		return err
 	}
 	// Eight writers keep a private apiserver busy without starving it of CPU.
@@ -107,9 +107,9 @@ func ensureFixedService(ctx context.Context, client kubernetes.Interface, namesp
 	return nil
 }
 
-// createNode registers the lab's node, as kubelet would: kube-proxy reads its addresses
+// CreateNode registers the lab's node, as kubelet would: kube-proxy reads its addresses
 // at startup and waits for them, which without a Node object costs it 30 s.
-func createNode(ctx context.Context, client kubernetes.Interface) error {
+func CreateNode(ctx context.Context, client kubernetes.Interface) error {
 	node, err := client.CoreV1().Nodes().Create(ctx, &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: lab.NodeName}}, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return nil
@@ -195,11 +195,12 @@ func flavor(mode string) string {
 	return "legacy"
 }
 
-// command returns how to start a proxy so that it uses the mode's iptables flavor.
+// ProxyCommand returns how to start a proxy (ProxySwitchyard or ProxyKubeProxy) so that
+// it uses o.Mode's iptables flavor (only o.Mode, o.Binaries and o.Scratch are read).
 // switchyard follows kubelet's hint chain, as kube-proxy's image does; the kube-proxy
 // binary runs whatever "iptables" is on its PATH, so it gets a PATH whose iptables
 // commands are the flavor's.
-func command(o ProxyOptions, proxy string, args ...string) (string, []string, error) {
+func ProxyCommand(o ProxyOptions, proxy string, args ...string) (string, []string, error) {
 	if proxy == ProxySwitchyard {
 		return o.Binaries[proxy], args, nil
 	}
@@ -237,7 +238,7 @@ func execPath(name string) (string, error) {
 // see checkClean.
 func cleanNode(ctx context.Context, o ProxyOptions) error {
 	for _, proxy := range []string{ProxySwitchyard, ProxyKubeProxy} {
-		bin, args, err := command(o, proxy, "--cleanup")
+		bin, args, err := ProxyCommand(o, proxy, "--cleanup")
 		if err != nil {
 			return err
 		}
@@ -319,7 +320,7 @@ func startProxy(ctx context.Context, o ProxyOptions, proxy string) (_ *startedPr
 		modeFlag, minSync = "ipvs", "--ipvs-min-sync-period=0s"
 	}
 	addr := metricsAddress(o.Lab)
-	bin, args, err := command(o, proxy,
+	bin, args, err := ProxyCommand(o, proxy,
 		"--proxy-mode="+modeFlag,
 		"--kubeconfig="+o.Lab.Kubeconfig,
 		"--hostname-override="+lab.NodeName,

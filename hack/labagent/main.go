@@ -6,6 +6,11 @@
 //	labagent get URL COUNT           make COUNT HTTP requests (a new connection each), print JSON
 //	labagent udp ADDR COUNT SRCPORT  send COUNT datagrams from local port SRCPORT, print JSON
 //	labagent sctp ADDR COUNT         make COUNT SCTP associations (IPv4), read the name, print JSON
+//	labagent probe [-timeout D] [-give-up N] PROTO ADDR COUNT
+//	                                 make COUNT tcp (HTTP) or udp requests to ADDR, each a new
+//	                                 connection or flow, print JSON with the client address each
+//	                                 pod saw ("NAME saw ADDR"); stop after N failures in a row
+//	                                 without an answer
 //	labagent load [-conns C] [-duration D] [-warmup W] [-keep-alive] ADDR
 //	                                 send HTTP requests to ADDR for D on C connections, print JSON
 //	                                 (the data-plane benchmark's load generator, internal/loadgen)
@@ -103,6 +108,25 @@ func run(args []string) error {
 			return err
 		}
 		return json.NewEncoder(os.Stdout).Encode(res)
+	case len(args) > 1 && args[0] == "probe":
+		fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+		timeout := fs.Duration("timeout", time.Second, "how long each request waits for its answer")
+		giveUp := fs.Int("give-up", 3, "stop after this many failures in a row when nothing answered yet (a DROP costs the timeout each time)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 3 {
+			return errors.New("usage: labagent probe [flags] tcp|udp ADDR COUNT")
+		}
+		count, err := strconv.Atoi(fs.Arg(2))
+		if err != nil {
+			return fmt.Errorf("count %q: %w", fs.Arg(2), err)
+		}
+		res, err := probe(fs.Arg(0), fs.Arg(1), count, *timeout, *giveUp)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(res)
 	case len(args) > 1 && args[0] == "load":
 		fs := flag.NewFlagSet("load", flag.ContinueOnError)
 		o := loadgen.Options{}
@@ -123,7 +147,7 @@ func run(args []string) error {
 		}
 		return json.NewEncoder(os.Stdout).Encode(res)
 	default:
-		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT | labagent sctp ADDR COUNT | labagent load [flags] ADDR")
+		return errors.New("usage: labagent serve NAME ADDR | labagent get URL COUNT | labagent udp ADDR COUNT SRCPORT | labagent sctp ADDR COUNT | labagent probe [flags] PROTO ADDR COUNT | labagent load [flags] ADDR")
 	}
 }
 
@@ -159,16 +183,89 @@ func isTimeout(err error) bool {
 	return errors.As(err, &t) && t.Timeout()
 }
 
+// udpProbe is the datagram of `probe`, answered with the pod's name and the client
+// address it saw (as the HTTP server's header carries it); any other datagram is
+// answered with the name alone.
+const udpProbe = "probe"
+
 // serveUDP answers every datagram with the pod's name.
 func serveUDP(conn net.PacketConn, name string) {
 	buf := make([]byte, 1500)
 	for {
-		_, from, err := conn.ReadFrom(buf)
+		n, from, err := conn.ReadFrom(buf)
 		if err != nil {
 			return
 		}
-		_, _ = conn.WriteTo([]byte(name), from)
+		answer := name
+		if string(buf[:n]) == udpProbe {
+			if host, _, err := net.SplitHostPort(from.String()); err == nil {
+				answer += " " + host
+			}
+		}
+		_, _ = conn.WriteTo([]byte(answer), from)
 	}
+}
+
+// probe makes count requests to addr over proto, each on a new connection (tcp: HTTP)
+// or a new flow (udp: a new socket, so a new source port), and records who answered and
+// which client address they saw. While nothing has answered, it gives up after giveUp
+// failures in a row: the outcome is clear by then.
+func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Result, error) {
+	res := Result{Answers: map[string]int{}, Clients: map[string]int{}, Failures: map[string]int{}}
+	var once func() (name, client string, err error)
+	switch proto {
+	case "tcp":
+		client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+		url := "http://" + addr + "/"
+		once = func() (string, string, error) {
+			resp, err := client.Get(url)
+			if err != nil {
+				return "", "", err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			return string(body), resp.Header.Get(clientHeader), err
+		}
+	case "udp":
+		once = func() (string, string, error) {
+			conn, err := net.Dial("udp", addr)
+			if err != nil {
+				return "", "", err
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(timeout))
+			if _, err := conn.Write([]byte(udpProbe)); err != nil {
+				return "", "", err
+			}
+			buf := make([]byte, 1500)
+			n, err := conn.Read(buf)
+			if err != nil {
+				return "", "", err
+			}
+			name, client, _ := strings.Cut(string(buf[:n]), " ")
+			return name, client, nil
+		}
+	default:
+		return res, fmt.Errorf("probe: unknown protocol %q (want tcp or udp)", proto)
+	}
+	failedInARow := 0
+	for range count {
+		start := time.Now()
+		name, client, err := once()
+		if err != nil {
+			res.fail(err, start)
+			if failedInARow++; failedInARow >= giveUp && len(res.Answers) == 0 {
+				break
+			}
+			continue
+		}
+		failedInARow = 0
+		res.Answers[name]++
+		// Which pod saw which client: hairpin traffic is masqueraded only when it
+		// comes back to the pod that sent it.
+		res.Clients[name+" saw "+client]++
+	}
+	return res, nil
 }
 
 // sendUDP sends count datagrams from a fixed local port, so they all belong to one flow
@@ -203,13 +300,16 @@ func sendUDP(addr string, count, srcPort int) (Result, error) {
 }
 
 // fail records a failed request by kind. "refused" is an active rejection: a TCP reset
-// or ICMP unreachable (ECONNREFUSED), or, for a sender on the node itself, its packet
-// rejected by the firewall on the way out (EPERM).
+// or ICMP port unreachable (ECONNREFUSED), or, for a sender on the node itself, its packet
+// rejected by the firewall on the way out (EPERM). "unreachable" is an ICMP host or
+// network unreachable: no route on the way.
 func (res *Result) fail(err error, start time.Time) {
 	kind := "other"
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPERM):
 		kind = "refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		kind = "unreachable"
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.ETIMEDOUT), errors.Is(err, syscall.EINPROGRESS), isTimeout(err):
 		kind = "timeout"
 	}

@@ -30,6 +30,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -219,9 +221,12 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
-	// The node forwards between its pods. This is the node namespace's own setting, or
-	// the guest kernel's: never the host's.
-	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1").Run(); err != nil {
+	// The node forwards between its pods, and answers every rejected connection: at the
+	// kernel's default rate limit (one ICMP error a second per peer) a REJECT would look
+	// like a DROP to the requests that follow the first. These are the node namespace's
+	// own settings, or the guest kernel's: never the host's.
+	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+		"net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0").Run(); err != nil {
 		return nil, fmt.Errorf("enabling forwarding on the node: %w", err)
 	}
 	for _, pod := range l.Pods {
@@ -235,6 +240,9 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("loading %s: %w", opts.Kubeconfig, err)
 		}
+		// As on the host (testenv): client-side throttling only slows a test that writes
+		// thousands of objects to its private apiserver (the soak's 2,000 took 199 s).
+		restConfig.QPS = -1
 		if l.Client, err = kubernetes.NewForConfig(restConfig); err != nil {
 			return nil, err
 		}
@@ -373,6 +381,26 @@ func (l *Lab) ClientGet(ctx context.Context, url string, count int) (Result, err
 // PodGet sends count HTTP requests, each on a new connection, from a pod.
 func (l *Lab) PodGet(ctx context.Context, pod *Pod, url string, count int) (Result, error) {
 	return l.get(pod.Netns.Exec(ctx, l.agent, "get", url, fmt.Sprint(count)), url)
+}
+
+// Probe runs `labagent probe` (see hack/labagent) with args from: "node", "client", or
+// the name of a pod.
+func (l *Lab) Probe(ctx context.Context, from string, args ...string) (Result, error) {
+	args = append([]string{"probe"}, args...)
+	var cmd *exec.Cmd
+	switch from {
+	case "node":
+		cmd = l.NodeCommand(ctx, l.agent, args...)
+	case "client":
+		cmd = l.client.Exec(ctx, l.agent, args...)
+	default:
+		i := slices.IndexFunc(l.Pods, func(p *Pod) bool { return p.Name == from })
+		if i < 0 {
+			return Result{}, fmt.Errorf("probing from %q: no such pod", from)
+		}
+		cmd = l.Pods[i].Netns.Exec(ctx, l.agent, args...)
+	}
+	return l.get(cmd, strings.Join(args[1:], " "))
 }
 
 func (l *Lab) get(cmd *exec.Cmd, url string) (Result, error) {

@@ -1,0 +1,165 @@
+package differential
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard/switchyard/internal/lab"
+)
+
+// Where a probe is sent from. The pod is also an endpoint of some Services, so its own
+// Service's traffic to it is hairpin traffic.
+const (
+	FromPod    = "pod-1"
+	FromNode   = "node"
+	FromClient = "client"
+)
+
+// Entry points of a Service port, as the report names them.
+const (
+	EntryClusterIP     = "cluster-ip"
+	EntryExternalIP    = "external-ip"
+	EntryLoadBalancer  = "load-balancer-ip"
+	EntryNodePort      = "node-port"
+	EntryLocalNodePort = "node-port-on-localhost"
+	// EntryHealthCheck is the healthCheckNodePort: its answer (the JSON body naming
+	// the Service and its local endpoints) is compared as an endpoint's name would be.
+	EntryHealthCheck = "health-check-node-port"
+)
+
+// Probe is a batch of requests to one entry point of one Service port from one place.
+type Probe struct {
+	Scenario string `json:"scenario"`
+	Port     string `json:"port"`
+	Entry    string `json:"entry"`
+	From     string `json:"from"`
+	Protocol string `json:"protocol"`
+	Addr     string `json:"addr"`
+	// Sticky marks a Service with ClientIP affinity: which endpoint a client sticks to
+	// is the proxy's random choice, so only how many answered is compared.
+	Sticky bool `json:"sticky,omitempty"`
+}
+
+// ID names the probe in a report. Its addresses are the same under every proxy (see
+// apply).
+func (p Probe) ID() string {
+	return fmt.Sprintf("%s port %s: %s %s from %s (%s)", p.Scenario, p.Port, p.Entry, p.Addr, p.From, p.Protocol)
+}
+
+// probes lists the probes of a Service as the apiserver holds it: every entry point of
+// every port, from every place that can reach it. The off-node client has no route to
+// cluster IPs, as off-node machines in a cluster have none.
+func probes(svc *v1.Service) []Probe {
+	var out []Probe
+	sticky := svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP
+	add := func(port v1.ServicePort, entry, addr string, p int32, from ...string) {
+		name := port.Name
+		if name == "" {
+			name = strconv.Itoa(int(port.Port))
+		}
+		for _, f := range from {
+			out = append(out, Probe{Scenario: svc.Name, Port: name, Entry: entry, From: f,
+				Protocol: strings.ToLower(string(port.Protocol)), Addr: netip.AddrPortFrom(netip.MustParseAddr(addr), uint16(p)).String(), Sticky: sticky})
+		}
+	}
+	for _, port := range svc.Spec.Ports {
+		if port.Protocol != v1.ProtocolTCP && port.Protocol != v1.ProtocolUDP {
+			continue // the probe speaks TCP and UDP
+		}
+		if ip := svc.Spec.ClusterIP; ip != "" && ip != v1.ClusterIPNone {
+			add(port, EntryClusterIP, ip, port.Port, FromPod, FromNode)
+		}
+		for _, ip := range svc.Spec.ExternalIPs {
+			add(port, EntryExternalIP, ip, port.Port, FromPod, FromNode, FromClient)
+		}
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP != "" {
+				add(port, EntryLoadBalancer, ing.IP, port.Port, FromPod, FromNode, FromClient)
+			}
+		}
+		if port.NodePort != 0 {
+			add(port, EntryNodePort, lab.NodeIP, port.NodePort, FromPod, FromNode, FromClient)
+			add(port, EntryLocalNodePort, "127.0.0.1", port.NodePort, FromNode)
+		}
+	}
+	if hc := svc.Spec.HealthCheckNodePort; hc != 0 {
+		out = append(out, Probe{Scenario: svc.Name, Port: "health", Entry: EntryHealthCheck, From: FromClient,
+			Protocol: "tcp", Addr: netip.AddrPortFrom(netip.MustParseAddr(lab.NodeIP), uint16(hc)).String()})
+	}
+	return out
+}
+
+// Outcome is what a probe saw, reduced to what must be equal under both proxies: which
+// endpoints answered (for a sticky Service, how many), which client addresses they saw
+// (an address other than the sender's is a masquerade), and how the requests that got
+// no answer failed.
+type Outcome struct {
+	Endpoints []string `json:"endpoints,omitempty"`
+	Clients   []string `json:"clients,omitempty"`
+	Failures  []string `json:"failures,omitempty"`
+	// Detail is the last failure's error, for the report; it is not compared.
+	Detail string `json:"detail,omitempty"`
+}
+
+// outcome reduces a probe's result (see `labagent probe`: its clients are "POD saw ADDR").
+// For a sticky Service the endpoint a client sticks to is each proxy's random choice, so
+// the endpoints become how many answered, and each pod in the clients becomes whether it
+// was the sender itself (hairpin) or another.
+func outcome(p Probe, r lab.Result) Outcome {
+	// A TCP connection whose SYN meets an ICMP host unreachable fails at once or times
+	// out, depending on whether the error arrives while connect holds the socket: the
+	// same "nothing delivered" as a timeout.
+	if n := r.Failures["unreachable"]; n > 0 {
+		r.Failures["timeout"] += n
+		delete(r.Failures, "unreachable")
+	}
+	o := Outcome{Endpoints: sortedKeys(r.Answers), Clients: sortedKeys(r.Clients), Failures: sortedKeys(r.Failures), Detail: r.LastError}
+	if p.Sticky && len(o.Endpoints) > 0 {
+		o.Endpoints = []string{fmt.Sprintf("%d endpoint(s), sticky", len(o.Endpoints))}
+		for i, c := range o.Clients {
+			pod, addr, _ := strings.Cut(c, " saw ")
+			who := "another endpoint"
+			if pod == p.From {
+				who = "the sender itself"
+			}
+			o.Clients[i] = who + " saw " + addr
+		}
+		slices.Sort(o.Clients)
+		o.Clients = slices.Compact(o.Clients)
+	}
+	return o
+}
+
+// String is the outcome in a report's words.
+func (o Outcome) String() string {
+	var parts []string
+	if len(o.Endpoints) > 0 {
+		parts = append(parts, "answered by "+strings.Join(o.Endpoints, ", "))
+	}
+	if len(o.Clients) > 0 {
+		parts = append(parts, strings.Join(o.Clients, ", "))
+	}
+	if len(o.Failures) > 0 {
+		parts = append(parts, fmt.Sprintf("failed: %s (last: %s)", strings.Join(o.Failures, ", "), o.Detail))
+	}
+	if len(parts) == 0 {
+		return "nothing"
+	}
+	return strings.Join(parts, "; ")
+}
+
+func sortedKeys(m map[string]int) []string {
+	var keys []string
+	for k, n := range m {
+		if n > 0 {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}

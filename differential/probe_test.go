@@ -1,0 +1,130 @@
+package differential
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/switchyard/switchyard/internal/lab"
+)
+
+// TestProbes: every entry point of every TCP and UDP port, from every place that can
+// reach it; the health check port once, from off the node.
+func TestProbes(t *testing.T) {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "s1-000"},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeLoadBalancer, ClusterIP: "10.96.100.1", ExternalIPs: []string{"10.253.0.1"},
+			SessionAffinity: v1.ServiceAffinityClientIP, HealthCheckNodePort: 30103,
+			Ports: []v1.ServicePort{
+				{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP, NodePort: 30100},
+				{Name: "sctp", Port: 9, Protocol: v1.ProtocolSCTP, NodePort: 30101},
+			},
+		},
+		Status: v1.ServiceStatus{LoadBalancer: v1.LoadBalancerStatus{Ingress: []v1.LoadBalancerIngress{{IP: "10.253.0.2"}, {Hostname: "lb.example"}}}},
+	}
+	var got []string
+	for _, p := range probes(svc) {
+		if p.Entry != EntryHealthCheck && !p.Sticky {
+			t.Errorf("%s: not sticky, though the Service has ClientIP affinity", p.ID())
+		}
+		got = append(got, p.ID())
+	}
+	want := []string{
+		"s1-000 port dns: cluster-ip 10.96.100.1:53 from pod-1 (udp)",
+		"s1-000 port dns: cluster-ip 10.96.100.1:53 from node (udp)",
+		"s1-000 port dns: external-ip 10.253.0.1:53 from pod-1 (udp)",
+		"s1-000 port dns: external-ip 10.253.0.1:53 from node (udp)",
+		"s1-000 port dns: external-ip 10.253.0.1:53 from client (udp)",
+		"s1-000 port dns: load-balancer-ip 10.253.0.2:53 from pod-1 (udp)",
+		"s1-000 port dns: load-balancer-ip 10.253.0.2:53 from node (udp)",
+		"s1-000 port dns: load-balancer-ip 10.253.0.2:53 from client (udp)",
+		"s1-000 port dns: node-port " + lab.NodeIP + ":30100 from pod-1 (udp)",
+		"s1-000 port dns: node-port " + lab.NodeIP + ":30100 from node (udp)",
+		"s1-000 port dns: node-port " + lab.NodeIP + ":30100 from client (udp)",
+		"s1-000 port dns: node-port-on-localhost 127.0.0.1:30100 from node (udp)",
+		"s1-000 port health: health-check-node-port " + lab.NodeIP + ":30103 from client (tcp)",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("probes (-want +got):\n%s", diff)
+	}
+}
+
+// TestOutcome: what is compared of a probe's result.
+func TestOutcome(t *testing.T) {
+	plain := Probe{From: FromPod}
+	sticky := Probe{From: FromPod, Sticky: true}
+	for _, tc := range []struct {
+		desc  string
+		probe Probe
+		res   lab.Result
+		want  Outcome
+	}{
+		{"endpoints and who saw which client", plain,
+			lab.Result{Answers: map[string]int{"pod-2": 3, "pod-1": 2}, Clients: map[string]int{"pod-1 saw 10.244.0.1": 2, "pod-2 saw 10.244.0.11": 3}},
+			Outcome{Endpoints: []string{"pod-1", "pod-2"}, Clients: []string{"pod-1 saw 10.244.0.1", "pod-2 saw 10.244.0.11"}}},
+		{"sticky to another pod: how many, not which", sticky,
+			lab.Result{Answers: map[string]int{"pod-3": 5}, Clients: map[string]int{"pod-3 saw 10.244.0.11": 5}},
+			Outcome{Endpoints: []string{"1 endpoint(s), sticky"}, Clients: []string{"another endpoint saw 10.244.0.11"}}},
+		{"sticky to the sender itself (hairpin)", sticky,
+			lab.Result{Answers: map[string]int{"pod-1": 5}, Clients: map[string]int{"pod-1 saw 10.244.0.1": 5}},
+			Outcome{Endpoints: []string{"1 endpoint(s), sticky"}, Clients: []string{"the sender itself saw 10.244.0.1"}}},
+		{"unreachable counts as no answer", plain,
+			lab.Result{Failures: map[string]int{"unreachable": 1, "timeout": 2}, LastError: "i/o timeout"},
+			Outcome{Failures: []string{"timeout"}, Detail: "i/o timeout"}},
+		{"refused stays apart", plain,
+			lab.Result{Failures: map[string]int{"refused": 3}},
+			Outcome{Failures: []string{"refused"}}},
+	} {
+		t.Run(tc.desc, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, outcome(tc.probe, tc.res)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestCompare: only probes whose outcomes differ are divergences (the detail of a failure
+// is not compared), each with the rules that name its Service.
+func TestCompare(t *testing.T) {
+	same := Probe{Scenario: "s1-000", Port: "http", Entry: EntryClusterIP, From: FromNode, Protocol: "tcp", Addr: "10.96.100.1:80"}
+	differs := same
+	differs.From = FromPod
+	runs := []ProxyRun{
+		{Proxy: "switchyard", Outcomes: map[string]Outcome{same.ID(): {Failures: []string{"refused"}, Detail: "a"}, differs.ID(): {Endpoints: []string{"pod-2"}}},
+			Programmed: "-A SWYD-SERVICES -d 10.96.100.1/32 -j X\n-A OTHER -j Y"},
+		{Proxy: "kube-proxy", Outcomes: map[string]Outcome{same.ID(): {Failures: []string{"refused"}, Detail: "b"}, differs.ID(): {Failures: []string{"timeout"}}},
+			Programmed: "-A KUBE-SERVICES -d 10.96.100.1/32 -j Z"},
+	}
+	got := Compare([]Probe{same, differs}, runs, map[string][]string{"s1-000": {"10.96.100.1/32"}})
+	if len(got) != 1 || got[0].Probe != differs {
+		t.Fatalf("divergences = %+v, want only %s", got, differs.ID())
+	}
+	want := map[string][]string{"switchyard": {"-A SWYD-SERVICES -d 10.96.100.1/32 -j X"}, "kube-proxy": {"-A KUBE-SERVICES -d 10.96.100.1/32 -j Z"}}
+	if diff := cmp.Diff(want, got[0].Programmed); diff != "" {
+		t.Errorf("programmed (-want +got):\n%s", diff)
+	}
+}
+
+// TestMetric reads the largest value of a series in a scrape, labelled or not, and no
+// series whose name only starts with the same text.
+func TestMetric(t *testing.T) {
+	scrape := `# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds x
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 1.7e+09
+kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv6"} 1.8e+09
+kubeproxy_sync_proxy_rules_last_timestamp_seconds_other 9e+09
+kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 5
+`
+	if got := metric(scrape, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"); got != 1.8e9 {
+		t.Errorf("last sync = %v, want 1.8e9", got)
+	}
+	if got := metric(scrape, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"); got != 5 {
+		t.Errorf("last queued = %v, want 5", got)
+	}
+	if got := metric(scrape, "absent"); got != 0 {
+		t.Errorf("absent = %v, want 0", got)
+	}
+}
+
