@@ -49,8 +49,12 @@ type Config struct {
 	ConntrackMin        int32
 	OOMScoreAdj         int32
 	NodePortAddresses   []string
-	IPVSScheduler       string
-	IPVSStrictARP       bool
+	// IPTablesLocalhostNodePorts is kube-proxy's iptables.localhostNodePorts: in
+	// iptables mode, NodePorts also answer on 127.0.0.1 when the IPv4 node-port
+	// addresses include loopback (see LocalhostNodePorts).
+	IPTablesLocalhostNodePorts bool
+	IPVSScheduler              string
+	IPVSStrictARP              bool
 	// Cleanup asks to remove everything switchyard owns on the node and exit.
 	Cleanup bool
 	// InitOnly asks to make the node settings that need full privileges and exit.
@@ -70,7 +74,9 @@ func Defaults() Config {
 		ConntrackMaxPerCore: 32768,
 		ConntrackMin:        131072,
 		OOMScoreAdj:         -999,
-		IPVSScheduler:       "rr",
+		// As kube-proxy defaults iptables.localhostNodePorts (its v1alpha1 defaults.go).
+		IPTablesLocalhostNodePorts: true,
+		IPVSScheduler:              "rr",
 	}
 }
 
@@ -158,13 +164,13 @@ type flagValues struct {
 	configFile, mode, kubeconfig, master, hostname, clusterCIDR string
 	metricsAddr, healthzAddr, proxyName, ipvsScheduler          string
 	masqAll, version, cleanup, initOnly, strictARP              bool
+	localhostNodePorts                                          bool
 	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
 	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj     int32
 	nodePortAddresses                                           []string
 	// Accepted for compatibility with kube-proxy command lines, and otherwise unused.
 	conntrackTimeouts         [4]time.Duration
 	bindAddress, featureGates string
-	localhostNodePorts        bool
 }
 
 func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
@@ -199,7 +205,7 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
 	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility; it only hints the node's IP family.")
 	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
-	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", true, "Accepted for kube-proxy compatibility; NodePorts are not yet served.")
+	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", d.IPTablesLocalhostNodePorts, "If false, NodePorts are not served on 127.0.0.1. (iptables mode and IPv4 only: localhost NodePorts are never served in IPVS mode or over IPv6.) When served, net.ipv4.conf.all.route_localnet is set to 1.")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "Remove everything switchyard owns on this node and exit.")
 	fs.BoolVar(&f.initOnly, "init-only", false, "Load the kernel modules and set the sysctls the proxy mode needs, which takes full root privileges, and exit. Run switchyard again without it, with only the NET_ADMIN and NET_RAW capabilities.")
 	fs.BoolVar(&f.version, "version", false, "Print the version and exit.")
@@ -299,6 +305,9 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 		cfg.NodePortAddresses = f.nodePortAddresses
 		check(validateNodePortAddresses(f.nodePortAddresses, "--nodeport-addresses"))
 	}
+	if set("iptables-localhost-nodeports") {
+		cfg.IPTablesLocalhostNodePorts = f.localhostNodePorts
+	}
 	if set("ipvs-scheduler") {
 		cfg.IPVSScheduler = f.ipvsScheduler
 		check(validateScheduler(f.ipvsScheduler, "--ipvs-scheduler"))
@@ -383,6 +392,9 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		cfg.MasqueradeBit = *b
 		check(inRange(int64(*b), 0, 31, where("iptables.masqueradeBit")))
 	}
+	if v := file.IPTables.LocalhostNodePorts; v != nil {
+		cfg.IPTablesLocalhostNodePorts = *v
+	}
 	if file.IPVS.Scheduler != "" {
 		cfg.IPVSScheduler = file.IPVS.Scheduler
 		check(validateScheduler(cfg.IPVSScheduler, where("ipvs.scheduler")))
@@ -441,6 +453,23 @@ func (c Config) NodePortPrefixes(ipv4 bool) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// ipv4Loopback is the IPv4 loopback network (RFC 5735).
+var ipv4Loopback = netip.MustParsePrefix("127.0.0.0/8")
+
+// LocalhostNodePorts reports whether iptables mode serves NodePorts on 127.0.0.1 for one
+// IP family, as kube-proxy's iptables proxier decides it: only IPv4 (a packet from ::1
+// is never routed off the node), only with --iptables-localhost-nodeports, and only when
+// the family's node-port addresses include loopback: no range of the family (every
+// address), or a range that holds some of 127.0.0.0/8. "primary" holds the node's
+// primary IP, which is never loopback.
+func (c Config) LocalhostNodePorts(ipv4 bool) bool {
+	if !ipv4 || !c.IPTablesLocalhostNodePorts || slices.Contains(c.NodePortAddresses, "primary") {
+		return false
+	}
+	prefixes := c.NodePortPrefixes(true)
+	return len(prefixes) == 0 || slices.ContainsFunc(prefixes, ipv4Loopback.Overlaps)
 }
 
 func validateScheduler(name, where string) error {

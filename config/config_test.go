@@ -40,6 +40,11 @@ iptables:
 conntrack:
   maxPerCore: 0
 `)
+	noLocalhost := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+iptables:
+  localhostNodePorts: false
+`)
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
 	tests := []struct {
@@ -74,6 +79,13 @@ conntrack:
 			c.MasqueradeAll = true
 			c.ConntrackMaxPerCore = 0
 		}},
+		{name: "localhost NodePorts off by flag", args: []string{"--hostname-override=node-a", "--iptables-localhost-nodeports=false"}, want: func(c *Config) {
+			c.IPTablesLocalhostNodePorts = false
+		}},
+		{name: "localhost NodePorts off in the file", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a"}, want: func(c *Config) {
+			c.IPTablesLocalhostNodePorts = false
+		}},
+		{name: "the flag overrides the file's localhost NodePorts", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a", "--iptables-localhost-nodeports"}, want: func(*Config) {}},
 		{name: "explicit flags override the file", args: []string{"--config=" + file, "--hostname-override=node-a", "--sync-period=50s", "--metrics-bind-address="}, want: func(c *Config) {
 			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
 			c.MetricsBindAddress = ""
@@ -92,6 +104,55 @@ conntrack:
 			tc.want(&want)
 			if diff := cmp.Diff(want, got.Config, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 				t.Errorf("config (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestLocalhostNodePortsDefault: kube-proxy serves NodePorts on 127.0.0.1 unless told
+// not to, and a file that does not mention it (a nil *bool) keeps that.
+func TestLocalhostNodePortsDefault(t *testing.T) {
+	file := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\niptables:\n  masqueradeAll: true\n")
+	for _, args := range [][]string{{"--hostname-override=node-a"}, {"--config=" + file, "--hostname-override=node-a"}} {
+		got, err := Parse(args, modeNames, io.Discard)
+		if err != nil {
+			t.Fatalf("Parse(%q): %v", args, err)
+		}
+		if !got.Config.IPTablesLocalhostNodePorts {
+			t.Errorf("Parse(%q): localhost NodePorts off, want on by default", args)
+		}
+	}
+}
+
+// TestLocalhostNodePorts follows kube-proxy's NewProxier and NewNodePortAddresses: the
+// flag, IPv4 only, and loopback among the family's node-port addresses, none meaning all.
+func TestLocalhostNodePorts(t *testing.T) {
+	tests := []struct {
+		name      string
+		off       bool
+		addresses []string
+		ipv4      bool
+		want      bool
+	}{
+		{name: "default", ipv4: true, want: true},
+		{name: "IPv6 never", ipv4: false},
+		{name: "flag off", off: true, ipv4: true},
+		{name: "a range without loopback", addresses: []string{"192.168.0.0/16"}, ipv4: true},
+		{name: "loopback itself", addresses: []string{"192.168.0.0/16", "127.0.0.1/32"}, ipv4: true, want: true},
+		{name: "part of loopback", addresses: []string{"127.0.1.0/24"}, ipv4: true, want: true},
+		{name: "a range that holds loopback", addresses: []string{"0.0.0.0/1"}, ipv4: true, want: true},
+		{name: "every address", addresses: []string{"0.0.0.0/0"}, ipv4: true, want: true},
+		{name: "only IPv6 ranges: every IPv4 address", addresses: []string{"fd00::/8"}, ipv4: true, want: true},
+		{name: "flag off, loopback listed", off: true, addresses: []string{"127.0.0.0/8"}, ipv4: true},
+		{name: "primary", addresses: []string{"primary"}, ipv4: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			c.IPTablesLocalhostNodePorts = !tc.off
+			c.NodePortAddresses = tc.addresses
+			if got := c.LocalhostNodePorts(tc.ipv4); got != tc.want {
+				t.Errorf("LocalhostNodePorts(ipv4 %t) with %q = %t, want %t", tc.ipv4, tc.addresses, got, tc.want)
 			}
 		})
 	}

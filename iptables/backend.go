@@ -56,6 +56,10 @@ func NewBackend(ipt Interface, cfg RenderConfig, reg prometheus.Registerer, logg
 			Name: "sync_proxy_rules_iptables_total", Help: "Total number of iptables rules owned by the proxy", ConstLabels: labels}, []string{"table"}),
 	}
 	reg.MustRegister(b.restoreFailures, b.partialRestoreFailures, b.rulesTotal)
+	if cfg.skipsLoopbackRange() {
+		// kube-proxy logs this on every sync; the configuration cannot change meanwhile.
+		b.logger.Error(nil, "--nodeport-addresses includes localhost, but localhost NodePorts are not served (--iptables-localhost-nodeports=false, or IPv6): NodePorts are left out there", "nodePortAddresses", cfg.NodePortAddresses)
+	}
 	return b
 }
 
@@ -154,18 +158,21 @@ func (b *Backend) ruleset(ports map[proxier.ServicePortName]*servicePortRules) R
 		{Name: ServicesChain, Rules: append(dispatch[natServices], nodePortJumps(&b.cfg)...)},
 		{Name: NodePortsChain, Rules: dispatch[natNodePorts]},
 	}, MasqueradeChains(mark)...)
+	filter := []Chain{
+		{Name: ServicesChain, Rules: dispatch[filterServices]},
+		{Name: ExternalServicesChain, Rules: dispatch[filterExternalServices]},
+		{Name: FirewallChain, Rules: dispatch[filterFirewall]},
+		{Name: NodePortsChain, Rules: dispatch[filterNodePorts]},
+		ForwardChainRules(mark, !b.cfg.ConntrackTCPLiberal),
+	}
+	hooks := append(CommonHooks(), filterHooks...)
+	if b.cfg.servesLoopback() {
+		filter = append(filter, localnetFirewall())
+		hooks = append(hooks, localnetHooks...)
+	}
 	return Ruleset{
-		Chains: map[Table][]Chain{
-			TableFilter: {
-				{Name: ServicesChain, Rules: dispatch[filterServices]},
-				{Name: ExternalServicesChain, Rules: dispatch[filterExternalServices]},
-				{Name: FirewallChain, Rules: dispatch[filterFirewall]},
-				{Name: NodePortsChain, Rules: dispatch[filterNodePorts]},
-				ForwardChainRules(mark, !b.cfg.ConntrackTCPLiberal),
-			},
-			TableNAT: append(nat, serviceChains...),
-		},
-		Hooks: append(CommonHooks(), filterHooks...),
+		Chains: map[Table][]Chain{TableFilter: filter, TableNAT: append(nat, serviceChains...)},
+		Hooks:  hooks,
 	}
 }
 

@@ -19,7 +19,8 @@ import (
 // full sync, and once after building the same state with partial syncs only, which must
 // behave the same.
 func TestBehaviourSuite(t *testing.T) {
-	cfg := iptables.RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}, MasqueradeMark: "0x4000", NodeName: behaviour.NodeName}
+	// NodePorts on 127.0.0.1 are served, as kube-proxy's default.
+	cfg := iptables.RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}, MasqueradeMark: "0x4000", NodeName: behaviour.NodeName, LocalhostNodePorts: true}
 	want := behaviour.State()
 	builds := map[string]func(b *iptables.Backend) error{
 		"full sync": func(b *iptables.Backend) error {

@@ -71,6 +71,14 @@ var filterHooks = []Hook{
 	newConnectionHook("FORWARD", FirewallChain, "switchyard load balancer firewall"),
 }
 
+// localnetHooks send every packet to or from the node through LocalnetFirewallChain,
+// while NodePorts are served on 127.0.0.1; they come after filterHooks, so they are
+// inserted first in INPUT and OUTPUT, where kube-proxy's jumps to KUBE-FIREWALL are.
+var localnetHooks = []Hook{
+	{TableFilter, "INPUT", []string{"-m", "comment", "--comment", "switchyard localnet firewall", "-j", LocalnetFirewallChain}},
+	{TableFilter, "OUTPUT", []string{"-m", "comment", "--comment", "switchyard localnet firewall", "-j", LocalnetFirewallChain}},
+}
+
 func newConnectionHook(chain, target, comment string) Hook {
 	return Hook{TableFilter, chain, []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", comment, "-j", target}}
 }

@@ -132,7 +132,10 @@ func testBackendInKernel(t *testing.T, flavor Flavor) {
 		"-j DNAT --to-destination 10.244.1.2:8080", "-A " + oldSEP,
 	}, foreign...), []string{"SWYD-SEP-LEFTOVER"})
 	expect("full sync", TableFilter, []string{"-A SWYD-SERVICES -d 10.96.0.11/32 -p tcp|\"default/empty has no endpoints\"|--dport 80 -j REJECT",
-		"-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"switchyard service portals\" -j SWYD-SERVICES"}, []string{"SWYD-IPVS-FILTER"})
+		"-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"switchyard service portals\" -j SWYD-SERVICES",
+		"-A SWYD-LOCALNET-FIREWALL |! -s 127.0.0.0/8|-d 127.0.0.0/8 |block incoming localnet connections|-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+		"-A INPUT -m comment --comment \"switchyard localnet firewall\" -j SWYD-LOCALNET-FIREWALL",
+		"-A OUTPUT -m comment --comment \"switchyard localnet firewall\" -j SWYD-LOCALNET-FIREWALL"}, []string{"SWYD-IPVS-FILTER"})
 
 	state.Endpoints[web] = readyEndpoints("10.244.1.2", "10.244.3.4")
 	sync(false, web)
@@ -284,7 +287,7 @@ func TestFullSyncWritesHooksInItsRestore(t *testing.T) {
 					}
 					for _, table := range []Table{TableNAT, TableFilter} {
 						dump := iptablesSave(t, flavor, table)
-						for _, h := range append(CommonHooks(), filterHooks...) {
+						for _, h := range append(append(CommonHooks(), filterHooks...), localnetHooks...) {
 							if h.Table != table {
 								continue
 							}

@@ -5,6 +5,7 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/switchyard/switchyard/proxier"
 )
@@ -34,6 +35,12 @@ const (
 	// FirewallChain (filter) drops traffic to load-balancer IPs from outside their
 	// source ranges.
 	FirewallChain = ChainPrefix + "PROXY-FIREWALL"
+	// LocalnetFirewallChain (filter) exists while NodePorts are served on 127.0.0.1:
+	// it drops connections to 127.0.0.0/8 from other sources that no NodePort took, as
+	// kube-proxy's (and kubelet's) KUBE-FIREWALL does. route_localnet, which localhost
+	// NodePorts need, would otherwise let a neighbour reach the node's loopback-only
+	// services (https://issues.k8s.io/90259).
+	LocalnetFirewallChain = ChainPrefix + "LOCALNET-FIREWALL"
 )
 
 // servicePortChain is the chain that load-balances a Service port's traffic under the
@@ -79,9 +86,15 @@ type RenderConfig struct {
 	// MasqueradeMark is the fwmark bit that asks SWYD-POSTROUTING to masquerade, e.g. "0x4000".
 	MasqueradeMark string
 	NodeName       string
-	// NodePortAddresses limits NodePorts to local addresses in these ranges; empty means
-	// every local address but loopback.
+	// NodePortAddresses limits NodePorts to local addresses in these ranges (of the
+	// family); empty, or a /0 among them, means every local address. Loopback addresses
+	// are left out unless LocalhostNodePorts.
 	NodePortAddresses []netip.Prefix
+	// LocalhostNodePorts serves NodePorts on 127.0.0.1 too, as kube-proxy's iptables mode
+	// does by default (config.Config.LocalhostNodePorts decides it as kube-proxy does).
+	// IPv4 only: it is ignored with IPv6. It needs the sysctl route_localnet=1, which
+	// the mode sets, and brings LocalnetFirewallChain.
+	LocalhostNodePorts bool
 	// IPv6 is set for the ip6tables backend.
 	IPv6 bool
 	// ConntrackTCPLiberal is set when the kernel's nf_conntrack_tcp_be_liberal is on:
@@ -91,22 +104,83 @@ type RenderConfig struct {
 }
 
 // nodePortJumps are the last rules of nat SWYD-SERVICES: traffic to the node's own
-// addresses goes on to the NodePorts. Loopback is never included: a NodePort on 127.0.0.1
-// needs route_localnet, which opens the node's loopback services to its neighbours.
+// addresses goes on to the NodePorts, as in kube-proxy's iptables mode: with every
+// address, one rule for all local ones, loopback excluded unless localhost NodePorts are
+// served; with ranges, one rule per range, where the loopback addresses of a range are
+// left out in the same case (kube-proxy skips each node IP that is loopback, and logs).
 func nodePortJumps(cfg *RenderConfig) []string {
 	const comment = `-m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain"`
-	if len(cfg.NodePortAddresses) == 0 {
-		loopback := "127.0.0.0/8"
-		if cfg.IPv6 {
-			loopback = "::1/128"
+	loopback := cfg.loopback()
+	if cfg.nodePortsEverywhere() {
+		rule := comment + " -m addrtype --dst-type LOCAL"
+		if !cfg.servesLoopback() {
+			rule += " ! -d " + loopback.String()
 		}
-		return []string{fmt.Sprintf("%s -m addrtype --dst-type LOCAL ! -d %s -j %s", comment, loopback, NodePortsChain)}
+		return []string{rule + " -j " + NodePortsChain}
 	}
 	var rules []string
 	for _, p := range cfg.NodePortAddresses {
-		rules = append(rules, fmt.Sprintf("%s -d %s -m addrtype --dst-type LOCAL -j %s", comment, p, NodePortsChain))
+		ranges := []netip.Prefix{p}
+		if !cfg.servesLoopback() && p.Overlaps(loopback) {
+			ranges = withoutPrefix(p, loopback)
+		}
+		for _, r := range ranges {
+			rules = append(rules, fmt.Sprintf("%s -d %s -m addrtype --dst-type LOCAL -j %s", comment, r, NodePortsChain))
+		}
 	}
 	return rules
+}
+
+// nodePortsEverywhere reports whether NodePorts are served on every local address, as
+// kube-proxy's NodePortAddresses.MatchAll: no range, or a /0 among them.
+func (cfg *RenderConfig) nodePortsEverywhere() bool {
+	return len(cfg.NodePortAddresses) == 0 || slices.ContainsFunc(cfg.NodePortAddresses, func(p netip.Prefix) bool { return p.Bits() == 0 })
+}
+
+// servesLoopback reports whether NodePorts are served on 127.0.0.1 (never over IPv6).
+func (cfg *RenderConfig) servesLoopback() bool {
+	return cfg.LocalhostNodePorts && !cfg.IPv6
+}
+
+// skipsLoopbackRange reports whether NodePorts are not served on the loopback part of
+// an explicitly given range that has one, which kube-proxy logs as an error.
+func (cfg *RenderConfig) skipsLoopbackRange() bool {
+	return !cfg.nodePortsEverywhere() && !cfg.servesLoopback() && slices.ContainsFunc(cfg.NodePortAddresses, cfg.loopback().Overlaps)
+}
+
+func (cfg *RenderConfig) loopback() netip.Prefix {
+	if cfg.IPv6 {
+		return netip.MustParsePrefix("::1/128")
+	}
+	return netip.MustParsePrefix("127.0.0.0/8")
+}
+
+// withoutPrefix is p without hole, which it overlaps, as the fewest prefixes: none when
+// hole holds p; else, for each bit between their lengths, the half of p's subdivision at
+// that length that does not hold hole. iptables takes one -d per rule, so the rules that
+// stand for p become one per prefix.
+func withoutPrefix(p, hole netip.Prefix) []netip.Prefix {
+	if hole.Bits() <= p.Bits() {
+		return nil
+	}
+	var out []netip.Prefix
+	for bit := p.Bits(); bit < hole.Bits(); bit++ {
+		a := hole.Addr().AsSlice()
+		a[bit/8] ^= 0x80 >> (bit % 8)
+		sibling, _ := netip.AddrFromSlice(a)
+		out = append(out, netip.PrefixFrom(sibling, bit+1).Masked())
+	}
+	return out
+}
+
+// localnetFirewall is the content of LocalnetFirewallChain: kube-proxy's rule, which
+// kubelet also writes in its KUBE-FIREWALL. A connection DNATed to a NodePort's endpoint
+// passes; one to a loopback address that no NodePort took, from a source that is not
+// loopback, is dropped.
+func localnetFirewall() Chain {
+	return Chain{Name: LocalnetFirewallChain, Rules: []string{
+		`-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`,
+	}}
 }
 
 // chainRef names a chain in a table.

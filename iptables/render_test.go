@@ -54,7 +54,8 @@ func resolve(cfg *RenderConfig, sp *proxier.ServicePort, endpoints []proxier.End
 	return proxier.Resolve(&cfg.ResolveConfig, state, sp, nil)
 }
 
-var testRenderConfig = RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, MasqueradeMark: "0x00004000", NodeName: "node-a"}
+// testRenderConfig is kube-proxy's defaults, NodePorts on 127.0.0.1 included.
+var testRenderConfig = RenderConfig{ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, MasqueradeMark: "0x00004000", NodeName: "node-a", LocalhostNodePorts: true}
 
 // sampleState has two Services: web:http (10.96.0.10:80) with two ready endpoints, and
 // empty (10.96.0.11:80) with none.
@@ -95,10 +96,12 @@ COMMIT
 :SWYD-PROXY-FIREWALL - [0:0]
 :SWYD-NODEPORTS - [0:0]
 :SWYD-FORWARD - [0:0]
+:SWYD-LOCALNET-FIREWALL - [0:0]
 -A SWYD-SERVICES -m comment --comment "default/empty has no endpoints" -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j REJECT
 -A SWYD-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A SWYD-FORWARD -m comment --comment "switchyard forwarding rules" -m mark --mark 0x00004000/0x00004000 -j ACCEPT
 -A SWYD-FORWARD -m comment --comment "switchyard forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A SWYD-LOCALNET-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
 -I FORWARD 1 -m comment --comment "switchyard forwarding rules" -j SWYD-FORWARD
 -I INPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard externally-visible service portals" -j SWYD-EXTERNAL-SERVICES
 -I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "switchyard externally-visible service portals" -j SWYD-EXTERNAL-SERVICES
@@ -108,6 +111,8 @@ COMMIT
 -I INPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard load balancer firewall" -j SWYD-PROXY-FIREWALL
 -I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment "switchyard load balancer firewall" -j SWYD-PROXY-FIREWALL
 -I FORWARD 1 -m conntrack --ctstate NEW -m comment --comment "switchyard load balancer firewall" -j SWYD-PROXY-FIREWALL
+-I INPUT 1 -m comment --comment "switchyard localnet firewall" -j SWYD-LOCALNET-FIREWALL
+-I OUTPUT 1 -m comment --comment "switchyard localnet firewall" -j SWYD-LOCALNET-FIREWALL
 COMMIT
 *nat
 :SWYD-SERVICES - [0:0]
@@ -120,7 +125,7 @@ COMMIT
 :SWYD-SVC-STALE - [0:0]
 :SWYD-IPVS-OLD - [0:0]
 -A SWYD-SERVICES -m comment --comment "default/web:http cluster IP" -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j {SVC}
--A SWYD-SERVICES -m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWYD-NODEPORTS
+-A SWYD-SERVICES -m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j SWYD-NODEPORTS
 -A SWYD-MARK-MASQ -j MARK --or-mark 0x00004000
 -A SWYD-POSTROUTING -m mark ! --mark 0x00004000/0x00004000 -j RETURN
 -A SWYD-POSTROUTING -j MARK --xor-mark 0x00004000
@@ -253,6 +258,56 @@ func TestRenderServicePortPolicies(t *testing.T) {
 			}
 			if tc.wantInChain != "" && (len(r.chains) == 0 || !strings.Contains(strings.Join(r.chains[0].Rules, "\n"), tc.wantInChain)) {
 				t.Errorf("first chain %v lacks %q", r.chains, tc.wantInChain)
+			}
+		})
+	}
+}
+
+// TestNodePortJumps follows kube-proxy's jump to KUBE-NODEPORTS (iptables/proxier.go):
+// with every address, one rule, loopback excluded unless localhost NodePorts are served
+// (never over IPv6); with ranges, one rule per range, where the loopback addresses of a
+// range are left out in the same case, and the range's other addresses kept.
+func TestNodePortJumps(t *testing.T) {
+	const head = `-m comment --comment "switchyard service nodeports; NOTE: this must be the last rule in this chain" `
+	prefixes := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	to := func(p string) string { return head + "-d " + p + " -m addrtype --dst-type LOCAL -j SWYD-NODEPORTS" }
+	tests := []struct {
+		name      string
+		ipv6      bool
+		localhost bool
+		addresses []netip.Prefix
+		want      []string
+	}{
+		{name: "every address, localhost NodePorts", localhost: true,
+			want: []string{head + "-m addrtype --dst-type LOCAL -j SWYD-NODEPORTS"}},
+		{name: "every address, no localhost NodePorts",
+			want: []string{head + "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWYD-NODEPORTS"}},
+		{name: "every address, IPv6", ipv6: true, localhost: true,
+			want: []string{head + "-m addrtype --dst-type LOCAL ! -d ::1/128 -j SWYD-NODEPORTS"}},
+		{name: "a /0 among ranges is every address", localhost: true, addresses: prefixes("192.168.0.0/16", "0.0.0.0/0"),
+			want: []string{head + "-m addrtype --dst-type LOCAL -j SWYD-NODEPORTS"}},
+		{name: "a /0 among ranges, no localhost NodePorts", addresses: prefixes("0.0.0.0/0", "127.0.0.1/32"),
+			want: []string{head + "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j SWYD-NODEPORTS"}},
+		{name: "ranges with loopback, localhost NodePorts", localhost: true, addresses: prefixes("192.168.0.0/16", "127.0.0.1/32"),
+			want: []string{to("192.168.0.0/16"), to("127.0.0.1/32")}},
+		{name: "ranges with loopback, no localhost NodePorts", addresses: prefixes("192.168.0.0/16", "127.0.0.1/32"),
+			want: []string{to("192.168.0.0/16")}},
+		{name: "a range around loopback keeps its other addresses", addresses: prefixes("0.0.0.0/1"),
+			want: []string{to("0.0.0.0/2"), to("64.0.0.0/3"), to("96.0.0.0/4"), to("112.0.0.0/5"), to("120.0.0.0/6"), to("124.0.0.0/7"), to("126.0.0.0/8")}},
+		{name: "IPv6 ranges never serve loopback", ipv6: true, localhost: true, addresses: prefixes("fd00::/64", "::1/128", "::/127"),
+			want: []string{to("fd00::/64"), to("::/128")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := RenderConfig{IPv6: tc.ipv6, LocalhostNodePorts: tc.localhost, NodePortAddresses: tc.addresses}
+			if diff := cmp.Diff(tc.want, nodePortJumps(&cfg)); diff != "" {
+				t.Errorf("rules (-want +got):\n%s", diff)
 			}
 		})
 	}

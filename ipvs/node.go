@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/dummy"
+	"github.com/switchyard/switchyard/internal/sysctl"
 )
 
 // CheckScheduler fails unless the running kernel offers the scheduler (one of
@@ -29,15 +30,15 @@ func CheckScheduler(name string) error {
 	return nil
 }
 
-// sysctl is one kernel setting IPVS mode depends on, with the reason.
-type sysctl struct {
+// kernelParam is one kernel setting (a sysctl) IPVS mode depends on.
+type kernelParam struct {
 	path  string
 	value string
 }
 
 // nodeSysctls are the settings kube-proxy's IPVS mode makes, for the same reasons.
-func nodeSysctls(strictARP, ipv6 bool) []sysctl {
-	s := []sysctl{
+func nodeSysctls(strictARP, ipv6 bool) []kernelParam {
+	s := []kernelParam{
 		// Without conntrack entries for IPVS connections, iptables cannot masquerade them.
 		{"net/ipv4/vs/conntrack", "1"},
 		// Send new connections whose real server is gone elsewhere instead of dropping
@@ -53,15 +54,15 @@ func nodeSysctls(strictARP, ipv6 bool) []sysctl {
 	// (https://github.com/kubernetes/kubernetes/issues/81775), so kube-proxy sets 0 there;
 	// later kernels fixed it and keep the default.
 	if kernelBefore(5, 9) {
-		s = append(s, sysctl{"net/ipv4/vs/conn_reuse_mode", "0"})
+		s = append(s, kernelParam{"net/ipv4/vs/conn_reuse_mode", "0"})
 	}
 	if ipv6 {
-		s = append(s, sysctl{"net/ipv6/conf/all/forwarding", "1"})
+		s = append(s, kernelParam{"net/ipv6/conf/all/forwarding", "1"})
 	}
 	if strictARP {
 		// Do not answer ARP for Service addresses bound on kube-ipvs0 (needed by
 		// load balancers such as MetalLB in L2 mode).
-		s = append(s, sysctl{"net/ipv4/conf/all/arp_ignore", "1"}, sysctl{"net/ipv4/conf/all/arp_announce", "2"})
+		s = append(s, kernelParam{"net/ipv4/conf/all/arp_ignore", "1"}, kernelParam{"net/ipv4/conf/all/arp_announce", "2"})
 	}
 	return s
 }
@@ -70,12 +71,8 @@ func nodeSysctls(strictARP, ipv6 bool) []sysctl {
 func PrepareNode(strictARP, ipv6 bool) error {
 	var errs []error
 	for _, s := range nodeSysctls(strictARP, ipv6) {
-		path := filepath.Join("/proc/sys", s.path)
-		if cur, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(cur)) == s.value {
-			continue
-		}
-		if err := os.WriteFile(path, []byte(s.value), 0o644); err != nil {
-			errs = append(errs, fmt.Errorf("setting %s=%s: %w", strings.ReplaceAll(s.path, "/", "."), s.value, err))
+		if err := sysctl.Ensure(s.path, s.value); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

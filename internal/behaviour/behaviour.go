@@ -56,8 +56,8 @@ type Flow struct {
 	Name string
 	// Src is the client; FromNode marks a process on the node itself, whose Src may be
 	// left unset for the source the kernel picks: the destination itself when that is
-	// one of the node's addresses (in IPVS mode, Service addresses are, on kube-ipvs0),
-	// else NodeIP.
+	// one of the node's addresses (loopback ones, and in IPVS mode Service addresses,
+	// on kube-ipvs0), else NodeIP.
 	Src      netip.Addr
 	FromNode bool
 	Protocol v1.Protocol
@@ -161,6 +161,15 @@ func Flows() []Flow {
 		{Name: "the node to a load-balancer IP whose source ranges do not hold it: dropped", FromNode: true, Protocol: tcp, Dst: at("198.51.100.12", 80), Want: Outcome{Verdict: Drop}},
 		{Name: "the node to a load-balancer IP whose source ranges hold it: any endpoint, masqueraded", FromNode: true, Protocol: tcp, Dst: at("198.51.100.13", 80),
 			Want: Outcome{Endpoints: both, Masq: true}},
+
+		// kube-proxy's iptables mode serves NodePorts on 127.0.0.1 by default
+		// (iptables.localhostNodePorts, with route_localnet=1), masquerading the
+		// connection so that it leaves loopback with a routable source; its IPVS mode
+		// makes no virtual server on loopback, and the node answers for itself there.
+		{Name: "the node to 127.0.0.1 at a NodePort, Cluster policy: any endpoint, masqueraded", FromNode: true, Protocol: tcp, Dst: at("127.0.0.1", 30080),
+			Want: Outcome{Endpoints: both, Masq: true}, ModeWant: map[string]Outcome{"ipvs": {Verdict: Untouched}}},
+		{Name: "the node to 127.0.0.1 at a NodePort, Local policy: any endpoint (short-circuit), masqueraded", FromNode: true, Protocol: tcp, Dst: at("127.0.0.1", 30081),
+			Want: Outcome{Endpoints: both, Masq: true}, ModeWant: map[string]Outcome{"ipvs": {Verdict: Untouched}}},
 	}
 }
 

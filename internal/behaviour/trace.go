@@ -22,7 +22,7 @@ func CheckTraces(t *testing.T, mode string, local []netip.Addr, trace func(iptab
 		pkt := iptablestest.Packet{Protocol: strings.ToLower(string(fl.Protocol)), Src: fl.Src, Dst: fl.Dst, FromNode: fl.FromNode, Local: local}
 		if fl.FromNode && !fl.Src.IsValid() {
 			pkt.Src = NodeIP
-			if slices.Contains(local, fl.Dst.Addr()) {
+			if fl.Dst.Addr().IsLoopback() || slices.Contains(local, fl.Dst.Addr()) {
 				pkt.Src = fl.Dst.Addr()
 			}
 		}
