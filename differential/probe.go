@@ -13,11 +13,15 @@ import (
 )
 
 // Where a probe is sent from. The pod is also an endpoint of some Services, so its own
-// Service's traffic to it is hairpin traffic.
+// Service's traffic to it is hairpin traffic. A Service with ClientIP affinity is probed
+// from a pod that is no endpoint instead: which endpoint a client sticks to is each
+// proxy's random choice, and whether that is the sender itself would decide whether its
+// traffic is hairpin.
 const (
-	FromPod    = "pod-1"
-	FromNode   = "node"
-	FromClient = "client"
+	FromPod       = "pod-1"
+	FromStickyPod = "pod-7"
+	FromNode      = "node"
+	FromClient    = "client"
 )
 
 // Entry points of a Service port, as the report names them.
@@ -57,6 +61,10 @@ func (p Probe) ID() string {
 func probes(svc *v1.Service) []Probe {
 	var out []Probe
 	sticky := svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP
+	pod := FromPod
+	if sticky {
+		pod = FromStickyPod
+	}
 	add := func(port v1.ServicePort, entry, addr string, p int32, from ...string) {
 		name := port.Name
 		if name == "" {
@@ -72,18 +80,18 @@ func probes(svc *v1.Service) []Probe {
 			continue // the probe speaks TCP and UDP
 		}
 		if ip := svc.Spec.ClusterIP; ip != "" && ip != v1.ClusterIPNone {
-			add(port, EntryClusterIP, ip, port.Port, FromPod, FromNode)
+			add(port, EntryClusterIP, ip, port.Port, pod, FromNode)
 		}
 		for _, ip := range svc.Spec.ExternalIPs {
-			add(port, EntryExternalIP, ip, port.Port, FromPod, FromNode, FromClient)
+			add(port, EntryExternalIP, ip, port.Port, pod, FromNode, FromClient)
 		}
 		for _, ing := range svc.Status.LoadBalancer.Ingress {
 			if ing.IP != "" {
-				add(port, EntryLoadBalancer, ing.IP, port.Port, FromPod, FromNode, FromClient)
+				add(port, EntryLoadBalancer, ing.IP, port.Port, pod, FromNode, FromClient)
 			}
 		}
 		if port.NodePort != 0 {
-			add(port, EntryNodePort, lab.NodeIP, port.NodePort, FromPod, FromNode, FromClient)
+			add(port, EntryNodePort, lab.NodeIP, port.NodePort, pod, FromNode, FromClient)
 			add(port, EntryLocalNodePort, "127.0.0.1", port.NodePort, FromNode)
 		}
 	}
@@ -108,8 +116,7 @@ type Outcome struct {
 
 // outcome reduces a probe's result (see `labagent probe`: its clients are "POD saw ADDR").
 // For a sticky Service the endpoint a client sticks to is each proxy's random choice, so
-// the endpoints become how many answered, and each pod in the clients becomes whether it
-// was the sender itself (hairpin) or another.
+// the endpoints become how many answered, and the clients what the answering pods saw.
 func outcome(p Probe, r lab.Result) Outcome {
 	// A TCP connection whose SYN meets an ICMP host unreachable fails at once or times
 	// out, depending on whether the error arrives while connect holds the socket: the
@@ -122,14 +129,9 @@ func outcome(p Probe, r lab.Result) Outcome {
 	if p.Sticky && len(o.Endpoints) > 0 {
 		o.Endpoints = []string{fmt.Sprintf("%d endpoint(s), sticky", len(o.Endpoints))}
 		for i, c := range o.Clients {
-			pod, addr, _ := strings.Cut(c, " saw ")
-			who := "another endpoint"
-			if pod == p.From {
-				who = "the sender itself"
-			}
-			o.Clients[i] = who + " saw " + addr
+			_, addr, _ := strings.Cut(c, " saw ")
+			o.Clients[i] = "the endpoint saw " + addr
 		}
-		slices.Sort(o.Clients)
 		o.Clients = slices.Compact(o.Clients)
 	}
 	return o

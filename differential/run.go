@@ -2,9 +2,11 @@ package differential
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,6 +17,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/switchyard/switchyard/benchmarks"
 	"github.com/switchyard/switchyard/internal/lab"
@@ -22,29 +26,37 @@ import (
 
 // RunOptions configures Run.
 type RunOptions struct {
-	// Mode is benchmarks.ModeIPTablesNft or benchmarks.ModeIPTablesLegacy (the node
-	// runs natively, in a network namespace of this machine).
+	// Mode is benchmarks.ModeIPTablesNft or ModeIPTablesLegacy (the node runs natively,
+	// in a network namespace of this machine) or ModeIPVS (in the kernel lab).
 	Mode      string
 	Scenarios []Scenario
-	// Binaries holds the paths of switchyard, kube-proxy and labagent.
+	// Binaries holds the paths of switchyard, kube-proxy, labagent and differential
+	// (this program, which runs each proxy inside the kernel lab's guest).
 	Binaries map[string]string
 	// Dir is a scratch directory for the labs' logs and PATH shims.
 	Dir string
+	// KernelLab is the path of hack/kernel-lab/run.sh, for ModeIPVS.
+	KernelLab string
 	// Tries is how many requests each probe makes: enough that every endpoint of a
 	// Service answers at least once under random selection (4 endpoints, 40 tries: a miss
 	// once in 25,000 probes).
 	Tries int
-	Logf  func(format string, args ...any)
+	// ProbeTimeout is how long a request waits for its answer: longer in the kernel lab,
+	// where every syscall costs a host context switch.
+	ProbeTimeout time.Duration
+	Logf         func(format string, args ...any)
 }
 
 // Proxies are the proxies compared, in the order they run.
 var Proxies = []string{benchmarks.ProxySwitchyard, benchmarks.ProxyKubeProxy}
 
-// The lab's pods: the first half on this node, the rest reported on another node (they
-// are reachable from this node all the same, as remote pods are through a CNI).
+// The lab's pods: endpoints, the first half on this node, the rest reported on another
+// node (they are reachable from this node all the same, as remote pods are through a
+// CNI); and one more on this node that is never an endpoint (FromStickyPod).
 const (
-	labPods   = 6
-	localPods = 3
+	endpointPods = 6
+	localPods    = 3
+	labPods      = endpointPods + 1
 )
 
 // Zone is the node's topology zone, for topology hints.
@@ -53,7 +65,7 @@ const Zone = "zone-a"
 // PodRefs are the endpoints the lab provides, for Generate.
 func PodRefs() []PodRef {
 	var refs []PodRef
-	for i := range labPods {
+	for i := range endpointPods {
 		node := lab.NodeName
 		if i >= localPods {
 			node = lab.OtherNodeName
@@ -67,61 +79,90 @@ func PodRefs() []PodRef {
 type ProxyRun struct {
 	Proxy    string             `json:"proxy"`
 	Outcomes map[string]Outcome `json:"outcomes"` // by Probe.ID
-	// Programmed is what the proxy wrote in the kernel (iptables-save of both tables).
-	Programmed string `json:"-"`
+	// Programmed is what the proxy wrote in the kernel: iptables-save, and in IPVS mode
+	// ipvsadm-save and ipset save.
+	Programmed string `json:"programmed"`
 	// SyncSeconds is how long the proxy took from its start to its first complete sync.
 	SyncSeconds float64 `json:"syncSeconds"`
 }
 
-// Run runs every proxy in turn on a fresh lab holding the scenarios, probes every entry
-// point under each, and reports the probes whose outcomes differ.
+// Run runs every proxy in turn on a fresh node holding the scenarios, probes every
+// entry point under each, and reports the probes whose outcomes differ.
 func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 	m := &ModeReport{Mode: o.Mode}
-	var probes []Probe
 	var services []*v1.Service
 	for _, proxy := range Proxies {
-		p, svcs, run, err := runProxy(ctx, o, proxy)
+		var run *ProxyRun
+		var err error
+		if o.Mode == benchmarks.ModeIPVS {
+			services, run, err = runInKernelLab(ctx, o, proxy)
+		} else {
+			services, run, err = runNatively(ctx, o, proxy)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s in %s mode: %w", proxy, o.Mode, err)
 		}
-		probes, services = p, svcs
 		m.Runs = append(m.Runs, *run)
 	}
+	var all []Probe
 	about := map[string][]string{}
 	for _, svc := range services {
+		all = append(all, probes(svc)...)
 		about[svc.Name] = needles(svc)
 	}
-	m.Probes = len(probes)
-	m.Divergences = Compare(probes, m.Runs, about)
+	m.Probes = len(all)
+	m.Divergences = Compare(all, m.Runs, about)
 	return m, nil
 }
 
-func runProxy(ctx context.Context, o RunOptions, proxy string) (_ []Probe, _ []*v1.Service, _ *ProxyRun, err error) {
+// runNatively runs proxy on a fresh lab of its own, with its own apiserver.
+func runNatively(ctx context.Context, o RunOptions, proxy string) (_ []*v1.Service, _ *ProxyRun, err error) {
 	dir := filepath.Join(o.Dir, o.Mode, proxy)
 	l, err := lab.Start(ctx, lab.Options{Dir: dir, Pods: labPods, Agent: o.Binaries["labagent"]})
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	defer func() { err = errors.Join(err, l.Close()) }()
-	for i, p := range l.Pods {
-		if i >= localPods {
-			p.NodeName = lab.OtherNodeName
-		}
+	services, err := prepare(ctx, l.Client, o.Scenarios)
+	if err != nil {
+		return nil, nil, err
 	}
-	if err := createNode(ctx, l); err != nil {
-		return nil, nil, nil, err
+	run, err := RunProxy(ctx, l, o, proxy, services)
+	return services, run, err
+}
+
+// prepare writes the Node and every scenario to the apiserver, and returns the Services
+// as the apiserver holds them.
+func prepare(ctx context.Context, client kubernetes.Interface, scenarios []Scenario) ([]*v1.Service, error) {
+	if err := createNode(ctx, client); err != nil {
+		return nil, err
 	}
 	var services []*v1.Service
-	for i, sc := range o.Scenarios {
-		svc, err := apply(ctx, l, i, sc)
+	for i, sc := range scenarios {
+		svc, err := apply(ctx, client, i, sc)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
+			return nil, fmt.Errorf("scenario %s: %w", sc.Name, err)
 		}
 		services = append(services, svc)
 	}
-	popts := benchmarks.ProxyOptions{Mode: o.Mode, Binaries: o.Binaries, Scratch: filepath.Join(dir, "shims")}
+	return services, nil
+}
+
+// RunProxy runs proxy in o.Mode on the lab l, whose apiserver holds services, until it
+// has synced them, probes them, and stops it.
+func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, services []*v1.Service) (*ProxyRun, error) {
+	for i, p := range l.Pods {
+		if i >= localPods && i < endpointPods {
+			p.NodeName = lab.OtherNodeName
+		}
+	}
+	modeFlag := "--proxy-mode=iptables"
+	if o.Mode == benchmarks.ModeIPVS {
+		modeFlag = "--proxy-mode=ipvs"
+	}
+	popts := benchmarks.ProxyOptions{Mode: o.Mode, Binaries: o.Binaries, Scratch: filepath.Join(l.Dir, "shims")}
 	bin, args, err := benchmarks.ProxyCommand(popts, proxy,
-		"--proxy-mode=iptables",
+		modeFlag,
 		"--kubeconfig="+l.Kubeconfig,
 		"--hostname-override="+lab.NodeName,
 		"--cluster-cidr="+lab.ClusterCIDR,
@@ -130,51 +171,141 @@ func runProxy(ctx context.Context, o RunOptions, proxy string) (_ []Probe, _ []*
 		"--conntrack-max-per-core=0",
 	)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	if err := setFlavorHint(ctx, l, o.Mode); err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	start := time.Now()
 	logPath, err := l.StartProxy(bin, args...)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	defer l.StopProxy()
 	if err := waitSynced(ctx, l); err != nil {
-		return nil, nil, nil, fmt.Errorf("%w (log: %s)", err, logPath)
+		return nil, fmt.Errorf("%w (log: %s)", err, logPath)
 	}
 	run := &ProxyRun{Proxy: proxy, Outcomes: map[string]Outcome{}, SyncSeconds: time.Since(start).Seconds()}
-	o.Logf("%s %s: synced %d scenarios in %.1fs", proxy, o.Mode, len(o.Scenarios), run.SyncSeconds)
+	o.Logf("%s %s: synced %d Services in %.1fs", proxy, o.Mode, len(services), run.SyncSeconds)
 	var all []Probe
 	for _, svc := range services {
 		all = append(all, probes(svc)...)
 	}
-	results, err := probeAll(ctx, l, all, o.Tries)
+	results, err := probeAll(ctx, l, all, o.Tries, o.ProbeTimeout)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
 	for i, p := range all {
 		run.Outcomes[p.ID()] = outcome(p, results[i])
 	}
 	o.Logf("%s %s: %d probes in %.1fs", proxy, o.Mode, len(all), time.Since(start).Seconds()-run.SyncSeconds)
-	flavor := "legacy"
-	if o.Mode == benchmarks.ModeIPTablesNft {
-		flavor = "nft"
+	dumps := [][]string{{"iptables-" + flavor(o.Mode) + "-save"}}
+	if o.Mode == benchmarks.ModeIPVS {
+		dumps = append(dumps, []string{"ipvsadm-save", "-n"}, []string{"ipset", "save"})
 	}
-	if run.Programmed, err = l.NodeOutput(ctx, "iptables-"+flavor+"-save"); err != nil {
-		return nil, nil, nil, err
+	for _, d := range dumps {
+		out, err := l.NodeOutput(ctx, d[0], d[1:]...)
+		if err != nil {
+			return nil, err
+		}
+		run.Programmed += out
 	}
-	return all, services, run, nil
+	return run, nil
+}
+
+// flavor is the iptables flavor of a mode: the kernel lab's is legacy.
+func flavor(mode string) string {
+	if mode == benchmarks.ModeIPTablesNft {
+		return "nft"
+	}
+	return "legacy"
+}
+
+// runInKernelLab runs proxy in a kernel lab guest of its own, booted for it so that it
+// starts from a pristine kernel (kube-proxy's --cleanup does not empty an IPVS node in
+// the lab), against an apiserver on the host that holds the scenarios. The guest runs
+// `differential guest` (see GuestMain), which writes the run to a file.
+func runInKernelLab(ctx context.Context, o RunOptions, proxy string) (_ []*v1.Service, _ *ProxyRun, err error) {
+	dir := filepath.Join(o.Dir, o.Mode, proxy)
+	g, err := lab.StartGuestLink(ctx, filepath.Join(dir, "link"), o.KernelLab)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { err = errors.Join(err, g.Close()) }()
+	cfg, err := clientcmd.BuildConfigFromFlags("", g.Kubeconfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.QPS = -1
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	services, err := prepare(ctx, client, o.Scenarios)
+	if err != nil {
+		return nil, nil, err
+	}
+	file := filepath.Join(dir, "run.json")
+	var out strings.Builder
+	err = g.Run(ctx, &out, nil, o.Binaries["differential"], "guest", "-kubeconfig", g.Kubeconfig, "-proxy", proxy,
+		"-bin-switchyard", o.Binaries[benchmarks.ProxySwitchyard], "-bin-kube-proxy", o.Binaries[benchmarks.ProxyKubeProxy],
+		"-agent", o.Binaries["labagent"], "-dir", filepath.Join(dir, "guest"), "-tries", strconv.Itoa(o.Tries),
+		"-timeout", o.ProbeTimeout.String(), "-out", file)
+	o.Logf("%s", strings.TrimSpace(out.String()))
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil, err
+	}
+	var run ProxyRun
+	if err := json.Unmarshal(data, &run); err != nil {
+		return nil, nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	return services, &run, nil
+}
+
+// Guest runs one proxy inside the kernel lab's guest, where the node is the guest
+// itself, against the apiserver of kubeconfig (which holds the scenarios), and writes
+// the run as JSON to out.
+func Guest(ctx context.Context, o RunOptions, kubeconfig, proxy, out string) (err error) {
+	l, err := lab.Start(ctx, lab.Options{Dir: o.Dir, Pods: labPods, Agent: o.Binaries["labagent"], Kubeconfig: kubeconfig})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, l.Close()) }()
+	list, err := l.Client.CoreV1().Services(Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing the scenarios' Services: %w", err)
+	}
+	var services []*v1.Service
+	for i := range list.Items {
+		// The apiserver's own Service shares the namespace; it is no scenario.
+		if list.Items[i].Name != "kubernetes" {
+			services = append(services, &list.Items[i])
+		}
+	}
+	// The scenarios' order, which their names follow.
+	slices.SortFunc(services, func(a, b *v1.Service) int { return strings.Compare(a.Name, b.Name) })
+	run, err := RunProxy(ctx, l, o, proxy, services)
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(run)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(out, data, 0o644)
 }
 
 // createNode registers the node as kubelet would, in the zone topology hints name.
-func createNode(ctx context.Context, l *lab.Lab) error {
-	if err := benchmarks.CreateNode(ctx, l.Client); err != nil {
+func createNode(ctx context.Context, client kubernetes.Interface) error {
+	if err := benchmarks.CreateNode(ctx, client); err != nil {
 		return err
 	}
 	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, v1.LabelTopologyZone, Zone)
-	if _, err := l.Client.CoreV1().Nodes().Patch(ctx, lab.NodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+	if _, err := client.CoreV1().Nodes().Patch(ctx, lab.NodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("labelling Node %s with its zone: %w", lab.NodeName, err)
 	}
 	return nil
@@ -183,6 +314,8 @@ func createNode(ctx context.Context, l *lab.Lab) error {
 // setFlavorHint leaves kubelet's iptables flavor hint for the mode, which switchyard
 // follows (kube-proxy gets the flavor from its PATH, see benchmarks.ProxyCommand).
 func setFlavorHint(ctx context.Context, l *lab.Lab, mode string) error {
+	// The kernel lab has neither nf_tables nor the mangle table: its only flavor is
+	// legacy, which switchyard finds by itself there.
 	if mode != benchmarks.ModeIPTablesLegacy {
 		return nil
 	}
@@ -195,7 +328,7 @@ func setFlavorHint(ctx context.Context, l *lab.Lab, mode string) error {
 // apply writes scenario i with addresses fixed by its index, so that both proxies' labs
 // hold the very same objects: cluster IP 10.96.(100+i/250).(1+i%250), node ports
 // 30100+4i+port, health check node port 30100+4i+3.
-func apply(ctx context.Context, l *lab.Lab, i int, sc Scenario) (*v1.Service, error) {
+func apply(ctx context.Context, client kubernetes.Interface, i int, sc Scenario) (*v1.Service, error) {
 	svc := sc.Service.DeepCopy()
 	if svc.Spec.Type != v1.ServiceTypeExternalName && svc.Spec.ClusterIP != v1.ClusterIPNone {
 		ip := fmt.Sprintf("10.96.%d.%d", 100+i/250, 1+i%250)
@@ -209,18 +342,18 @@ func apply(ctx context.Context, l *lab.Lab, i int, sc Scenario) (*v1.Service, er
 			svc.Spec.HealthCheckNodePort = int32(30100 + 4*i + 3)
 		}
 	}
-	created, err := l.Client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	created, err := client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("creating Service: %w", err)
 	}
 	if len(svc.Status.LoadBalancer.Ingress) > 0 {
 		created.Status = svc.Status
-		if created, err = l.Client.CoreV1().Services(svc.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		if created, err = client.CoreV1().Services(svc.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 			return nil, fmt.Errorf("writing the load-balancer status: %w", err)
 		}
 	}
 	for _, slice := range sc.Slices {
-		if _, err := l.Client.DiscoveryV1().EndpointSlices(slice.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		if _, err := client.DiscoveryV1().EndpointSlices(slice.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 			return nil, fmt.Errorf("creating EndpointSlice %s: %w", slice.Name, err)
 		}
 	}
@@ -262,7 +395,7 @@ func metric(scrape, name string) float64 {
 
 // probeAll runs the probes, a few at a time (each waits on the network, not the CPU,
 // while its requests time out), and returns their results in order.
-func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int) ([]lab.Result, error) {
+func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeout time.Duration) ([]lab.Result, error) {
 	const parallel = 4
 	results := make([]lab.Result, len(probes))
 	errs := make([]error, len(probes))
@@ -278,7 +411,7 @@ func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int) ([]lab
 				if p.Entry == EntryHealthCheck {
 					n = 1
 				}
-				results[i], errs[i] = l.Probe(ctx, p.From, p.Protocol, p.Addr, strconv.Itoa(n))
+				results[i], errs[i] = l.Probe(ctx, p.From, "-timeout", timeout.String(), p.Protocol, p.Addr, strconv.Itoa(n))
 			}
 		}()
 	}
@@ -344,12 +477,14 @@ func rulesAbout(dump string, needles []string) []string {
 }
 
 // needles are the strings that identify a Service's rules: its name as kube-proxy and
-// switchyard comment it, and every address it is reached on.
+// switchyard comment it, and every address it is reached on (but the node's).
 func needles(svc *v1.Service) []string {
 	out := []string{svc.Namespace + "/" + svc.Name + ":", svc.Namespace + "/" + svc.Name + " "}
 	for _, p := range probes(svc) {
 		if ap, err := netip.ParseAddrPort(p.Addr); err == nil && p.Entry != EntryNodePort && p.Entry != EntryLocalNodePort {
-			out = append(out, ap.Addr().String()+"/32")
+			// As iptables-save, ipvsadm-save and ipset save write it.
+			a := ap.Addr().String()
+			out = append(out, a+"/32", a+":", a+",")
 		}
 	}
 	return out

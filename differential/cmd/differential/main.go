@@ -3,7 +3,10 @@
 // Service the same way under each, and reports where the outcomes differ (see
 // differential.Run). It exits 1 when they differ anywhere.
 //
-//	differential [-seed S] [-count N] [-modes iptables-nft,iptables-legacy] [-out DIR]
+//	differential [-seed S] [-count N] [-modes iptables-nft,iptables-legacy,ipvs] [-out DIR]
+//
+// IPVS mode runs each proxy in a kernel lab guest of its own, which runs
+// `differential guest` (differential.Guest).
 package main
 
 import (
@@ -18,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -35,21 +39,25 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) > 1 && os.Args[1] == "guest" {
+		return guest(os.Args[2:])
+	}
 	seed := flag.Int64("seed", 1, "generator seed: the same seed generates the same scenarios")
 	count := flag.Int("count", 40, "scenarios to generate")
-	modes := flag.String("modes", benchmarks.ModeIPTablesNft+","+benchmarks.ModeIPTablesLegacy, "proxy modes to compare, comma-separated")
+	modes := flag.String("modes", strings.Join(allModes, ","), "proxy modes to compare, comma-separated (ipvs runs in the kernel lab)")
 	out := flag.String("out", "", "directory for report.md and report.json (none: print the summary only)")
-	binDir := flag.String("bin", "bin", "directory holding switchyard and labagent (make build)")
+	binDir := flag.String("bin", "bin", "directory holding switchyard, labagent and differential (make build)")
+	kernelLab := flag.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab runner, for ipvs")
 	tries := flag.Int("tries", 40, "requests per probe")
+	keep := flag.String("scratch", "", "directory to keep the labs' logs in (each proxy's log, its rules); none: a temporary one, removed at the end")
 	flag.Parse()
-	valid := []string{benchmarks.ModeIPTablesNft, benchmarks.ModeIPTablesLegacy}
 	for _, m := range strings.Split(*modes, ",") {
-		if !slices.Contains(valid, m) {
-			return fmt.Errorf("invalid mode %q in -modes: valid modes are %s", m, strings.Join(valid, ", "))
+		if !slices.Contains(allModes, m) {
+			return fmt.Errorf("invalid mode %q in -modes: valid modes are %s", m, strings.Join(allModes, ", "))
 		}
 	}
 	bins := map[string]string{}
-	for _, name := range []string{benchmarks.ProxySwitchyard, "labagent"} {
+	for _, name := range []string{benchmarks.ProxySwitchyard, "labagent", "differential"} {
 		path, err := filepath.Abs(filepath.Join(*binDir, name))
 		if err != nil {
 			return err
@@ -64,6 +72,10 @@ func run() error {
 		return err
 	}
 	bins[benchmarks.ProxyKubeProxy] = kubeProxy
+	runner, err := filepath.Abs(*kernelLab)
+	if err != nil {
+		return err
+	}
 
 	scenarios, err := differential.Generate(differential.Options{
 		Seed: *seed, Count: *count, Pods: differential.PodRefs(), ExternalIPs: netip.MustParsePrefix(lab.ExternalRange),
@@ -74,11 +86,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	scratch, err := os.MkdirTemp("", "swyd-differential-")
-	if err != nil {
-		return err
+	scratch := *keep
+	if scratch == "" {
+		if scratch, err = os.MkdirTemp("", "swyd-differential-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(scratch)
 	}
-	defer os.RemoveAll(scratch)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	report := &differential.Report{Seed: *seed, Commit: commit()}
@@ -87,8 +101,12 @@ func run() error {
 	}
 	diverged := 0
 	for _, mode := range strings.Split(*modes, ",") {
-		m, err := differential.Run(ctx, differential.RunOptions{Mode: mode, Scenarios: scenarios, Binaries: bins, Dir: scratch, Tries: *tries,
-			Logf: func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }})
+		timeout := time.Second
+		if mode == benchmarks.ModeIPVS {
+			timeout = 3 * time.Second // the kernel lab is slow (see RunOptions.ProbeTimeout)
+		}
+		m, err := differential.Run(ctx, differential.RunOptions{Mode: mode, Scenarios: scenarios, Binaries: bins, Dir: scratch, KernelLab: runner,
+			Tries: *tries, ProbeTimeout: timeout, Logf: logf})
 		if err != nil {
 			return err
 		}
@@ -106,6 +124,32 @@ func run() error {
 		os.Exit(1)
 	}
 	return nil
+}
+
+var allModes = []string{benchmarks.ModeIPTablesNft, benchmarks.ModeIPTablesLegacy, benchmarks.ModeIPVS}
+
+func logf(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+
+// guest runs one proxy in IPVS mode inside the kernel lab's guest (differential.Guest).
+func guest(args []string) error {
+	fs := flag.NewFlagSet("guest", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "the host apiserver's kubeconfig")
+	proxy := fs.String("proxy", "", "switchyard or kube-proxy")
+	switchyard := fs.String("bin-switchyard", "", "switchyard binary")
+	kubeProxy := fs.String("bin-kube-proxy", "", "kube-proxy binary")
+	agent := fs.String("agent", "", "labagent binary")
+	dir := fs.String("dir", "", "scratch directory")
+	tries := fs.Int("tries", 40, "requests per probe")
+	timeout := fs.Duration("timeout", time.Second, "how long a request waits for its answer")
+	out := fs.String("out", "", "file to write the run to")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	bins := map[string]string{benchmarks.ProxySwitchyard: *switchyard, benchmarks.ProxyKubeProxy: *kubeProxy, "labagent": *agent}
+	return differential.Guest(ctx, differential.RunOptions{Mode: benchmarks.ModeIPVS, Binaries: bins, Dir: *dir, Tries: *tries, ProbeTimeout: *timeout, Logf: logf},
+		*kubeconfig, *proxy, *out)
 }
 
 // commit names the code the report is about.
