@@ -21,6 +21,11 @@ import (
 type ServiceHealth struct {
 	logger klog.Logger
 	listen func(network, address string) (net.Listener, error)
+	// network is "tcp4" or "tcp6": each family's proxier has its own servers, as in
+	// kube-proxy, so that one family's sync never closes the other's ports; each
+	// listens on its family's addresses only, so that a dual-stack Service's two
+	// servers can share the port.
+	network string
 	// proxyHealthy is the proxy's own health (its /healthz): a node whose proxy stopped
 	// syncing is no place to send traffic, whatever its endpoints.
 	proxyHealthy func() bool
@@ -36,10 +41,15 @@ type healthServer struct {
 	server  *http.Server
 }
 
-// NewServiceHealth makes the servers' manager; no port is open until SyncServices.
-// proxyHealthy reports the proxy's own health.
-func NewServiceHealth(logger klog.Logger, proxyHealthy func() bool) *ServiceHealth {
-	return &ServiceHealth{logger: logger, listen: net.Listen, proxyHealthy: proxyHealthy, servers: map[int32]*healthServer{}, counts: map[types.NamespacedName]int{}}
+// NewServiceHealth makes the servers' manager of one IP family's proxier; no port is
+// open until Update. proxyHealthy reports the proxy's own health.
+func NewServiceHealth(logger klog.Logger, family Family, proxyHealthy func() bool) *ServiceHealth {
+	network := "tcp4"
+	if family == IPv6 {
+		network = "tcp6"
+	}
+	return &ServiceHealth{logger: logger, listen: net.Listen, network: network, proxyHealthy: proxyHealthy,
+		servers: map[int32]*healthServer{}, counts: map[types.NamespacedName]int{}}
 }
 
 // Update sets the health check ports and local endpoint counts of the given Services;
@@ -78,7 +88,7 @@ func (h *ServiceHealth) Update(ports map[types.NamespacedName]int32, counts map[
 }
 
 func (h *ServiceHealth) open(name types.NamespacedName, port int32) error {
-	ln, err := h.listen("tcp", net.JoinHostPort("", strconv.Itoa(int(port))))
+	ln, err := h.listen(h.network, net.JoinHostPort("", strconv.Itoa(int(port))))
 	if err != nil {
 		return fmt.Errorf("listening on health check port %d: %w", port, err)
 	}

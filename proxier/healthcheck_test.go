@@ -32,7 +32,7 @@ func TestHealthCheckAnswer(t *testing.T) {
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			NewServiceHealth(klog.Background(), nil).answer(rec, name, tc.count, tc.proxyHealthy)
+			NewServiceHealth(klog.Background(), IPv4, nil).answer(rec, name, tc.count, tc.proxyHealthy)
 			if rec.Code != tc.wantCode || rec.Body.String() != tc.wantBody {
 				t.Errorf("got %d %q, want %d %q", rec.Code, rec.Body.String(), tc.wantCode, tc.wantBody)
 			}
@@ -51,7 +51,7 @@ func TestHealthCheckAnswer(t *testing.T) {
 // kube-proxy counts them (EndpointsMap.LocalReadyEndpoints).
 func TestServiceHealthCountsAddresses(t *testing.T) {
 	tp := newTestProxier(t)
-	health := NewServiceHealth(klog.Background(), func() bool { return true })
+	health := NewServiceHealth(klog.Background(), IPv4, func() bool { return true })
 	tp.p.opts.ServiceHealth = health
 	svcEvent(makeService("web", func(s *v1.Service) {
 		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "https", Port: 443, Protocol: v1.ProtocolTCP})

@@ -120,9 +120,6 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	// every Service, and a dual-stack Service gets both.
 	var proxiers []*proxier.Proxier
 	var healths proxier.Healths
-	// The health check ports answer with the health of every family, as kube-proxy's
-	// do; healths is complete before any port opens (after the first sync).
-	serviceHealth := proxier.NewServiceHealth(logger, func() bool { return healths.Healthy() })
 	stale := conntrack.New()
 	for _, family := range families(flavor, logger) {
 		backend, err := newBackend(ctx, cfg, family, flavor, modes.ForProxy, reg, logger)
@@ -144,11 +141,14 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			FullSyncPeriod: mode.FullSyncPeriod(cfg.SyncPeriod),
 			Metrics:        metrics,
 			Health:         health,
-			ServiceHealth:  serviceHealth,
-			Conntrack:      stale,
-			Clock:          clk,
-			Logger:         logger.WithValues("ipFamily", family.String()),
-			Events:         recorder,
+			// The health check ports answer with the health of every family, as
+			// kube-proxy's do; healths is complete before any port opens (after the
+			// first sync).
+			ServiceHealth: proxier.NewServiceHealth(logger, family, func() bool { return healths.Healthy() }),
+			Conntrack:     stale,
+			Clock:         clk,
+			Logger:        logger.WithValues("ipFamily", family.String()),
+			Events:        recorder,
 		})
 		proxiers = append(proxiers, p)
 		go iptables.MonitorCanary(ctx, canaryIPT, canaryInterval, p.RequestFullSync, logger.WithValues("ipFamily", family.String()))
