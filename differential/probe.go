@@ -118,13 +118,6 @@ type Outcome struct {
 // For a sticky Service the endpoint a client sticks to is each proxy's random choice, so
 // the endpoints become how many answered, and the clients what the answering pods saw.
 func outcome(p Probe, r lab.Result) Outcome {
-	// A TCP connection whose SYN meets an ICMP host unreachable fails at once or times
-	// out, depending on whether the error arrives while connect holds the socket: the
-	// same "nothing delivered" as a timeout.
-	if n := r.Failures["unreachable"]; n > 0 {
-		r.Failures["timeout"] += n
-		delete(r.Failures, "unreachable")
-	}
 	o := Outcome{Endpoints: sortedKeys(r.Answers), Clients: sortedKeys(r.Clients), Failures: sortedKeys(r.Failures), Detail: r.LastError}
 	if p.Sticky && len(o.Endpoints) > 0 {
 		o.Endpoints = []string{fmt.Sprintf("%d endpoint(s), sticky", len(o.Endpoints))}

@@ -68,8 +68,8 @@ func TestOutcome(t *testing.T) {
 		{"sticky: how many, not which", sticky,
 			lab.Result{Answers: map[string]int{"pod-3": 5}, Clients: map[string]int{"pod-3 saw 10.244.0.17": 5}},
 			Outcome{Endpoints: []string{"1 endpoint(s), sticky"}, Clients: []string{"the endpoint saw 10.244.0.17"}}},
-		{"unreachable counts as no answer", plain,
-			lab.Result{Failures: map[string]int{"unreachable": 1, "timeout": 2}, LastError: "i/o timeout"},
+		{"the detail is the last error", plain,
+			lab.Result{Failures: map[string]int{"timeout": 2}, LastError: "i/o timeout"},
 			Outcome{Failures: []string{"timeout"}, Detail: "i/o timeout"}},
 		{"refused stays apart", plain,
 			lab.Result{Failures: map[string]int{"refused": 3}},
@@ -105,22 +105,23 @@ func TestCompare(t *testing.T) {
 	}
 }
 
-// TestMetric reads the largest value of a series in a scrape, labelled or not, and no
-// series whose name only starts with the same text.
-func TestMetric(t *testing.T) {
+// TestSeries reads every series of a metric by its labels, and no series whose name
+// only starts with the same text.
+func TestSeries(t *testing.T) {
 	scrape := `# HELP kubeproxy_sync_proxy_rules_last_timestamp_seconds x
 kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"} 1.7e+09
 kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv6"} 1.8e+09
 kubeproxy_sync_proxy_rules_last_timestamp_seconds_other 9e+09
 kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 5
 `
-	if got := metric(scrape, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"); got != 1.8e9 {
-		t.Errorf("last sync = %v, want 1.8e9", got)
+	want := map[string]float64{`{ip_family="IPv4"}`: 1.7e9, `{ip_family="IPv6"}`: 1.8e9}
+	if diff := cmp.Diff(want, series(scrape, "kubeproxy_sync_proxy_rules_last_timestamp_seconds")); diff != "" {
+		t.Errorf("last sync (-want +got):\n%s", diff)
 	}
-	if got := metric(scrape, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"); got != 5 {
-		t.Errorf("last queued = %v, want 5", got)
+	if diff := cmp.Diff(map[string]float64{"": 5}, series(scrape, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds")); diff != "" {
+		t.Errorf("last queued (-want +got):\n%s", diff)
 	}
-	if got := metric(scrape, "absent"); got != 0 {
-		t.Errorf("absent = %v, want 0", got)
+	if got := series(scrape, "absent"); len(got) != 0 {
+		t.Errorf("absent = %v, want none", got)
 	}
 }

@@ -360,37 +360,45 @@ func apply(ctx context.Context, client kubernetes.Interface, i int, sc Scenario)
 	return created, nil
 }
 
-// waitSynced waits until the proxy has synced everything it was told of: a sync has
-// completed, and none was queued after the last one completed. Every object was written
-// before the proxy started, so its first complete sync holds them all.
+// waitSynced waits until the proxy has synced everything it was told of, in every IP
+// family: each family's proxier has completed a sync, and queued none after it. Every
+// object was written before the proxy started, so its first complete syncs hold them
+// all. (Both proxies label these series by ip_family; one family's quick sync says
+// nothing of the other's.)
 func waitSynced(ctx context.Context, l *lab.Lab) error {
 	return lab.Eventually(ctx, 3*time.Minute, 250*time.Millisecond, func() error {
 		out, err := l.NodeOutput(ctx, "curl", "-sf", "http://127.0.0.1:10249/metrics")
 		if err != nil {
 			return err
 		}
-		synced, queued := metric(out, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"), metric(out, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds")
-		if synced == 0 || queued > synced {
-			return fmt.Errorf("not synced yet (last sync %.3f, last queued %.3f)", synced, queued)
+		synced, queued := series(out, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"), series(out, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds")
+		if len(queued) == 0 {
+			return fmt.Errorf("no sync queued yet")
+		}
+		for labels, q := range queued {
+			if s := synced[labels]; s == 0 || q > s {
+				return fmt.Errorf("not synced yet %s (last sync %.3f, last queued %.3f)", labels, s, q)
+			}
 		}
 		return nil
 	})
 }
 
-// metric is the largest value of a metric's series in a Prometheus text scrape.
-func metric(scrape, name string) float64 {
-	var v float64
+// series are the values of a metric's series in a Prometheus text scrape, by their
+// labels ("" for a series without labels).
+func series(scrape, name string) map[string]float64 {
+	out := map[string]float64{}
 	for _, line := range strings.Split(scrape, "\n") {
 		rest, ok := strings.CutPrefix(line, name)
 		if !ok || (rest != "" && rest[0] != ' ' && rest[0] != '{') {
 			continue
 		}
-		fields := strings.Fields(rest)
-		if f, err := strconv.ParseFloat(fields[len(fields)-1], 64); err == nil {
-			v = max(v, f)
+		labels, value, _ := strings.Cut(rest, " ")
+		if f, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+			out[labels] = f
 		}
 	}
-	return v
+	return out
 }
 
 // probeAll runs the probes, a few at a time (each waits on the network, not the CPU,

@@ -84,7 +84,7 @@ func newTestProxier(t *testing.T) *testProxier {
 		NodeName:      "node-a",
 		MinSyncPeriod: time.Second,
 		SyncPeriod:    testSyncPeriod,
-		Metrics:       NewMetrics(tp.reg, "fake"),
+		Metrics:       NewMetrics(tp.reg, "fake").For(IPv4),
 		Health:        tp.health,
 		Clock:         tp.clk,
 	})
@@ -617,11 +617,13 @@ func TestProxierChangedPendingGauges(t *testing.T) {
 	}
 }
 
-// Every series carries the backend label, so the two modes can be compared side by side.
-func TestMetricsBackendLabel(t *testing.T) {
+// Every series carries the backend label, so the two modes can be compared side by side,
+// and each family's proxier has its own series (ip_family), as in kube-proxy.
+func TestMetricsLabels(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg, "ipvs")
-	m.SyncDuration.Observe(0.1) // histograms and counters are exported even when empty
+	m.For(IPv4).SyncDuration.Observe(0.1)
+	m.For(IPv6) // every series of a family exists once its proxier has its metrics
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("Gather: %v", err)
@@ -630,16 +632,19 @@ func TestMetricsBackendLabel(t *testing.T) {
 		t.Errorf("gathered %d metric families, want 12", len(mfs))
 	}
 	for _, mf := range mfs {
+		families := map[string]bool{}
 		for _, metric := range mf.GetMetric() {
-			found := false
+			labels := map[string]string{}
 			for _, l := range metric.GetLabel() {
-				if l.GetName() == "backend" && l.GetValue() == "ipvs" {
-					found = true
-				}
+				labels[l.GetName()] = l.GetValue()
 			}
-			if !found {
+			if labels["backend"] != "ipvs" {
 				t.Errorf("%s has no backend=\"ipvs\" label", mf.GetName())
 			}
+			families[labels["ip_family"]] = true
+		}
+		if !families["IPv4"] || !families["IPv6"] || len(families) != 2 {
+			t.Errorf("%s has series for the families %v, want IPv4 and IPv6", mf.GetName(), families)
 		}
 	}
 }

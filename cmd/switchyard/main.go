@@ -139,7 +139,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			MinSyncPeriod:  cfg.MinSyncPeriod,
 			SyncPeriod:     cfg.SyncPeriod,
 			FullSyncPeriod: mode.FullSyncPeriod(cfg.SyncPeriod),
-			Metrics:        metrics,
+			Metrics:        metrics.For(family),
 			Health:         health,
 			// The health check ports answer with the health of every family, as
 			// kube-proxy's do; healths is complete before any port opens (after the

@@ -414,6 +414,14 @@ func (l *Lab) get(cmd *exec.Cmd, url string) (Result, error) {
 	if err := json.Unmarshal(out, &res); err != nil {
 		return res, fmt.Errorf("labagent get %s: %w", url, err)
 	}
+	// A TCP connection whose SYN meets an ICMP host or network unreachable (a node with
+	// no route for an address no rule took) fails at once or times out, depending on
+	// whether the error arrives while connect holds the socket: either way nothing was
+	// delivered, which is what a timeout means to the callers.
+	if n := res.Failures["unreachable"]; n > 0 {
+		res.Failures["timeout"] += n
+		delete(res.Failures, "unreachable")
+	}
 	return res, nil
 }
 
