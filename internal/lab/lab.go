@@ -221,12 +221,9 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
-	// The node forwards between its pods, and answers every rejected connection: at the
-	// kernel's default rate limit (one ICMP error a second per peer) a REJECT would look
-	// like a DROP to the requests that follow the first. These are the node namespace's
-	// own settings, or the guest kernel's: never the host's.
-	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-		"net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0").Run(); err != nil {
+	// The node forwards between its pods. This is the node namespace's own setting, or
+	// the guest kernel's: never the host's.
+	if err = l.NodeCommand(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1").Run(); err != nil {
 		return nil, fmt.Errorf("enabling forwarding on the node: %w", err)
 	}
 	for _, pod := range l.Pods {
