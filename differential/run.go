@@ -112,6 +112,11 @@ func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 	}
 	m.Probes = len(all)
 	m.Divergences = Compare(all, m.Runs, about)
+	traits := map[string][]string{}
+	for _, sc := range o.Scenarios {
+		traits[sc.Name] = sc.Traits
+	}
+	explain(o.Mode, traits, m.Divergences)
 	return m, nil
 }
 
@@ -445,6 +450,8 @@ type Divergence struct {
 	Outcomes map[string]Outcome `json:"outcomes"` // by proxy
 	// Programmed is, per proxy, the rules that name the scenario's Service or addresses.
 	Programmed map[string][]string `json:"programmed"`
+	// Deliberate, when set, is the deliberate difference (Deliberates) that explains it.
+	Deliberate string `json:"deliberate,omitempty"`
 }
 
 // Compare lists the probes whose outcomes differ between the runs.
