@@ -46,11 +46,13 @@ mount -t sysfs sys /sys
 mount -t tmpfs tmpfs /run
 . "$(dirname "$0")/env.sh"
 mkdir -p /run/netns
+# iptable_mangle for the canary chains (switchyard's and kube-proxy's) in the mangle table;
+# nf_conntrack_netlink for the conntrack cleanup (without it netlink answers EINVAL).
 # xt_physdev (and the bridge modules it needs) for upstream kube-proxy's IPVS mode, whose
 # rules for external IPs match -m physdev: without it, its every iptables-restore fails.
 for m in ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_sh ip_vs_mh dummy veth nf_conntrack nf_nat iptable_nat iptable_filter \
 	xt_comment xt_conntrack xt_mark xt_addrtype xt_statistic xt_MASQUERADE xt_recent xt_set xt_tcpudp xt_ipvs \
-	ipt_REJECT ip6t_REJECT ip6table_nat ip6table_filter hmac sctp xt_sctp xt_nat ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet \
+	ipt_REJECT ip6t_REJECT ip6table_nat ip6table_filter iptable_mangle ip6table_mangle nf_conntrack_netlink hmac sctp xt_sctp xt_nat ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet \
 	ip_set_hash_net ip_set_bitmap_port xt_physdev; do
 	modprobe -d "$SCRATCH/modroot" "$m" 2>/dev/null || echo "kernel-lab: module $m not loaded" >&2
 done

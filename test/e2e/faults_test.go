@@ -224,8 +224,23 @@ func testRepairsWhatOthersRemove(t *testing.T, mode proxyMode) {
 		}
 	}
 	removed := time.Now()
+	fullSyncs := fullSyncCount(ctx, t, l)
 	if res, err := l.Get(ctx, url, 1); err == nil && len(res.Answers) > 0 {
 		t.Fatalf("the Service still answered right after its state was removed: the removal did not take (%v)", res.Answers)
+	}
+	if mode.flag == "ipvs" {
+		// A full sync that started after the removal must repair it. The kernel lab's
+		// full syncs take seconds each, more under load, so the test waits for one to
+		// complete (two counted from the removal) rather than for a fixed time.
+		err := lab.Eventually(ctx, 2*time.Minute, 500*time.Millisecond, func() error {
+			if n := fullSyncCount(ctx, t, l); n < fullSyncs+2 {
+				return fmt.Errorf("%d full syncs since the removal", n-fullSyncs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("no full sync after the removal: %v", err)
+		}
 	}
 	err := lab.Eventually(ctx, 40*time.Second, 250*time.Millisecond, func() error {
 		res, err := get()
