@@ -50,7 +50,7 @@ type portPlan struct {
 	// addrs are the Service addresses bound on kube-ipvs0 (cluster, external and
 	// load-balancer IPs; NodePorts use the node's own addresses).
 	addrs []netip.Addr
-	sets  []setEntry
+	sets  []SetEntry
 	// nodeDrops are the load-balancer entry points whose loadBalancerSourceRanges do not
 	// admit the node: SWYD-IPVS-OUT-FILTER drops the node's own connections to them.
 	nodeDrops []Key
@@ -81,8 +81,8 @@ type terminating struct {
 type Backend struct {
 	ipvs   Interface
 	ipt    iptables.Interface
-	dev    device
-	sets   sets
+	dev    Device
+	sets   Sets
 	cfg    Config
 	logger klog.Logger
 
@@ -98,7 +98,7 @@ type Backend struct {
 	// unbound exactly when the last of them goes.
 	addrUsers map[netip.Addr]int
 	// setUsers counts the ServicePorts needing each set member.
-	setUsers    map[setEntry]int
+	setUsers    map[SetEntry]int
 	terminating map[Key]map[netip.AddrPort]terminating
 	// nodeDropUsers counts the ServicePorts needing each node drop; nodeDropsWritten are
 	// those SWYD-IPVS-OUT-FILTER holds since our last write to it, sorted.
@@ -111,29 +111,40 @@ type Backend struct {
 	operations *prometheus.CounterVec
 }
 
-// NewBackend makes an IPVS backend and registers its metrics with reg.
+// NewBackend makes an IPVS backend and registers its metrics with reg. dev is kube-ipvs0,
+// nil when it does not exist (Explain reports that); the ipsets are the kernel's.
 func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg Config, reg prometheus.Registerer, logger klog.Logger) *Backend {
+	// A nil *dummy.Device must become a nil Device, not one holding a nil pointer, as
+	// Explain tells a missing device by a nil b.dev.
+	var d Device
+	if dev != nil {
+		d = kernelDevice{dev}
+	}
+	return NewBackendWithKernel(ipvs, ipt, d, ipsets{ipv6: cfg.IPv6}, cfg, reg, logger)
+}
+
+// NewBackendWithKernel is NewBackend with every kernel boundary given as an interface: dev
+// is kube-ipvs0 with the node's addresses (nil when the device does not exist), and sets
+// are the ipsets of cfg's IP family. Unit tests give it the stateful fakes of package
+// ipvstest.
+func NewBackendWithKernel(ipvs Interface, ipt iptables.Interface, dev Device, sets Sets, cfg Config, reg prometheus.Registerer, logger klog.Logger) *Backend {
 	family := "IPv4"
 	if cfg.IPv6 {
 		family = "IPv6"
 	}
 	logger = logger.WithValues("ipFamily", family)
 	b := &Backend{
-		ipvs: ipvs, ipt: ipt, cfg: cfg, logger: logger, sets: ipsets{ipv6: cfg.IPv6},
+		ipvs: ipvs, ipt: ipt, dev: dev, sets: sets, cfg: cfg, logger: logger,
 		plans:         map[proxier.ServicePortName]*portPlan{},
 		failed:        map[proxier.ServicePortName]bool{},
 		addrUsers:     map[netip.Addr]int{},
-		setUsers:      map[setEntry]int{},
+		setUsers:      map[SetEntry]int{},
 		nodeDropUsers: map[Key]int{},
 		terminating:   map[Key]map[netip.AddrPort]terminating{},
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "ipvs_operations_total",
 			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs", "ip_family": family}}, []string{"operation"}),
 	}
 	reg.MustRegister(b.operations)
-	// Without a device (tests that only render), b.dev stays a nil interface, as explain expects.
-	if dev != nil {
-		b.dev = kernelDevice{dev}
-	}
 	return b
 }
 
@@ -165,8 +176,8 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 		}
 		p.servers = append(p.servers, s)
 	}
-	entry := func(set string, ip netip.Addr, port int32) setEntry {
-		return setEntry{set: set, ip: ip, protocol: sp.Protocol, port: uint16(port)}
+	entry := func(set string, ip netip.Addr, port int32) SetEntry {
+		return SetEntry{Set: set, IP: ip, Protocol: sp.Protocol, Port: uint16(port)}
 	}
 
 	// What the virtual servers of the external entry points forward, and the set that
@@ -207,7 +218,7 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 		// other port of the node on it.
 		if !e.NodeAddress {
 			p.addrs = append(p.addrs, e.Addr)
-			p.sets = append(p.sets, setEntry{set: serviceIPsSet, ip: e.Addr})
+			p.sets = append(p.sets, SetEntry{Set: serviceIPsSet, IP: e.Addr})
 		}
 		if len(e.SourceRanges) > 0 {
 			p.sets = append(p.sets, entry(loadBalancerFirewallSet, e.Addr, e.Port))
@@ -228,7 +239,7 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 			}
 			for _, src := range sources {
 				s := entry(loadBalancerSourceSet, e.Addr, e.Port)
-				s.net = src
+				s.Net = src
 				p.sets = append(p.sets, s)
 			}
 		}
@@ -236,7 +247,7 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 	if sp.HealthCheckNodePort != 0 {
 		// Whatever the endpoints, so that a load balancer's health check gets its
 		// answer (503 without a local endpoint), as kube-proxy adds every Service's.
-		p.sets = append(p.sets, setEntry{set: healthCheckNodePortSet, port: uint16(sp.HealthCheckNodePort)})
+		p.sets = append(p.sets, SetEntry{Set: healthCheckNodePortSet, Port: uint16(sp.HealthCheckNodePort)})
 	}
 	// Hairpin traffic (a pod reaching itself through the Service) is masqueraded by this
 	// set; only a pod on this node can hairpin here, so remote endpoints are left out, as
@@ -245,7 +256,7 @@ func (b *Backend) plan(state *proxier.State, sp *proxier.ServicePort) *portPlan 
 		if !e.IsLocal(state.NodeName) {
 			continue
 		}
-		p.sets = append(p.sets, setEntry{set: loopbackSet, ip: e.IP, protocol: sp.Protocol, port: uint16(e.Port), ip2: e.IP})
+		p.sets = append(p.sets, SetEntry{Set: loopbackSet, IP: e.IP, Protocol: sp.Protocol, Port: uint16(e.Port), IP2: e.IP})
 	}
 	return p
 }
@@ -275,7 +286,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 	if err := b.dev.Refresh(); err != nil {
 		return nil, err
 	}
-	if err := b.sets.ensure(); err != nil {
+	if err := b.sets.Ensure(); err != nil {
 		return nil, err
 	}
 	if err := b.readNodeAddresses(); err != nil {
@@ -284,7 +295,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 
 	plans := make(map[proxier.ServicePortName]*portPlan, len(state.Services))
 	addrUsers := map[netip.Addr]int{}
-	setUsers := map[setEntry]int{}
+	setUsers := map[SetEntry]int{}
 	nodeDropUsers := map[Key]int{}
 	wanted := map[Key]vsPlan{}
 	for name, sp := range state.Services {
@@ -327,7 +338,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 	// Set members go in before the virtual servers they describe, so the first packet a
 	// new virtual server takes is already masqueraded and filtered as it should be; stale
 	// members go after the virtual servers that used them.
-	members, err := b.sets.list()
+	members, err := b.sets.List()
 	if err != nil {
 		return nil, err
 	}
@@ -461,7 +472,7 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 		}
 	}
 	failed := proxier.PortErrors{}
-	broken := &brokenObjects{addrs: map[netip.Addr]error{}, entries: map[setEntry]error{}}
+	broken := &brokenObjects{addrs: map[netip.Addr]error{}, entries: map[SetEntry]error{}}
 	for name := range changed {
 		old := b.plans[name]
 		var cur *portPlan
@@ -542,7 +553,7 @@ func sortedKeys(users map[Key]int) []Key {
 // so that every port using one is blamed, not only the first to try it.
 type brokenObjects struct {
 	addrs   map[netip.Addr]error
-	entries map[setEntry]error
+	entries map[SetEntry]error
 }
 
 // replacePlan moves one ServicePort from what was programmed to what is wanted. New
@@ -788,16 +799,16 @@ func (b *Backend) unbind(a netip.Addr) error {
 	return nil
 }
 
-func (b *Backend) addEntry(e setEntry) error {
-	if err := b.sets.add(e); err != nil {
+func (b *Backend) addEntry(e SetEntry) error {
+	if err := b.sets.Add(e); err != nil {
 		return err
 	}
 	b.count("add_ipset_entry")
 	return nil
 }
 
-func (b *Backend) delEntry(e setEntry) error {
-	if err := b.sets.del(e); err != nil {
+func (b *Backend) delEntry(e SetEntry) error {
+	if err := b.sets.Del(e); err != nil {
 		return err
 	}
 	b.count("delete_ipset_entry")
@@ -848,7 +859,7 @@ func outFilterRestore(nodeDrops []Key) []byte {
 // drops change.
 func (b *Backend) ruleset(nodeDrops []Key) iptables.Ruleset {
 	mark := b.cfg.MasqueradeMark
-	set := b.sets.name
+	set := ipsets{ipv6: b.cfg.IPv6}.name
 	var services []string
 	switch {
 	case b.cfg.MasqueradeAll:

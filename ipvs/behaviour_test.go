@@ -1,4 +1,4 @@
-package ipvs
+package ipvs_test
 
 import (
 	"context"
@@ -18,5 +18,5 @@ func TestBehaviourSuite(t *testing.T) {
 	if err := b.Sync(context.Background(), behaviour.State(), proxier.Changes{Full: true}); err != nil {
 		t.Fatal(err)
 	}
-	behaviour.CheckTraces(t, "ipvs", node.local(), node.trace)
+	behaviour.CheckTraces(t, "ipvs", node.Device.Local(), node.Trace)
 }

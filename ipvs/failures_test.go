@@ -1,4 +1,4 @@
-package ipvs
+package ipvs_test
 
 import (
 	"context"
@@ -7,13 +7,15 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/switchyard/switchyard/internal/behaviour"
+	"github.com/switchyard/switchyard/ipvs"
+	"github.com/switchyard/switchyard/ipvs/ipvstest"
 	"github.com/switchyard/switchyard/proxier"
 )
 
@@ -34,33 +36,33 @@ type refusal struct {
 var errRefused = errors.New("operation not permitted")
 
 type refusingIPVS struct {
-	*fakeIPVS
+	*ipvstest.IPVS
 	r *refusal
 }
 
-func (f refusingIPVS) AddVirtualServer(v *VirtualServer) error {
+func (f refusingIPVS) AddVirtualServer(v *ipvs.VirtualServer) error {
 	if slices.Contains(f.r.virtualServers, v.Address) {
 		return fmt.Errorf("adding IPVS service %s: %w", v.Key(), errRefused)
 	}
-	return f.fakeIPVS.AddVirtualServer(v)
+	return f.IPVS.AddVirtualServer(v)
 }
 
-func (f refusingIPVS) AddRealServer(v *VirtualServer, r *RealServer) error {
+func (f refusingIPVS) AddRealServer(v *ipvs.VirtualServer, r *ipvs.RealServer) error {
 	if slices.Contains(f.r.realServers, r.Address) {
 		return fmt.Errorf("adding real server %s to %s: %w", r.Endpoint(), v.Key(), errRefused)
 	}
-	return f.fakeIPVS.AddRealServer(v, r)
+	return f.IPVS.AddRealServer(v, r)
 }
 
-func (f refusingIPVS) DeleteVirtualServer(v *VirtualServer) error {
+func (f refusingIPVS) DeleteVirtualServer(v *ipvs.VirtualServer) error {
 	if f.r.deletes {
 		return fmt.Errorf("deleting IPVS service %s: %w", v.Key(), errRefused)
 	}
-	return f.fakeIPVS.DeleteVirtualServer(v)
+	return f.IPVS.DeleteVirtualServer(v)
 }
 
 type refusingDevice struct {
-	*fakeDevice
+	*ipvstest.Device
 	r *refusal
 }
 
@@ -68,19 +70,19 @@ func (d refusingDevice) Bind(a netip.Addr) error {
 	if slices.Contains(d.r.binds, a) {
 		return fmt.Errorf("binding %s: %w", a, errRefused)
 	}
-	return d.fakeDevice.Bind(a)
+	return d.Device.Bind(a)
 }
 
 type refusingSets struct {
-	*fakeSets
+	*ipvstest.Sets
 	r *refusal
 }
 
-func (s refusingSets) add(e setEntry) error {
-	if slices.Contains(s.r.members, e.ip) {
-		return fmt.Errorf("adding %v to ipset %s: %w", e, e.set, errRefused)
+func (s refusingSets) Add(e ipvs.SetEntry) error {
+	if slices.Contains(s.r.members, e.IP) {
+		return fmt.Errorf("adding %v to ipset %s: %w", e, e.Set, errRefused)
 	}
-	return s.fakeSets.add(e)
+	return s.Sets.Add(e)
 }
 
 // failureService is the ClusterIP Service svc-N on 10.96.0.N, port 80+N, with an
@@ -233,10 +235,9 @@ func TestFailedServicePorts(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			b, node := fakeBackend()
-			fipvs, dev := node.ipvs, node.dev
+			node := ipvstest.NewNode(behaviour.NodeIP)
 			r := &refusal{}
-			b.ipvs, b.dev, b.sets = refusingIPVS{fipvs, r}, refusingDevice{dev, r}, refusingSets{node.sets, r}
+			b := backendOn(refusingIPVS{node.IPVS, r}, node.IPTables, refusingDevice{node.Device, r}, refusingSets{node.Sets, r})
 			state := &proxier.State{NodeName: "node-a", Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
 			for i, step := range tc.steps {
 				if step.mutate != nil {
@@ -273,22 +274,15 @@ func TestFailedServicePorts(t *testing.T) {
 					t.Errorf("step %d %s: failed ports (-want +got):\n%s", i, step.name, diff)
 				}
 				for _, n := range slices.Sorted(maps.Keys(step.wantServers)) {
-					key := Key{netip.AddrFrom4([4]byte{10, 96, 0, byte(n)}), v1.ProtocolTCP, uint16(80 + n)}
-					var reals []string
-					if _, ok := fipvs.servers[key]; ok {
-						reals = []string{}
-						for ep := range fipvs.reals[key] {
-							reals = append(reals, ep.String())
-						}
-						slices.Sort(reals)
-					}
-					if diff := cmp.Diff(step.wantServers[n], reals); diff != "" {
+					key := ipvs.Key{Address: netip.AddrFrom4([4]byte{10, 96, 0, byte(n)}), Protocol: v1.ProtocolTCP, Port: uint16(80 + n)}
+					if diff := cmp.Diff(step.wantServers[n], realServers(t, node.IPVS, key)); diff != "" {
 						t.Errorf("step %d %s: virtual server of svc-%d (-want +got):\n%s", i, step.name, n, diff)
 					}
 				}
+				bound := boundAddresses(t, node.Device)
 				for _, a := range step.wantBound {
-					if !dev.bound[ip(a)] {
-						t.Errorf("step %d %s: %s is not bound on kube-ipvs0 (bound: %v)", i, step.name, a, strings.Join(boundList(dev), " "))
+					if !slices.Contains(bound, ip(a)) {
+						t.Errorf("step %d %s: %s is not bound on kube-ipvs0 (bound: %v)", i, step.name, a, bound)
 					}
 				}
 			}
@@ -296,10 +290,25 @@ func TestFailedServicePorts(t *testing.T) {
 	}
 }
 
-func boundList(dev *fakeDevice) []string {
-	var out []string
-	for a := range dev.bound {
-		out = append(out, a.String())
+// realServers lists the real servers of the virtual server at key, sorted, or nil when
+// there is no such virtual server.
+func realServers(t *testing.T, table ipvs.Interface, key ipvs.Key) []string {
+	t.Helper()
+	servers, err := table.VirtualServers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(servers, func(vs *ipvs.VirtualServer) bool { return vs.Key() == key })
+	if i < 0 {
+		return nil
+	}
+	reals, err := table.RealServers(servers[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []string{}
+	for _, r := range reals {
+		out = append(out, r.Endpoint().String())
 	}
 	slices.Sort(out)
 	return out

@@ -73,41 +73,63 @@ var setTypes = map[string]string{
 	healthCheckNodePortSet:  "bitmap:port",
 }
 
-// setEntry is one member of one of our sets.
-type setEntry struct {
-	set      string
-	ip       netip.Addr  // invalid for bitmap:port
-	protocol v1.Protocol // "" for hash:ip and bitmap:port
-	port     uint16
-	ip2      netip.Addr   // only for hash:ip,port,ip
-	net      netip.Prefix // only for hash:ip,port,net
+// SetEntry is one member of one of our sets.
+type SetEntry struct {
+	// Set is the set's name as the IPv4 sets have it (SWYD-CLUSTER-IP, ...): the IPv6
+	// set of the same name, with "-6" appended, holds the IPv6 members.
+	Set      string
+	IP       netip.Addr  // invalid for bitmap:port
+	Protocol v1.Protocol // "" for hash:ip and bitmap:port
+	Port     uint16
+	IP2      netip.Addr   // only for hash:ip,port,ip
+	Net      netip.Prefix // only for hash:ip,port,net
 }
 
 var ipProtocols = map[v1.Protocol]uint8{v1.ProtocolTCP: syscall.IPPROTO_TCP, v1.ProtocolUDP: syscall.IPPROTO_UDP, v1.ProtocolSCTP: syscall.IPPROTO_SCTP}
 
-func (e setEntry) toNetlink() *netlink.IPSetEntry {
-	n := &netlink.IPSetEntry{IP: net.IP(e.ip.AsSlice())}
-	if e.protocol != "" {
-		proto, port := ipProtocols[e.protocol], e.port
+func (e SetEntry) toNetlink() *netlink.IPSetEntry {
+	n := &netlink.IPSetEntry{IP: net.IP(e.IP.AsSlice())}
+	if e.Protocol != "" {
+		proto, port := ipProtocols[e.Protocol], e.Port
 		n.Protocol, n.Port = &proto, &port
 	}
-	if e.ip2.IsValid() {
-		n.IP2 = net.IP(e.ip2.AsSlice())
+	if e.IP2.IsValid() {
+		n.IP2 = net.IP(e.IP2.AsSlice())
 	}
-	if e.net.IsValid() {
-		n.IP2, n.CIDR2 = net.IP(e.net.Addr().AsSlice()), uint8(e.net.Bits())
+	if e.Net.IsValid() {
+		n.IP2, n.CIDR2 = net.IP(e.Net.Addr().AsSlice()), uint8(e.Net.Bits())
 	}
 	return n
 }
 
-// sets is what the backend does with its ipsets, an interface so that unit tests run the
-// whole Sync against fake sets.
-type sets interface {
-	name(set string) string
-	ensure() error
-	list() (map[setEntry]bool, error)
-	add(e setEntry) error
-	del(e setEntry) error
+// Sets is the backend's boundary to the kernel's ipsets: the members of our sets of one
+// IP family, which the static iptables rules match against. The backend reaches them
+// through this interface so that its whole Sync runs against a stateful fake in unit
+// tests (ipvs/ipvstest); the kernel's are kept over netlink.
+type Sets interface {
+	// Ensure creates our sets when missing.
+	Ensure() error
+	// List returns every member of our sets.
+	List() (map[SetEntry]bool, error)
+	// Add adds a member; adding one that is there is not an error.
+	Add(SetEntry) error
+	// Del deletes a member; deleting one that is not there is not an error.
+	Del(SetEntry) error
+}
+
+// SetByName finds one of our sets by its name in the kernel, as the rules name it in
+// `-m set --match-set NAME` (an IPv6 set's ends in "-6"): set is the name its members
+// carry in SetEntry.Set, and typ its ipset type, as `ipset create NAME TYPE` takes it.
+// It is how a fake of the kernel's ipsets reads the rules the backend writes.
+func SetByName(name string) (set, typ string, ok bool) {
+	for _, family := range []ipsets{{ipv6: false}, {ipv6: true}} {
+		for s, t := range setTypes {
+			if family.name(s) == name {
+				return s, t, true
+			}
+		}
+	}
+	return "", "", false
 }
 
 // ipsets is our sets for one IP family. The IPv4 sets have the names above; the IPv6
@@ -129,11 +151,11 @@ func (s ipsets) family() uint8 {
 	return syscall.AF_INET
 }
 
-// ensure creates our sets when missing.
+// Ensure is part of Sets.
 //
 // Equivalent to: `ipset create SWYD-CLUSTER-IP hash:ip,port [family inet6]` (and the others;
 // `ipset create SWYD-HEALTH-CHECK-NODE-PORT bitmap:port range 0-65535`, which has no family)
-func (s ipsets) ensure() error {
+func (s ipsets) Ensure() error {
 	for set, typ := range setTypes {
 		opts := netlink.IpsetCreateOptions{Family: s.family()}
 		if typ == "bitmap:port" {
@@ -147,11 +169,11 @@ func (s ipsets) ensure() error {
 	return nil
 }
 
-// list returns every member of our sets.
+// List is part of Sets.
 //
 // Equivalent to: `ipset list SWYD-CLUSTER-IP` (and the others)
-func (s ipsets) list() (map[setEntry]bool, error) {
-	out := map[setEntry]bool{}
+func (s ipsets) List() (map[SetEntry]bool, error) {
+	out := map[SetEntry]bool{}
 	for set := range setTypes {
 		res, err := netlink.IpsetList(s.name(set))
 		if err != nil {
@@ -160,7 +182,7 @@ func (s ipsets) list() (map[setEntry]bool, error) {
 		for _, e := range res.Entries {
 			if setTypes[set] == "bitmap:port" {
 				if e.Port != nil {
-					out[setEntry{set: set, port: *e.Port}] = true
+					out[SetEntry{Set: set, Port: *e.Port}] = true
 				}
 				continue
 			}
@@ -168,20 +190,20 @@ func (s ipsets) list() (map[setEntry]bool, error) {
 			if !ok {
 				continue
 			}
-			entry := setEntry{set: set, ip: ip.Unmap()}
+			entry := SetEntry{Set: set, IP: ip.Unmap()}
 			if e.Port != nil && e.Protocol != nil {
-				entry.port = *e.Port
+				entry.Port = *e.Port
 				for p, n := range ipProtocols {
 					if n == *e.Protocol {
-						entry.protocol = p
+						entry.Protocol = p
 					}
 				}
 			}
 			if ip2, ok := netip.AddrFromSlice(e.IP2); ok {
 				if setTypes[set] == "hash:ip,port,net" {
-					entry.net = netip.PrefixFrom(ip2.Unmap(), int(e.CIDR2))
+					entry.Net = netip.PrefixFrom(ip2.Unmap(), int(e.CIDR2))
 				} else {
-					entry.ip2 = ip2.Unmap()
+					entry.IP2 = ip2.Unmap()
 				}
 			}
 			out[entry] = true
@@ -190,32 +212,36 @@ func (s ipsets) list() (map[setEntry]bool, error) {
 	return out, nil
 }
 
-// add equivalent: `ipset add SET MEMBER -exist`
-func (s ipsets) add(e setEntry) error {
+// Add is part of Sets.
+//
+// Equivalent to: `ipset add SET MEMBER -exist`
+func (s ipsets) Add(e SetEntry) error {
 	var err error
-	if setTypes[e.set] == "bitmap:port" {
-		err = ipsetPort(nl.IPSET_CMD_ADD, s.name(e.set), e.port)
+	if setTypes[e.Set] == "bitmap:port" {
+		err = ipsetPort(nl.IPSET_CMD_ADD, s.name(e.Set), e.Port)
 	} else {
 		n := e.toNetlink()
 		n.Replace = true // like -exist: adding a member twice is not an error
-		err = netlink.IpsetAdd(s.name(e.set), n)
+		err = netlink.IpsetAdd(s.name(e.Set), n)
 	}
 	if err != nil {
-		return fmt.Errorf("adding %v to ipset %s: %w", e, s.name(e.set), err)
+		return fmt.Errorf("adding %v to ipset %s: %w", e, s.name(e.Set), err)
 	}
 	return nil
 }
 
-// del equivalent: `ipset del SET MEMBER -exist`
-func (s ipsets) del(e setEntry) error {
+// Del is part of Sets.
+//
+// Equivalent to: `ipset del SET MEMBER -exist`
+func (s ipsets) Del(e SetEntry) error {
 	var err error
-	if setTypes[e.set] == "bitmap:port" {
-		err = ipsetPort(nl.IPSET_CMD_DEL, s.name(e.set), e.port)
+	if setTypes[e.Set] == "bitmap:port" {
+		err = ipsetPort(nl.IPSET_CMD_DEL, s.name(e.Set), e.Port)
 	} else {
-		err = netlink.IpsetDel(s.name(e.set), e.toNetlink())
+		err = netlink.IpsetDel(s.name(e.Set), e.toNetlink())
 	}
 	if err != nil && !errors.Is(err, syscall.ENOENT) && !isIpsetNotExist(err) {
-		return fmt.Errorf("deleting %v from ipset %s: %w", e, s.name(e.set), err)
+		return fmt.Errorf("deleting %v from ipset %s: %w", e, s.name(e.Set), err)
 	}
 	return nil
 }

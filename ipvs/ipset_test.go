@@ -40,3 +40,19 @@ func TestIpsetPortRequest(t *testing.T) {
 		}
 	}
 }
+
+// TestSetByName: each of our sets is found by its name in either family, as the rules
+// name it, and a set that is not ours is not.
+func TestSetByName(t *testing.T) {
+	for set, typ := range setTypes {
+		for _, name := range []string{set, set + "-6"} {
+			gotSet, gotType, ok := SetByName(name)
+			if !ok || gotSet != set || gotType != typ {
+				t.Errorf("SetByName(%s) = %s, %s, %v; want %s, %s", name, gotSet, gotType, ok, set, typ)
+			}
+		}
+	}
+	if set, _, ok := SetByName("KUBE-CLUSTER-IP"); ok {
+		t.Errorf("SetByName(KUBE-CLUSTER-IP) found %s", set)
+	}
+}

@@ -237,7 +237,7 @@ func TestBackendInKernel(t *testing.T) {
 	expectSet("web and dns deleted", loopbackSet)
 
 	// Deleting a member that is not there is not an error (a retry after a partial failure).
-	if err := (ipsets{}).del(setEntry{set: clusterIPSet, ip: netip.MustParseAddr("10.96.9.9"), protocol: v1.ProtocolTCP, port: 9}); err != nil {
+	if err := (ipsets{}).Del(SetEntry{Set: clusterIPSet, IP: netip.MustParseAddr("10.96.9.9"), Protocol: v1.ProtocolTCP, Port: 9}); err != nil {
 		t.Errorf("deleting a missing set member: %v", err)
 	}
 

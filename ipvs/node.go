@@ -78,16 +78,27 @@ func PrepareNode(strictARP, ipv6 bool) error {
 	return errors.Join(errs...)
 }
 
-// device is what the backend uses of kube-ipvs0 and of the node's links, an interface so
-// that unit tests run the whole Sync against a fake device.
-type device interface {
+// Device is the backend's boundary to kube-ipvs0, the dummy device Service addresses are
+// bound on, and to the node's own addresses. The backend reaches them through this
+// interface so that its whole Sync runs against a stateful fake in unit tests
+// (ipvs/ipvstest); the kernel's is a dummy.Device, with the node's addresses read over
+// netlink.
+type Device interface {
+	// Refresh re-creates the device when it is gone.
 	Refresh() error
+	// Name is the device's name, for messages.
 	Name() string
+	// Addresses lists the IPv4 addresses switchyard bound on the device.
 	Addresses() (map[netip.Addr]bool, error)
+	// AddressesIPv6 lists every global IPv6 address on the device: IPv6 addresses carry
+	// no label, so the backend decides which of them are ours.
 	AddressesIPv6() (map[netip.Addr]bool, error)
+	// Bind binds a Service address; binding one that is bound is not an error.
 	Bind(netip.Addr) error
+	// Unbind removes a Service address; removing one that is not bound is not an error.
 	Unbind(netip.Addr) error
-	// NodeAddresses lists the node's own addresses of one family.
+	// NodeAddresses lists the node's own addresses of one family: those on every link
+	// but the device, never loopback or link-local ones.
 	NodeAddresses(ipv6 bool) ([]netip.Addr, error)
 }
 

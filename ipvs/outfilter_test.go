@@ -1,4 +1,4 @@
-package ipvs
+package ipvs_test
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"github.com/switchyard/switchyard/internal/behaviour"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/iptables/iptablestest"
+	"github.com/switchyard/switchyard/ipvs"
+	"github.com/switchyard/switchyard/ipvs/ipvstest"
 	"github.com/switchyard/switchyard/proxier"
 )
 
@@ -37,16 +39,16 @@ func nodeDropAddrs(t *testing.T, ipt *iptablestest.Fake) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rules, ok := iptables.ParseSaved(string(dump))["filter "+ipvsOutFilterChain]
+	rules, ok := iptables.ParseSaved(string(dump))["filter "+ipvs.OutFilterChain]
 	if !ok {
-		t.Fatalf("no chain %s:\n%s", ipvsOutFilterChain, dump)
+		t.Fatalf("no chain %s:\n%s", ipvs.OutFilterChain, dump)
 	}
 	addrs := []string{}
 	for _, r := range rules {
 		fields := iptables.SplitRule(string(r))
 		i := slices.Index(fields, "--vaddr")
 		if i < 0 || i+1 == len(fields) {
-			t.Fatalf("%s holds a rule without --vaddr: %s", ipvsOutFilterChain, r)
+			t.Fatalf("%s holds a rule without --vaddr: %s", ipvs.OutFilterChain, r)
 		}
 		addrs = append(addrs, fields[i+1])
 	}
@@ -56,9 +58,9 @@ func nodeDropAddrs(t *testing.T, ipt *iptablestest.Fake) []string {
 // nodeToLoadBalancer traces the node's connection to a load-balancer IP bound on
 // kube-ipvs0 (its source is then that address) and returns the verdict of every way it
 // goes.
-func nodeToLoadBalancer(t *testing.T, node *fakeNode, dst netip.AddrPort) []string {
+func nodeToLoadBalancer(t *testing.T, node *ipvstest.Node, dst netip.AddrPort) []string {
 	t.Helper()
-	results, err := node.trace(iptablestest.Packet{Protocol: "tcp", Src: dst.Addr(), FromNode: true, Dst: dst, Local: node.local()})
+	results, err := node.Trace(iptablestest.Packet{Protocol: "tcp", Src: dst.Addr(), FromNode: true, Dst: dst, Local: node.Device.Local()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,9 +80,9 @@ func behaviourName(name string) proxier.ServicePortName {
 func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 	ctx := context.Background()
 	state := behaviour.State()
-	b, node := fakeBackend()
-	ipt := &countingIPTables{Fake: node.ipt}
-	b.ipt = ipt
+	node := ipvstest.NewNode(behaviour.NodeIP)
+	ipt := &countingIPTables{Fake: node.IPTables}
+	b := backendOn(node.IPVS, ipt, node.Device, node.Sets)
 	fw, itp := behaviourName("fw"), behaviourName("itp")
 	excluding := state.Services[fw]
 	including := *excluding
@@ -122,8 +124,8 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 		if wrote := ipt.restores > before; wrote != step.wantWrite {
 			t.Errorf("%s: wrote iptables rules %v, want %v", step.name, wrote, step.wantWrite)
 		}
-		if diff := cmp.Diff(step.wantAddrs, nodeDropAddrs(t, node.ipt)); diff != "" {
-			t.Errorf("%s: addresses in %s (-want +got):\n%s", step.name, ipvsOutFilterChain, diff)
+		if diff := cmp.Diff(step.wantAddrs, nodeDropAddrs(t, node.IPTables)); diff != "" {
+			t.Errorf("%s: addresses in %s (-want +got):\n%s", step.name, ipvs.OutFilterChain, diff)
 		}
 		if step.wantTrace != nil {
 			if diff := cmp.Diff(step.wantTrace, nodeToLoadBalancer(t, node, lb)); diff != "" {
@@ -140,9 +142,9 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 func TestNodeDropsRefused(t *testing.T) {
 	ctx := context.Background()
 	fw, bothLocal, fw2 := behaviourName("fw"), behaviourName("bothlocal"), behaviourName("fw2")
-	refuseAll := func(chain string, _ iptables.SavedRule) bool { return chain == ipvsOutFilterChain }
+	refuseAll := func(chain string, _ iptables.SavedRule) bool { return chain == ipvs.OutFilterChain }
 	refuseFW2 := func(chain string, r iptables.SavedRule) bool {
-		return chain == ipvsOutFilterChain && strings.Contains(string(r), "198.51.100.30")
+		return chain == ipvs.OutFilterChain && strings.Contains(string(r), "198.51.100.30")
 	}
 	addFW2 := func(state *proxier.State) {
 		sp := *state.Services[fw]
@@ -172,7 +174,7 @@ func TestNodeDropsRefused(t *testing.T) {
 	b, node := fakeBackend()
 	state := behaviour.State()
 	for _, step := range steps {
-		node.ipt.RejectRules(step.refuse)
+		node.IPTables.RejectRules(step.refuse)
 		if step.mutate != nil {
 			step.mutate(state)
 		}
@@ -193,8 +195,8 @@ func TestNodeDropsRefused(t *testing.T) {
 		if diff := cmp.Diff(step.wantFailed, got); diff != "" {
 			t.Errorf("%s: failed ports (-want +got):\n%s", step.name, diff)
 		}
-		if diff := cmp.Diff(step.wantAddrs, nodeDropAddrs(t, node.ipt)); diff != "" {
-			t.Errorf("%s: addresses in %s (-want +got):\n%s", step.name, ipvsOutFilterChain, diff)
+		if diff := cmp.Diff(step.wantAddrs, nodeDropAddrs(t, node.IPTables)); diff != "" {
+			t.Errorf("%s: addresses in %s (-want +got):\n%s", step.name, ipvs.OutFilterChain, diff)
 		}
 		// Everything else is in place: a pod reaches a cluster IP, and an off-node client
 		// outside the source ranges is still dropped.
@@ -203,7 +205,7 @@ func TestNodeDropsRefused(t *testing.T) {
 			dst  string
 			want string
 		}{{behaviour.P, "10.96.0.10:80", "ACCEPT"}, {behaviour.Outside, "198.51.100.12:80", "DROP"}} {
-			results, err := node.trace(iptablestest.Packet{Protocol: "tcp", Src: fl.src, Dst: netip.MustParseAddrPort(fl.dst), Local: node.local()})
+			results, err := node.Trace(iptablestest.Packet{Protocol: "tcp", Src: fl.src, Dst: netip.MustParseAddrPort(fl.dst), Local: node.Device.Local()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -213,7 +215,7 @@ func TestNodeDropsRefused(t *testing.T) {
 		}
 	}
 
-	node.ipt.RejectRules(func(chain string, _ iptables.SavedRule) bool { return chain == ipvsFilterChain })
+	node.IPTables.RejectRules(func(chain string, _ iptables.SavedRule) bool { return chain == ipvs.FilterChain })
 	var failed proxier.PortErrors
 	if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err == nil || errors.As(err, &failed) {
 		t.Errorf("a refusal of the fixed rules: Sync() = %v, want the whole sync to fail", err)

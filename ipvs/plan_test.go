@@ -107,13 +107,13 @@ func TestPlan(t *testing.T) {
 			}
 			var sets []string
 			for _, e := range p.sets {
-				switch e.set {
+				switch e.Set {
 				case clusterIPSet, serviceIPsSet, loopbackSet:
 					continue // the same under every policy
 				}
-				s := fmt.Sprintf("%s %s %d", e.set, e.ip, e.port)
-				if e.net.IsValid() {
-					s += " " + e.net.String()
+				s := fmt.Sprintf("%s %s %d", e.Set, e.IP, e.Port)
+				if e.Net.IsValid() {
+					s += " " + e.Net.String()
 				}
 				sets = append(sets, s)
 			}
@@ -138,8 +138,8 @@ func TestPlanLoopbackHoldsLocalEndpointsOnly(t *testing.T) {
 	p := b.plan(&proxier.State{NodeName: "node-a", Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{name: endpoints}}, sp)
 	var loopback []string
 	for _, e := range p.sets {
-		if e.set == loopbackSet {
-			loopback = append(loopback, fmt.Sprintf("%s,%d,%s", e.ip, e.port, e.ip2))
+		if e.Set == loopbackSet {
+			loopback = append(loopback, fmt.Sprintf("%s,%d,%s", e.IP, e.Port, e.IP2))
 		}
 	}
 	if diff := cmp.Diff([]string{"10.244.1.2,8080,10.244.1.2"}, loopback); diff != "" {
