@@ -300,7 +300,9 @@ func renderServicePort(cfg *RenderConfig, res *proxier.Resolution) *servicePortR
 				filterMatch = "-m addrtype --dst-type LOCAL " + match
 			}
 			target := ext
-			if len(e.SourceRanges) > 0 {
+			// Without any endpoint everyone is rejected below, before a firewall could
+			// matter: kube-proxy's usesFWChain.
+			if len(e.SourceRanges) > 0 && res.External.Verdict != proxier.Reject {
 				if fw == nil {
 					fw = firewallRules(sp, e, ext)
 				}

@@ -92,8 +92,8 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 	if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err != nil {
 		t.Fatal(err)
 	}
-	// bothlocal's load-balancer IP is dropped throughout.
-	const other = "198.51.100.21"
+	// bothlocal's and fwempty's load-balancer IPs are dropped throughout.
+	const other, otherEmpty = "198.51.100.21", "198.51.100.14"
 	steps := []struct {
 		name    string
 		mutate  func()
@@ -105,15 +105,15 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 		wantWrite bool
 	}{
 		{name: "a Service whose source ranges do not hold the node's IP comes", mutate: func() { state.Services[fw] = excluding }, changed: fw,
-			wantAddrs: []string{lb.Addr().String(), other}, wantTrace: []string{"DROP", "DROP"}, wantWrite: true},
+			wantAddrs: []string{lb.Addr().String(), otherEmpty, other}, wantTrace: []string{"DROP", "DROP"}, wantWrite: true},
 		{name: "its ranges come to hold it", mutate: func() { state.Services[fw] = &including }, changed: fw,
-			wantAddrs: []string{other}, wantTrace: []string{"ACCEPT", "ACCEPT"}, wantWrite: true},
+			wantAddrs: []string{otherEmpty, other}, wantTrace: []string{"ACCEPT", "ACCEPT"}, wantWrite: true},
 		{name: "another Service changes", mutate: func() {}, changed: itp,
-			wantAddrs: []string{other}, wantTrace: []string{"ACCEPT", "ACCEPT"}},
+			wantAddrs: []string{otherEmpty, other}, wantTrace: []string{"ACCEPT", "ACCEPT"}},
 		{name: "its ranges do not hold it any more", mutate: func() { state.Services[fw] = excluding }, changed: fw,
-			wantAddrs: []string{lb.Addr().String(), other}, wantTrace: []string{"DROP", "DROP"}, wantWrite: true},
+			wantAddrs: []string{lb.Addr().String(), otherEmpty, other}, wantTrace: []string{"DROP", "DROP"}, wantWrite: true},
 		{name: "the Service goes", mutate: func() { delete(state.Services, fw) }, changed: fw,
-			wantAddrs: []string{other}, wantWrite: true},
+			wantAddrs: []string{otherEmpty, other}, wantWrite: true},
 	}
 	for _, step := range steps {
 		step.mutate()
@@ -141,7 +141,7 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 // them. A refusal of the fixed rules still fails the whole sync.
 func TestNodeDropsRefused(t *testing.T) {
 	ctx := context.Background()
-	fw, bothLocal, fw2 := behaviourName("fw"), behaviourName("bothlocal"), behaviourName("fw2")
+	fw, fwEmpty, bothLocal, fw2 := behaviourName("fw"), behaviourName("fwempty"), behaviourName("bothlocal"), behaviourName("fw2")
 	refuseAll := func(chain string, _ iptables.SavedRule) bool { return chain == ipvs.OutFilterChain }
 	refuseFW2 := func(chain string, r iptables.SavedRule) bool {
 		return chain == ipvs.OutFilterChain && strings.Contains(string(r), "198.51.100.30")
@@ -161,15 +161,15 @@ func TestNodeDropsRefused(t *testing.T) {
 		wantAddrs  []string
 	}{
 		{name: "no xt_ipvs", refuse: refuseAll, full: true,
-			wantFailed: []proxier.ServicePortName{bothLocal, fw}, wantAddrs: []string{}},
-		{name: "the kernel takes them", changed: []proxier.ServicePortName{bothLocal, fw},
-			wantAddrs: []string{"198.51.100.12", "198.51.100.21"}},
+			wantFailed: []proxier.ServicePortName{bothLocal, fw, fwEmpty}, wantAddrs: []string{}},
+		{name: "the kernel takes them", changed: []proxier.ServicePortName{bothLocal, fw, fwEmpty},
+			wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}},
 		{name: "a new one refused in a partial sync", refuse: refuseFW2, mutate: addFW2, changed: []proxier.ServicePortName{fw2},
-			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.21"}},
+			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}},
 		{name: "and in a full sync", refuse: refuseFW2, full: true,
-			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.21"}},
+			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}},
 		{name: "the kernel takes it", changed: []proxier.ServicePortName{fw2},
-			wantAddrs: []string{"198.51.100.12", "198.51.100.21", "198.51.100.30"}},
+			wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21", "198.51.100.30"}},
 	}
 	b, node := fakeBackend()
 	state := behaviour.State()

@@ -98,8 +98,11 @@ type EntryPoint struct {
 	Addr netip.Addr
 	Port int32
 	// SourceRanges, on a load-balancer IP, admit only these clients; the others are
-	// dropped. Empty when the Service has no loadBalancerSourceRanges, and when it has no
-	// endpoint at all (everyone is rejected then), as kube-proxy's usesFWChain.
+	// dropped. Empty when the Service has no loadBalancerSourceRanges. Where the Service
+	// has no endpoint at all (External's verdict is Reject), kube-proxy's modes part:
+	// its iptables mode rejects everyone without a firewall (usesFWChain needs an
+	// endpoint), its IPVS mode still drops who is outside the ranges (its
+	// KUBE-LOAD-BALANCER-FW members do not depend on endpoints).
 	SourceRanges []netip.Prefix
 	// AllowLoadBalancerSources admits connections whose source is one of the Service's
 	// load-balancer IPs, which is how the node's own connections to a load-balancer IP
@@ -220,12 +223,8 @@ func Resolve(cfg *ResolveConfig, state *State, sp *ServicePort, nodeIPs []netip.
 	for _, ip := range sp.ExternalIPs {
 		r.EntryPoints = append(r.EntryPoints, EntryPoint{Kind: ExternalIPEntry, Addr: ip, Port: sp.Port, NodeAddress: isNodeIP(ip)})
 	}
-	var ranges []netip.Prefix
-	allowFromNode := false
-	if sel.HasAny {
-		ranges = sp.LoadBalancerSourceRanges
-		allowFromNode = state.NodeIP.IsValid() && slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(state.NodeIP) })
-	}
+	ranges := sp.LoadBalancerSourceRanges
+	allowFromNode := state.NodeIP.IsValid() && slices.ContainsFunc(ranges, func(p netip.Prefix) bool { return p.Contains(state.NodeIP) })
 	for _, ip := range sp.LoadBalancerIPs {
 		r.EntryPoints = append(r.EntryPoints, EntryPoint{Kind: LoadBalancerIPEntry, Addr: ip, Port: sp.Port, NodeAddress: isNodeIP(ip),
 			SourceRanges: ranges, AllowLoadBalancerSources: allowFromNode})

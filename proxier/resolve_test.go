@@ -253,14 +253,15 @@ func TestResolveEntryPoints(t *testing.T) {
 			},
 		},
 		{
-			// usesFWChain needs hasEndpoints: without any, everyone is rejected.
-			name: "no endpoints: no source filtering",
+			// The ranges stay without endpoints: kube-proxy's IPVS mode filters by them
+			// then too (its iptables mode rejects everyone first, usesFWChain).
+			name: "no endpoints: the source ranges stay",
 			tweak: func(sp *ServicePort) {
 				sp.LoadBalancerIPs, sp.LoadBalancerSourceRanges = []netip.Addr{lbIP}, ranges("198.18.0.0/16")
 			},
 			want: []EntryPoint{
 				{Kind: ClusterIPEntry, Addr: clusterIP, Port: 80},
-				{Kind: LoadBalancerIPEntry, Addr: lbIP, Port: 80},
+				{Kind: LoadBalancerIPEntry, Addr: lbIP, Port: 80, SourceRanges: ranges("198.18.0.0/16")},
 			},
 		},
 	}

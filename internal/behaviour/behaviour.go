@@ -105,10 +105,24 @@ func Flows() []Flow {
 		{Name: "off-node client to a load-balancer IP, Cluster policy: any endpoint, masqueraded", Src: Outside, Protocol: tcp, Dst: at("198.51.100.9", 80), Want: Outcome{Endpoints: both, Masq: true}},
 		{Name: "off-node client to a NodePort, Local policy: the local endpoint, client kept", Src: Outside, Protocol: tcp, Dst: at(node, 30081), Want: Outcome{Endpoints: []string{ep(L)}}},
 		{Name: "off-node client to a load-balancer IP, Local policy: the local endpoint, client kept", Src: Outside, Protocol: tcp, Dst: at("198.51.100.10", 80), Want: Outcome{Endpoints: []string{ep(L)}}},
+		// kube-proxy's iptables mode short-circuits the node to any endpoint and
+		// masquerades it; one IPVS virtual server serves every client, so its IPVS
+		// mode sends the node to the local endpoints the off-node clients get, keeping
+		// the node's address (node-contract.md).
+		{Name: "the node to the load-balancer IP of a Local Service with a local endpoint", FromNode: true, Protocol: tcp, Dst: at("198.51.100.10", 80),
+			Want: Outcome{Endpoints: both, Masq: true}, ModeWant: map[string]Outcome{"ipvs": {Endpoints: []string{ep(L)}}}},
+		{Name: "the node to a NodePort, Local policy with a local endpoint", FromNode: true, Protocol: tcp, Dst: at(node, 30081),
+			Want: Outcome{Endpoints: both, Masq: true}, ModeWant: map[string]Outcome{"ipvs": {Endpoints: []string{ep(L)}}}},
 		{Name: "off-node client to a NodePort, Local policy, no local endpoint: dropped", Src: Outside, Protocol: tcp, Dst: at(node, 30082), Want: Outcome{Verdict: Drop}},
 		{Name: "pod to the load-balancer IP of a Local Service without a local endpoint: short-circuit", Src: P, Protocol: tcp, Dst: at("198.51.100.11", 80), Want: Outcome{Endpoints: []string{ep(R)}}},
 		{Name: "client outside loadBalancerSourceRanges: dropped", Src: Outside, Protocol: tcp, Dst: at("198.51.100.12", 80), Want: Outcome{Verdict: Drop}},
 		{Name: "client inside loadBalancerSourceRanges: any endpoint, masqueraded", Src: Allowed, Protocol: tcp, Dst: at("198.51.100.12", 80), Want: Outcome{Endpoints: both, Masq: true}},
+		// Without any endpoint, kube-proxy's iptables mode rejects everyone before its
+		// firewall (usesFWChain needs an endpoint); its IPVS mode filters the ranges in
+		// INPUT whatever the endpoints, so IPVS's own reject reaches only who they admit.
+		{Name: "load-balancer IP without endpoints, client outside loadBalancerSourceRanges", Src: P, Protocol: tcp, Dst: at("198.51.100.14", 80),
+			Want: Outcome{Verdict: Reject}, ModeWant: map[string]Outcome{"ipvs": {Verdict: Drop}}},
+		{Name: "load-balancer IP without endpoints, client inside loadBalancerSourceRanges: rejected", Src: Allowed, Protocol: tcp, Dst: at("198.51.100.14", 80), Want: Outcome{Verdict: Reject}},
 		{Name: "NodePorts are not subject to loadBalancerSourceRanges", Src: Outside, Protocol: tcp, Dst: at(node, 30086), Want: Outcome{Endpoints: both, Masq: true}},
 		{Name: "off-node client to the NodePort of a Service without endpoints: rejected", Src: Outside, Protocol: tcp, Dst: at(node, 30085), Want: Outcome{Verdict: Reject}},
 		{Name: "UDP to a cluster IP: the endpoint", Src: P, Protocol: udp, Dst: at("10.96.0.16", 53), Want: Outcome{Endpoints: []string{ep(L)}}},
@@ -231,6 +245,10 @@ func State() *proxier.State {
 	add("nodeaddr", "10.96.0.22", 8443, 0, tcp, []netip.Addr{L}, func(sp *proxier.ServicePort) { sp.ExternalIPs = []netip.Addr{NodeIP} })
 	add("fw", "10.96.0.18", 80, 30086, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
 		sp.LoadBalancerIPs = addrs("198.51.100.12")
+		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
+	})
+	add("fwempty", "10.96.0.24", 80, 30089, tcp, nil, func(sp *proxier.ServicePort) {
+		sp.LoadBalancerIPs = addrs("198.51.100.14")
 		sp.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")}
 	})
 	add("fwnode", "10.96.0.23", 80, 30088, tcp, []netip.Addr{L, R}, func(sp *proxier.ServicePort) {
