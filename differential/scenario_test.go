@@ -39,11 +39,9 @@ func labOptions(seed int64, count int) Options {
 	return o
 }
 
-// wide is labOptions with room for many scenarios and every protocol, for the tests that
-// look at many draws.
+// wide is labOptions with every protocol, for the tests that look at many draws.
 func wide(seed int64, count int) Options {
 	o := labOptions(seed, count)
-	o.ExternalIPs = netip.MustParsePrefix("10.253.0.0/20")
 	o.Protocols = append(o.Protocols, v1.ProtocolSCTP)
 	return o
 }
@@ -235,7 +233,8 @@ func TestGenerateCoversTheMatrix(t *testing.T) {
 }
 
 func TestGenerateAddressesAndNames(t *testing.T) {
-	for _, o := range []Options{labOptions(1, 60), labOptions(5, 60), wide(9, 400)} {
+	// The lab's pool holds a full run's 500 scenarios and more.
+	for _, o := range []Options{labOptions(1, 60), labOptions(5, 60), wide(9, 400), labOptions(2, 1000)} {
 		scenarios := generate(t, o)
 		owner := map[string]string{}     // pool address -> scenario
 		nodePorts := map[string]string{} // port/protocol on the node's address -> scenario

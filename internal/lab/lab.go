@@ -64,8 +64,9 @@ const (
 	NodeIP   = "10.252.0.1"
 	ClientIP = "10.252.0.2"
 	// ExternalRange holds the addresses tests use as externalIPs and load-balancer IPs;
-	// the client routes it to the node.
-	ExternalRange = "10.253.0.0/24"
+	// the client routes it to the node. A /16, so that a differential run of 500 and more
+	// scenarios, each on addresses of its own, draws from one pool.
+	ExternalRange = "10.253.0.0/16"
 )
 
 // Names of the lab's namespaces and host interface, all with the project's test prefix.
