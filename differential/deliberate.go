@@ -2,8 +2,10 @@ package differential
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/switchyard/switchyard/benchmarks"
+	"github.com/switchyard/switchyard/internal/lab"
 )
 
 // Deliberate is a difference from kube-proxy that docs/node-contract.md lists as
@@ -17,9 +19,23 @@ type Deliberate struct {
 	Trait   string
 	Entries []string
 	From    []string
-	// SwitchyardFails is how switchyard's requests must fail there: no endpoint answers,
-	// and every failure is of these kinds. kube-proxy may do anything else.
-	SwitchyardFails []string
+	// Switchyard is what switchyard's probe must see there (failsWith, masqueraded);
+	// kube-proxy may see anything else.
+	Switchyard func(Outcome) bool
+}
+
+// failsWith: no endpoint answers, and every failure is of these kinds.
+func failsWith(kinds ...string) func(Outcome) bool {
+	return func(o Outcome) bool {
+		return len(o.Endpoints) == 0 && len(o.Failures) > 0 && !slices.ContainsFunc(o.Failures, func(f string) bool { return !slices.Contains(kinds, f) })
+	}
+}
+
+// masqueraded: answered every time, and every endpoint saw the node's address on the
+// pods' bridge, the source masquerading gives.
+func masqueraded(o Outcome) bool {
+	return len(o.Endpoints) > 0 && len(o.Failures) == 0 && len(o.Clients) > 0 &&
+		!slices.ContainsFunc(o.Clients, func(c string) bool { return !strings.HasSuffix(c, " saw "+lab.PodGatewayIP) })
 }
 
 // Deliberates are node-contract.md's deliberate differences that the scenarios can reach.
@@ -28,13 +44,13 @@ var Deliberates = []Deliberate{
 		Contract: "IPVS mode, externalTrafficPolicy: Local without a local endpoint, off-node clients: dropped before IPVS",
 		Mode:     benchmarks.ModeIPVS, Trait: TraitExternalLocalNoLocalEndpoints,
 		Entries: []string{EntryExternalIP, EntryLoadBalancer, EntryNodePort}, From: []string{FromClient},
-		SwitchyardFails: []string{"timeout"},
+		Switchyard: failsWith("timeout"),
 	},
 	{
 		Contract: "IPVS mode, internalTrafficPolicy: Local without a local endpoint: pods are dropped",
 		Mode:     benchmarks.ModeIPVS, Trait: TraitInternalLocalNoLocalEndpoints,
 		Entries: []string{EntryClusterIP}, From: []string{FromPod, FromStickyPod},
-		SwitchyardFails: []string{"timeout"},
+		Switchyard: failsWith("timeout"),
 	},
 	{
 		// IPVS takes the node's own connection before a filter rule could drop it, and
@@ -42,7 +58,13 @@ var Deliberates = []Deliberate{
 		Contract: "IPVS mode, internalTrafficPolicy: Local without a local endpoint: the node is refused",
 		Mode:     benchmarks.ModeIPVS, Trait: TraitInternalLocalNoLocalEndpoints,
 		Entries: []string{EntryClusterIP}, From: []string{FromNode},
-		SwitchyardFails: []string{"refused"},
+		Switchyard: failsWith("refused"),
+	},
+	{
+		Contract: "IPVS mode, externalTrafficPolicy: Local without a local endpoint, the node to an external or load-balancer IP: masqueraded",
+		Mode:     benchmarks.ModeIPVS, Trait: TraitExternalLocalNoLocalEndpoints,
+		Entries: []string{EntryExternalIP, EntryLoadBalancer}, From: []string{FromNode},
+		Switchyard: masqueraded,
 	},
 }
 
@@ -52,16 +74,7 @@ func (dd Deliberate) explains(mode string, traits []string, d Divergence) bool {
 	if dd.Mode != mode || !slices.Contains(traits, dd.Trait) || !slices.Contains(dd.Entries, d.Probe.Entry) || !slices.Contains(dd.From, d.Probe.From) {
 		return false
 	}
-	ours := d.Outcomes[benchmarks.ProxySwitchyard]
-	if len(ours.Endpoints) > 0 || len(ours.Failures) == 0 {
-		return false
-	}
-	for _, f := range ours.Failures {
-		if !slices.Contains(dd.SwitchyardFails, f) {
-			return false
-		}
-	}
-	return true
+	return dd.Switchyard(d.Outcomes[benchmarks.ProxySwitchyard])
 }
 
 // explain sets each divergence's Deliberate to the difference that explains it, if any.

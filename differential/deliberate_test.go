@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/switchyard/switchyard/benchmarks"
+	"github.com/switchyard/switchyard/internal/lab"
 )
 
 // TestExplain: a divergence is deliberate only in its mode, for its scenarios, entry
@@ -12,6 +13,7 @@ func TestExplain(t *testing.T) {
 	answered := Outcome{Endpoints: []string{"pod-4"}, Clients: []string{"pod-4 saw 10.252.0.2"}}
 	timeout := Outcome{Failures: []string{"timeout"}}
 	refused := Outcome{Failures: []string{"refused"}}
+	masq := Outcome{Endpoints: []string{"pod-4", "pod-5"}, Clients: []string{"pod-4 saw " + lab.PodGatewayIP, "pod-5 saw " + lab.PodGatewayIP}}
 	etpNoLocal := []string{TraitLoadBalancer, TraitExternalLocal, TraitExternalLocalNoLocalEndpoints}
 	itpNoLocal := []string{TraitClusterIP, TraitInternalLocal, TraitInternalLocalNoLocalEndpoints}
 	tests := []struct {
@@ -33,6 +35,11 @@ func TestExplain(t *testing.T) {
 		{"the same, the node refused", benchmarks.ModeIPVS, itpNoLocal, EntryClusterIP, FromNode, refused, true},
 		{"the same, the node dropped", benchmarks.ModeIPVS, itpNoLocal, EntryClusterIP, FromNode, timeout, false},
 		{"mixed failures", benchmarks.ModeIPVS, itpNoLocal, EntryClusterIP, FromPod, Outcome{Failures: []string{"refused", "timeout"}}, false},
+		{"the node to a Local load-balancer IP without a local endpoint, masqueraded", benchmarks.ModeIPVS, etpNoLocal, EntryLoadBalancer, FromNode, masq, true},
+		{"the same, the node's address kept", benchmarks.ModeIPVS, etpNoLocal, EntryLoadBalancer, FromNode, answered, false},
+		{"the same at a NodePort, where the node's address is kept", benchmarks.ModeIPVS, etpNoLocal, EntryNodePort, FromNode, masq, false},
+		{"masqueraded once, refused once", benchmarks.ModeIPVS, etpNoLocal, EntryExternalIP, FromNode,
+			Outcome{Endpoints: masq.Endpoints, Clients: masq.Clients, Failures: []string{"refused"}}, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -876,13 +876,16 @@ func (b *Backend) ruleset(nodeDrops []Key) iptables.Ruleset {
 	services = append(services,
 		fmt.Sprintf(`-m comment --comment "switchyard external traffic requiring SNAT" -m set --match-set %s dst,dst -j %s`, set(externalSet), iptables.MarkMasqChain))
 	// The node's own connections to the external entry points of a Local Service without
-	// a local endpoint go to the cluster's endpoints (Resolution.ExternalFromNode) and
-	// are masqueraded: their source is a node or Service address that a remote endpoint
-	// cannot answer through this node otherwise. With a local endpoint the virtual
-	// server holds only local ones, whose replies come back through this node, so the
-	// node's address is kept, as kube-proxy's IPVS mode keeps it (its
-	// KUBE-EXTERNAL-IP-LOCAL and KUBE-NODE-PORT-LOCAL members are never marked).
-	services = append(services, fmt.Sprintf(`-m comment --comment "switchyard LOCAL traffic to external destinations requiring SNAT" -m addrtype --src-type LOCAL -m set --match-set %s dst,dst -j %s`, set(externalNoLocalSet), iptables.MarkMasqChain))
+	// a local endpoint go to the cluster's endpoints (Resolution.ExternalFromNode). To an
+	// address bound on kube-ipvs0 their source is that address, which every node of the
+	// cluster binds too, so a remote endpoint's reply would end on its own node: those
+	// are masqueraded (kube-proxy's IPVS mode leaves them unmarked and loses the reply;
+	// node-contract.md). To a NodePort or a node address the source is the node's
+	// address, which the reply finds its way back to; kube-proxy's IPVS mode keeps it,
+	// and so does this rule. With a local endpoint the virtual server holds only local
+	// ones, whose replies come back through this node: never masqueraded, as kube-proxy's
+	// KUBE-EXTERNAL-IP-LOCAL and KUBE-NODE-PORT-LOCAL members are never marked.
+	services = append(services, fmt.Sprintf(`-m comment --comment "switchyard LOCAL traffic to external destinations requiring SNAT" -m set --match-set %s src -m set --match-set %s dst,dst -j %s`, set(serviceIPsSet), set(externalNoLocalSet), iptables.MarkMasqChain))
 	servicePortSets := []string{set(clusterIPSet), set(externalSet), set(externalLocalSet), set(externalNoLocalSet)}
 	// IPVS takes it from here; skip the rest of nat for Service traffic.
 	for _, s := range servicePortSets {

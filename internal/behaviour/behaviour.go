@@ -143,8 +143,12 @@ func Flows() []Flow {
 			Want: Outcome{Endpoints: []string{ep(R)}}},
 		{Name: "both policies Local, every endpoint elsewhere: a pod at the NodePort is short-circuited to any endpoint", Src: P, Protocol: tcp, Dst: at(node, 30087),
 			Want: Outcome{Endpoints: []string{ep(R)}}},
-		{Name: "both policies Local, every endpoint elsewhere: the node at the external IP gets any endpoint, masqueraded", Src: NodeIP, FromNode: true, Protocol: tcp, Dst: at("203.0.113.21", 80),
+		{Name: "both policies Local, every endpoint elsewhere: the node at the external IP gets any endpoint, masqueraded", FromNode: true, Protocol: tcp, Dst: at("203.0.113.21", 80),
 			Want: Outcome{Endpoints: []string{ep(R)}, Masq: true}},
+		// From the node's own address, which the reply finds its way back to: kube-proxy's
+		// IPVS mode does not mark its KUBE-NODE-PORT-LOCAL members.
+		{Name: "both policies Local, every endpoint elsewhere: the node at the NodePort gets any endpoint", FromNode: true, Protocol: tcp, Dst: at(node, 30087),
+			Want: Outcome{Endpoints: []string{ep(R)}, Masq: true}, ModeWant: map[string]Outcome{"ipvs": {Endpoints: []string{ep(R)}}}},
 		{Name: "both policies Local, every endpoint elsewhere: an off-node client inside the source ranges is dropped", Src: Allowed, Protocol: tcp, Dst: at("198.51.100.21", 80), Want: Outcome{Verdict: Drop}},
 		{Name: "both policies Local, every endpoint elsewhere: an off-node client outside the source ranges is dropped", Src: Outside, Protocol: tcp, Dst: at("198.51.100.21", 80), Want: Outcome{Verdict: Drop}},
 		{Name: "both policies Local, every endpoint elsewhere: the cluster IP drops", Src: P, Protocol: tcp, Dst: at("10.96.0.21", 80), Want: Outcome{Verdict: Drop}},
