@@ -1,15 +1,18 @@
 package proxier
 
 import (
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	testingclock "k8s.io/utils/clock/testing"
 )
 
+// TestHealth follows kube-proxy's ProxyHealthServer.QueuedUpdate, Updated and Health for
+// one family (testProxyHealthUpdater in healthcheck_test.go).
 func TestHealth(t *testing.T) {
 	const timeout = 30 * time.Second
 	type action func(h *Health, clk *testingclock.FakeClock)
@@ -28,25 +31,34 @@ func TestHealth(t *testing.T) {
 		wantLastUpdated *time.Duration
 	}{
 		{
-			name:        "idle proxy that never synced is healthy",
+			name:        "idle proxier that never started is healthy",
 			actions:     []action{step(time.Hour)},
 			wantHealthy: true,
 		},
 		{
-			name:            "idle proxy stays healthy long after its last sync",
+			// Health only judges the families in lastUpdatedMap.
+			name:        "proxier that has not started is healthy whatever is queued",
+			actions:     []action{queued, step(timeout + time.Hour)},
+			wantHealthy: true,
+		},
+		{
+			name:            "idle proxier stays healthy long after its last sync",
 			actions:         []action{updated, step(24 * time.Hour)},
 			wantHealthy:     true,
 			wantLastUpdated: ptr(time.Duration(0)),
 		},
 		{
-			name:        "queued update still within the timeout is healthy",
-			actions:     []action{queued, step(timeout)},
-			wantHealthy: true,
+			name:            "queued update still within the timeout is healthy",
+			actions:         []action{updated, queued, step(timeout - time.Nanosecond)},
+			wantHealthy:     true,
+			wantLastUpdated: ptr(time.Duration(0)),
 		},
 		{
-			name:        "queued update not applied within the timeout is unhealthy",
-			actions:     []action{queued, step(timeout + time.Nanosecond)},
-			wantHealthy: false,
+			// Health: currentTime.Sub(oldestPending) < healthTimeout is still healthy.
+			name:            "queued update that has waited exactly the timeout is unhealthy",
+			actions:         []action{updated, queued, step(timeout)},
+			wantHealthy:     false,
+			wantLastUpdated: ptr(time.Duration(0)),
 		},
 		{
 			name:            "after a sync, a queued update not applied within the timeout is unhealthy",
@@ -56,28 +68,29 @@ func TestHealth(t *testing.T) {
 		},
 		{
 			name:            "healthy again once the update is applied",
-			actions:         []action{queued, step(timeout + time.Second), updated},
+			actions:         []action{updated, queued, step(timeout + time.Second), updated},
 			wantHealthy:     true,
 			wantLastUpdated: ptr(timeout + time.Second),
 		},
 		{
-			name:            "applied update keeps the proxy healthy long after",
-			actions:         []action{queued, step(time.Second), updated, step(time.Hour)},
+			name:            "applied update keeps the proxier healthy long after",
+			actions:         []action{updated, queued, step(time.Second), updated, step(time.Hour)},
 			wantHealthy:     true,
 			wantLastUpdated: ptr(time.Second),
 		},
 		{
 			name: "a stream of queued updates does not postpone the deadline",
 			actions: []action{
-				queued, step(timeout / 2), queued, step(timeout / 2), queued, step(time.Nanosecond),
+				updated, queued, step(timeout / 2), queued, step(timeout / 2), queued, step(time.Nanosecond),
 			},
-			wantHealthy: false,
+			wantHealthy:     false,
+			wantLastUpdated: ptr(time.Duration(0)),
 		},
 		{
 			name: "a new queued update after a sync starts a new deadline",
 			actions: []action{
-				queued, step(timeout - time.Second), updated,
-				step(time.Second), queued, step(timeout),
+				updated, queued, step(timeout - time.Second), updated,
+				step(time.Second), queued, step(timeout - time.Nanosecond),
 			},
 			wantHealthy:     true,
 			wantLastUpdated: ptr(timeout - time.Second),
@@ -95,7 +108,7 @@ func TestHealth(t *testing.T) {
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := testingclock.NewFakeClock(testTime)
-			h := NewHealth(clk, timeout)
+			h := NewHealth(IPv4, clk, timeout)
 			for _, a := range tc.actions {
 				a(h, clk)
 			}
@@ -111,34 +124,177 @@ func TestHealth(t *testing.T) {
 			if !last.Equal(wantLast) {
 				t.Errorf("Healthy() last updated = %v, want %v", last, wantLast)
 			}
+		})
+	}
+}
+
+// TestHealthHandler follows kube-proxy's TestHealthzServer and TestLivezServer
+// (healthcheck_test.go): healthzHandler.ServeHTTP fails while ProxyHealthServer.NodeEligible
+// is false and says so in nodeEligible, livezHandler.ServeHTTP reports the proxy's own
+// health only, and both report each family (ProxyHealthServer.Health). The bodies are
+// json.Marshal's of kube-proxy's ProxyHealth for the same state.
+func TestHealthHandler(t *testing.T) {
+	const timeout = 30 * time.Second
+	node := func(tweak func(*v1.Node)) *v1.Node {
+		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}
+		if tweak != nil {
+			tweak(n)
+		}
+		return n
+	}
+	taint := func(key string) *v1.Node {
+		return node(func(n *v1.Node) {
+			n.Spec.Taints = []v1.Taint{{Key: "other"}, {Key: key, Effect: v1.TaintEffectNoSchedule}}
+		})
+	}
+	eligible := node(nil)
+	deleting := node(func(n *v1.Node) { n.DeletionTimestamp = &metav1.Time{Time: testTime} })
+	// Both families start at testTime and IPv4 syncs again a second later; what the
+	// case does next happens after that.
+	type proxiers func(v4, v6 *Health, clk *testingclock.FakeClock)
+	started := func(v4, v6 *Health, clk *testingclock.FakeClock) {
+		v4.Updated()
+		v6.Updated()
+		clk.Step(time.Second)
+		v4.Updated()
+		clk.Step(time.Second)
+	}
+	v6Late := func(v4, v6 *Health, clk *testingclock.FakeClock) {
+		started(v4, v6, clk)
+		v6.QueuedUpdate()
+		clk.Step(timeout)
+	}
+	notStarted := func(_, _ *Health, clk *testingclock.FakeClock) { clk.Step(2 * time.Second) }
+	// The end of the bodies after started and v6Late.
+	const (
+		startedStatus = `"status":{"IPv4":{"lastUpdated":"2026-01-02T03:04:06Z","healthy":true},"IPv6":{"lastUpdated":"2026-01-02T03:04:05Z","healthy":true}}}`
+		v6LateStatus  = `"status":{"IPv4":{"lastUpdated":"2026-01-02T03:04:06Z","healthy":true},"IPv6":{"lastUpdated":"2026-01-02T03:04:05Z","healthy":false}}}`
+	)
+
+	testCases := []struct {
+		name     string
+		proxiers proxiers
+		// nodes are the Node's states the informer delivers, in order (none: unknown).
+		nodes    []*v1.Node
+		path     string
+		wantCode int
+		wantBody string
+	}{
+		{
+			name:     "/healthz before the Node is known: not eligible",
+			proxiers: started,
+			path:     "/healthz",
+			wantCode: http.StatusServiceUnavailable,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:06Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":false,"healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/livez before the Node is known",
+			proxiers: started,
+			path:     "/livez",
+			wantCode: http.StatusOK,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:07Z","currentTime":"2026-01-02T03:04:07Z","healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/healthz with an eligible Node",
+			proxiers: started,
+			nodes:    []*v1.Node{eligible},
+			path:     "/healthz",
+			wantCode: http.StatusOK,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:07Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":true,"healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/healthz with a Node tainted otherwise",
+			proxiers: started,
+			nodes:    []*v1.Node{taint("other-taint")},
+			path:     "/healthz",
+			wantCode: http.StatusOK,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:07Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":true,"healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/healthz with a Node the Cluster Autoscaler is about to delete",
+			proxiers: started,
+			nodes:    []*v1.Node{eligible, taint(toBeDeletedTaint)},
+			path:     "/healthz",
+			wantCode: http.StatusServiceUnavailable,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:06Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":false,"healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/healthz once the Cluster Autoscaler's taint is removed again",
+			proxiers: started,
+			nodes:    []*v1.Node{taint(toBeDeletedTaint), eligible},
+			path:     "/healthz",
+			wantCode: http.StatusOK,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:07Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":true,"healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/healthz with a Node being deleted",
+			proxiers: started,
+			nodes:    []*v1.Node{eligible, deleting},
+			path:     "/healthz",
+			wantCode: http.StatusServiceUnavailable,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:06Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":false,"healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/livez with a Node being deleted",
+			proxiers: started,
+			nodes:    []*v1.Node{eligible, deleting},
+			path:     "/livez",
+			wantCode: http.StatusOK,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:07Z","currentTime":"2026-01-02T03:04:07Z","healthy":true,` + startedStatus,
+		},
+		{
+			name:     "/healthz with one family late and an eligible Node",
+			proxiers: v6Late,
+			nodes:    []*v1.Node{eligible},
+			path:     "/healthz",
+			wantCode: http.StatusServiceUnavailable,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:06Z","currentTime":"2026-01-02T03:04:37Z","nodeEligible":true,"healthy":false,` + v6LateStatus,
+		},
+		{
+			name:     "/livez with one family late",
+			proxiers: v6Late,
+			nodes:    []*v1.Node{eligible},
+			path:     "/livez",
+			wantCode: http.StatusServiceUnavailable,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:06Z","currentTime":"2026-01-02T03:04:37Z","healthy":false,` + v6LateStatus,
+		},
+		{
+			name:     "/livez before the proxiers start: healthy, no status",
+			proxiers: notStarted,
+			path:     "/livez",
+			wantCode: http.StatusOK,
+			wantBody: `{"lastUpdated":"2026-01-02T03:04:07Z","currentTime":"2026-01-02T03:04:07Z","healthy":true}`,
+		},
+		{
+			name:     "/healthz before the proxiers start and the Node is known",
+			proxiers: notStarted,
+			path:     "/healthz",
+			wantCode: http.StatusServiceUnavailable,
+			wantBody: `{"lastUpdated":"0001-01-01T00:00:00Z","currentTime":"2026-01-02T03:04:07Z","nodeEligible":false,"healthy":true}`,
+		},
+	}
+	for _, tc := range testCases {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := testingclock.NewFakeClock(testTime)
+			v4, v6 := NewHealth(IPv4, clk, timeout), NewHealth(IPv6, clk, timeout)
+			tc.proxiers(v4, v6, clk)
+			var eligibility NodeEligibility
+			for _, n := range tc.nodes {
+				eligibility.OnNodeUpdate(n)
+			}
 
 			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
-			wantCode := http.StatusOK
-			if !tc.wantHealthy {
-				wantCode = http.StatusServiceUnavailable
+			HealthHandler(clk, Healths{v4, v6}, &eligibility).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+			if rec.Code != tc.wantCode {
+				t.Errorf("status = %d, want %d", rec.Code, tc.wantCode)
 			}
-			if rec.Code != wantCode {
-				t.Errorf("ServeHTTP status = %d, want %d", rec.Code, wantCode)
+			for header, want := range map[string]string{"Content-Type": "application/json", "X-Content-Type-Options": "nosniff"} {
+				if got := rec.Header().Get(header); got != want {
+					t.Errorf("%s = %q, want %q", header, got, want)
+				}
 			}
-			if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-				t.Errorf("Content-Type = %q, want application/json", ct)
-			}
-			var body struct {
-				LastUpdated *time.Time `json:"lastUpdated"`
-				CurrentTime *time.Time `json:"currentTime"`
-			}
-			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
-				t.Fatalf("body %q is not JSON: %v", rec.Body.String(), err)
-			}
-			if body.LastUpdated == nil || body.CurrentTime == nil {
-				t.Fatalf("body %q lacks lastUpdated or currentTime", rec.Body.String())
-			}
-			if !body.LastUpdated.Equal(wantLast) {
-				t.Errorf("body lastUpdated = %v, want %v", *body.LastUpdated, wantLast)
-			}
-			if !body.CurrentTime.Equal(clk.Now()) {
-				t.Errorf("body currentTime = %v, want %v", *body.CurrentTime, clk.Now())
+			if got := rec.Body.String(); got != tc.wantBody {
+				t.Errorf("body:\n got %s\nwant %s", got, tc.wantBody)
 			}
 		})
 	}

@@ -26,8 +26,10 @@ type ServiceHealth struct {
 	// listens on its family's addresses only, so that a dual-stack Service's two
 	// servers can share the port.
 	network string
-	// proxyHealthy is the proxy's own health (its /healthz): a node whose proxy stopped
-	// syncing is no place to send traffic, whatever its endpoints.
+	// proxyHealthy is the proxy's own health (its /livez): a node whose proxy stopped
+	// syncing is no place to send traffic, whatever its endpoints. The node's
+	// eligibility stays out, as in kube-proxy (KEP-3836 kept it to /healthz): these
+	// checks follow the local endpoints, which leave as the node drains.
 	proxyHealthy func() bool
 
 	mu      sync.Mutex

@@ -42,9 +42,10 @@ func ProxyNameSelector(serviceProxyName string) (labels.Selector, error) {
 
 // Watch starts one set of informers for Services, EndpointSlices and this Node, and feeds
 // their events to every Proxier given (one per IP family, like kube-proxy's dual-stack
-// proxier), marking each initialized once all three are listed. It returns when the caches
-// have synced (or ctx ends). All proxiers must be for the same node.
-func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName string, resync time.Duration, proxiers ...*Proxier) error {
+// proxier), marking each initialized once all three are listed. The Node's events also
+// go to eligibility, for /healthz. It returns when the caches have synced (or ctx ends).
+// All proxiers must be for the same node.
+func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName string, resync time.Duration, eligibility *NodeEligibility, proxiers ...*Proxier) error {
 	if len(proxiers) == 0 {
 		return fmt.Errorf("watching: no proxier to feed")
 	}
@@ -92,13 +93,7 @@ func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName st
 		return fmt.Errorf("watching EndpointSlices: %w", err)
 	}
 	nodeInformer := nodes.Core().V1().Nodes().Informer()
-	nodeHandler, err := nodeInformer.AddEventHandler(handler(func(n *v1.Node) {
-		for _, p := range proxiers {
-			if p.tracker.OnNodeUpdate(n) {
-				p.Changed()
-			}
-		}
-	}, func(*v1.Node) {}))
+	nodeHandler, err := nodeInformer.AddEventHandler(nodeEvents(eligibility, proxiers))
 	if err != nil {
 		return fmt.Errorf("watching Node %s: %w", nodeName, err)
 	}
@@ -117,6 +112,22 @@ func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName st
 		p.SetInitialized()
 	}
 	return nil
+}
+
+// nodeEvents feeds this Node's events to eligibility and to every proxier's tracker.
+func nodeEvents(eligibility *NodeEligibility, proxiers []*Proxier) cache.ResourceEventHandler {
+	return handler(func(n *v1.Node) {
+		eligibility.OnNodeUpdate(n)
+		for _, p := range proxiers {
+			if p.tracker.OnNodeUpdate(n) {
+				p.Changed()
+			}
+		}
+	}, func(*v1.Node) {
+		// A deleted Node changes nothing: the proxiers keep the last labels and address
+		// they saw, and eligibility its last verdict, as kube-proxy's
+		// NodeManager.OnNodeDelete keeps its Node.
+	})
 }
 
 // handler adapts typed add/update and delete callbacks to an informer event handler,

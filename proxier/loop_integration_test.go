@@ -93,12 +93,12 @@ func TestLoopAgainstAPIServer(t *testing.T) {
 		MinSyncPeriod: 500 * time.Millisecond,
 		SyncPeriod:    time.Hour, // no periodic resync during the test
 		Metrics:       proxier.NewMetrics(prometheus.NewRegistry(), "recorder").For(proxier.IPv4),
-		Health:        proxier.NewHealth(clock.RealClock{}, time.Hour),
+		Health:        proxier.NewHealth(proxier.IPv4, clock.RealClock{}, time.Hour),
 		Clock:         clock.RealClock{},
 		Logger:        klog.Background(),
 	})
 	go p.Run(ctx)
-	if err := proxier.Watch(ctx, client, "", 0, p); err != nil {
+	if err := proxier.Watch(ctx, client, "", 0, new(proxier.NodeEligibility), p); err != nil {
 		t.Fatal(err)
 	}
 	// The apiserver's own "kubernetes" Service is there from the start.
@@ -187,10 +187,10 @@ func TestFirstSyncHoldsEveryService(t *testing.T) {
 	p := proxier.New(proxier.Options{
 		Backend: rec, Family: proxier.IPv4, NodeName: "node-a", SyncPeriod: time.Hour,
 		Metrics: proxier.NewMetrics(prometheus.NewRegistry(), "recorder").For(proxier.IPv4),
-		Health:  proxier.NewHealth(clock.RealClock{}, time.Hour), Clock: clock.RealClock{}, Logger: klog.Background(),
+		Health:  proxier.NewHealth(proxier.IPv4, clock.RealClock{}, time.Hour), Clock: clock.RealClock{}, Logger: klog.Background(),
 	})
 	go p.Run(ctx)
-	if err := proxier.Watch(ctx, cp.Client, "", 0, p); err != nil {
+	if err := proxier.Watch(ctx, cp.Client, "", 0, new(proxier.NodeEligibility), p); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the first sync", func() bool { s, _, _, _ := rec.snapshot(); return s >= 1 })

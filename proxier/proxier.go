@@ -130,8 +130,17 @@ func (p *Proxier) RequestFullSync() {
 
 // Run runs the sync loop until ctx is cancelled.
 func (p *Proxier) Run(ctx context.Context) {
-	p.ctx = ctx
+	p.start(ctx)
 	p.runner.Loop(ctx)
+}
+
+// start readies the loop. Like kube-proxy's SyncLoop, it counts as an update: a family
+// that has never updated is healthy (starting up), so without it a proxier whose syncs
+// never succeed would never turn /healthz red; and the family is in /healthz's status
+// from now on.
+func (p *Proxier) start(ctx context.Context) {
+	p.ctx = ctx
+	p.opts.Health.Updated()
 }
 
 func (p *Proxier) sync() error {

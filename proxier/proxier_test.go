@@ -77,7 +77,7 @@ func newTestProxier(t *testing.T) *testProxier {
 		reg:     prometheus.NewRegistry(),
 		clk:     testingclock.NewFakeClock(testTime),
 	}
-	tp.health = NewHealth(tp.clk, testHealthTimeout)
+	tp.health = NewHealth(IPv4, tp.clk, testHealthTimeout)
 	tp.p = New(Options{
 		Backend:       tp.backend,
 		Family:        IPv4,
@@ -88,8 +88,8 @@ func newTestProxier(t *testing.T) *testProxier {
 		Health:        tp.health,
 		Clock:         tp.clk,
 	})
-	// Run would set this; the tests call sync directly instead of running the loop.
-	tp.p.ctx = context.Background()
+	// The tests call sync directly instead of running the loop.
+	tp.p.start(context.Background())
 	return tp
 }
 

@@ -130,7 +130,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		if err != nil {
 			return err
 		}
-		health := proxier.NewHealth(clk, 2*cfg.SyncPeriod)
+		health := proxier.NewHealth(family, clk, 2*cfg.SyncPeriod)
 		healths = append(healths, health)
 		p := proxier.New(proxier.Options{
 			Backend:        backend,
@@ -154,20 +154,21 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		go iptables.MonitorCanary(ctx, canaryIPT, canaryInterval, p.RequestFullSync, logger.WithValues("ipFamily", family.String()))
 	}
 
+	// The Node informer of Watch feeds it; until then /healthz fails, as kube-proxy's.
+	eligibility := new(proxier.NodeEligibility)
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	metricsMux.Handle("/healthz", healths)
+	// The proxy's own health: the node's eligibility is for load balancers, on the
+	// healthz address.
+	metricsMux.Handle("/healthz", proxier.LivezHandler(clk, healths))
 	metricsMux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, cfg.Mode) })
-	healthMux := http.NewServeMux()
-	healthMux.Handle("/healthz", healths)
-	healthMux.Handle("/livez", healths)
 	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
-	listen(ctx, "healthz", cfg.HealthzBindAddress, healthMux, logger)
+	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility), logger)
 
 	for _, p := range proxiers {
 		go p.Run(ctx)
 	}
-	if err := proxier.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod, proxiers...); err != nil {
+	if err := proxier.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod, eligibility, proxiers...); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

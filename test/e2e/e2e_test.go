@@ -535,7 +535,7 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode p
 	t.Helper()
 	backend := fmt.Sprintf(`{backend=%q`, mode.flag)
 	checks := []struct{ url, want string }{
-		{"http://127.0.0.1:10256/healthz", `"lastUpdated"`},
+		{"http://127.0.0.1:10256/livez", `"healthy":true`},
 		{"http://127.0.0.1:10249/proxyMode", mode.flag},
 		{"http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds_count" + backend},
 		{"http://127.0.0.1:10249/metrics", "kubeproxy_network_programming_duration_seconds_count" + backend},
@@ -554,6 +554,15 @@ func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode p
 		if !strings.Contains(out, c.want) {
 			t.Errorf("GET %s lacks %q:\n%s", c.url, c.want, tail(out, 20))
 		}
+	}
+	// This lab registers no Node: like kube-proxy's, /healthz fails until the proxy has
+	// seen its Node, so that load balancers send nothing to a node they cannot judge.
+	const healthz = "http://127.0.0.1:10256/healthz"
+	out, err := l.NodeOutput(ctx, "curl", "-s", "-w", " %{http_code}", healthz)
+	if err != nil {
+		t.Errorf("GET %s: %v", healthz, err)
+	} else if !strings.Contains(out, `"nodeEligible":false,"healthy":true`) || !strings.HasSuffix(out, " 503") {
+		t.Errorf("GET %s: want 503 with nodeEligible false and healthy true, got %s", healthz, out)
 	}
 }
 
