@@ -20,17 +20,19 @@ func TestModeSwitch(t *testing.T) {
 
 func testModeSwitch(t *testing.T, ipvsMode proxyMode) {
 	iptablesMode := proxyMode{name: "iptables-legacy", flag: "iptables", flavor: "legacy", kernelLab: true}
+	// Each start has its own deadline (startProxyIn's context): three proxy starts in
+	// the kernel lab do not fit in one.
 	l, ctx := startProxy(t, ipvsMode)
 	svc, url := serveWeb(ctx, t, l, l.Pods)
-	expectAnswers := func(step string) {
+	expectAnswers := func(ctx context.Context, step string) {
 		t.Helper()
 		expectFlow(ctx, t, step, func() (lab.Result, error) { return l.Get(ctx, url, 30) }, l.Pods, "", "")
 	}
-	expectAnswers("IPVS mode")
+	expectAnswers(ctx, "IPVS mode")
 
 	l.StopProxy()
-	startProxyIn(t, l, iptablesMode)
-	expectAnswers("switched to iptables mode")
+	ctx, _ = startProxyIn(t, l, iptablesMode)
+	expectAnswers(ctx, "switched to iptables mode")
 	err := lab.Eventually(ctx, 30*time.Second, 500*time.Millisecond, func() error {
 		if table, err := l.NodeOutput(ctx, "ipvsadm", "-Sn"); err != nil || strings.Contains(table, svc.Spec.ClusterIP) {
 			return fmt.Errorf("virtual server of %s still there (err %v):\n%s", svc.Spec.ClusterIP, err, table)
@@ -48,8 +50,8 @@ func testModeSwitch(t *testing.T, ipvsMode proxyMode) {
 	}
 
 	l.StopProxy()
-	startProxyIn(t, l, ipvsMode)
-	expectAnswers("switched back to IPVS mode")
+	ctx, _ = startProxyIn(t, l, ipvsMode)
+	expectAnswers(ctx, "switched back to IPVS mode")
 	if err := lab.Eventually(ctx, 30*time.Second, 500*time.Millisecond, func() error { return checkNoChain(ctx, l, "SWYD-SVC-") }); err != nil {
 		t.Fatalf("iptables mode's leftovers after switching to IPVS mode: %v", err)
 	}
