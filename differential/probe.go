@@ -34,7 +34,16 @@ const (
 	// EntryHealthCheck is the healthCheckNodePort: its answer (the JSON body naming
 	// the Service and its local endpoints) is compared as an endpoint's name would be.
 	EntryHealthCheck = "health-check-node-port"
+	// EntryHealthz is the proxy's own /healthz on the node (its status code and body,
+	// times left out), which cloud load balancers probe to judge the node.
+	EntryHealthz = "healthz"
 )
+
+// NodeScenario names the probes that are about the node, not about one Service.
+const NodeScenario = "node"
+
+// healthzAddr is where both proxies serve /healthz in the lab (--healthz-bind-address).
+const healthzAddr = "127.0.0.1:10256"
 
 // Probe is a batch of requests to one entry point of one Service port from one place.
 type Probe struct {
@@ -47,12 +56,42 @@ type Probe struct {
 	// Sticky marks a Service with ClientIP affinity: which endpoint a client sticks to
 	// is the proxy's random choice, so only how many answered is compared.
 	Sticky bool `json:"sticky,omitempty"`
+	// NodeTainted marks a probe made once the Node is tainted
+	// ToBeDeletedByClusterAutoscaler, as the cluster autoscaler does before it removes
+	// a node (kube-proxy's /healthz then fails, so that load balancers drain the node).
+	NodeTainted bool `json:"nodeTainted,omitempty"`
 }
 
 // ID names the probe in a report. Its addresses are the same under every proxy (see
 // apply).
 func (p Probe) ID() string {
-	return fmt.Sprintf("%s port %s: %s %s from %s (%s)", p.Scenario, p.Port, p.Entry, p.Addr, p.From, p.Protocol)
+	id := fmt.Sprintf("%s port %s: %s %s from %s (%s)", p.Scenario, p.Port, p.Entry, p.Addr, p.From, p.Protocol)
+	if p.NodeTainted {
+		id += ", node tainted " + toBeDeletedTaint
+	}
+	return id
+}
+
+// toBeDeletedTaint is the cluster autoscaler's taint on a node it is about to delete.
+const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// allProbes lists the probes of a run: every Service's (probes), the proxy's /healthz,
+// and, with the Node tainted, /healthz and the health check ports again.
+func allProbes(services []*v1.Service) []Probe {
+	healthz := Probe{Scenario: NodeScenario, Port: "healthz", Entry: EntryHealthz, From: FromNode, Protocol: "healthz", Addr: healthzAddr}
+	out := []Probe{healthz}
+	var tainted []Probe
+	for _, svc := range services {
+		for _, p := range probes(svc) {
+			out = append(out, p)
+			if p.Entry == EntryHealthCheck {
+				p.NodeTainted = true
+				tainted = append(tainted, p)
+			}
+		}
+	}
+	healthz.NodeTainted = true
+	return append(append(out, healthz), tainted...)
 }
 
 // probes lists the probes of a Service as the apiserver holds it: every entry point of

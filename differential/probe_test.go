@@ -125,3 +125,30 @@ kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 5
 		t.Errorf("absent = %v, want none", got)
 	}
 }
+
+// TestAllProbes: the proxy's /healthz once before and once after the Node is tainted, and
+// every health check port again after it; the Services' other probes once.
+func TestAllProbes(t *testing.T) {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "s1-000"},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeClusterIP, ClusterIP: "10.96.100.1", HealthCheckNodePort: 30103,
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}},
+		},
+	}
+	var got []string
+	for _, p := range allProbes([]*v1.Service{svc}) {
+		got = append(got, p.ID())
+	}
+	want := []string{
+		"node port healthz: healthz 127.0.0.1:10256 from node (healthz)",
+		"s1-000 port http: cluster-ip 10.96.100.1:80 from pod-1 (tcp)",
+		"s1-000 port http: cluster-ip 10.96.100.1:80 from node (tcp)",
+		"s1-000 port health: health-check-node-port 10.252.0.1:30103 from client (tcp)",
+		"node port healthz: healthz 127.0.0.1:10256 from node (healthz), node tainted ToBeDeletedByClusterAutoscaler",
+		"s1-000 port health: health-check-node-port 10.252.0.1:30103 from client (tcp), node tainted ToBeDeletedByClusterAutoscaler",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("probes (-want +got):\n%s", diff)
+	}
+}

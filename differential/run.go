@@ -104,10 +104,9 @@ func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 		}
 		m.Runs = append(m.Runs, *run)
 	}
-	var all []Probe
+	all := allProbes(services)
 	about := map[string][]string{}
 	for _, svc := range services {
-		all = append(all, probes(svc)...)
 		about[svc.Name] = needles(svc)
 	}
 	m.Probes = len(all)
@@ -200,18 +199,24 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 	}
 	run := &ProxyRun{Proxy: proxy, Outcomes: map[string]Outcome{}, SyncSeconds: time.Since(start).Seconds()}
 	o.Logf("%s %s: synced %d Services in %.1fs", proxy, o.Mode, len(services), run.SyncSeconds)
-	var all []Probe
-	for _, svc := range services {
-		all = append(all, probes(svc)...)
+	var before, tainted []Probe
+	for _, p := range allProbes(services) {
+		if p.NodeTainted {
+			tainted = append(tainted, p)
+		} else {
+			before = append(before, p)
+		}
 	}
-	results, err := probeAll(ctx, l, all, o.Tries, o.ProbeTimeout)
-	if err != nil {
+	if err := probeInto(ctx, l, run, before, o); err != nil {
 		return nil, err
 	}
-	for i, p := range all {
-		run.Outcomes[p.ID()] = outcome(p, results[i])
+	if err := taintNode(ctx, l); err != nil {
+		return nil, err
 	}
-	o.Logf("%s %s: %d probes in %.1fs", proxy, o.Mode, len(all), time.Since(start).Seconds()-run.SyncSeconds)
+	if err := probeInto(ctx, l, run, tainted, o); err != nil {
+		return nil, err
+	}
+	o.Logf("%s %s: %d probes in %.1fs", proxy, o.Mode, len(run.Outcomes), time.Since(start).Seconds()-run.SyncSeconds)
 	dumps := [][]string{{"iptables-" + flavor(o.Mode) + "-save"}}
 	if o.Mode == benchmarks.ModeIPVS {
 		dumps = append(dumps, []string{"ipvsadm-save", "-n"}, []string{"ipset", "save"})
@@ -224,6 +229,41 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 		run.Programmed += out
 	}
 	return run, nil
+}
+
+// probeInto runs probes and records their outcomes in run.
+func probeInto(ctx context.Context, l *lab.Lab, run *ProxyRun, probes []Probe, o RunOptions) error {
+	results, err := probeAll(ctx, l, probes, o.Tries, o.ProbeTimeout)
+	if err != nil {
+		return err
+	}
+	for i, p := range probes {
+		run.Outcomes[p.ID()] = outcome(p, results[i])
+	}
+	return nil
+}
+
+// taintNode taints the Node ToBeDeletedByClusterAutoscaler, as the cluster autoscaler
+// does before it deletes a node, and waits until the proxy's /healthz says the node is
+// not eligible any more, or 20 s: a proxy that never says so is what the probes after
+// it show, not an error of the run.
+func taintNode(ctx context.Context, l *lab.Lab) error {
+	node, err := l.Client.CoreV1().Nodes().Get(ctx, lab.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading Node %s: %w", lab.NodeName, err)
+	}
+	node.Spec.Taints = append(node.Spec.Taints, v1.Taint{Key: toBeDeletedTaint, Value: strconv.FormatInt(time.Now().Unix(), 10), Effect: v1.TaintEffectNoSchedule})
+	if _, err := l.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("tainting Node %s: %w", lab.NodeName, err)
+	}
+	_ = lab.Eventually(ctx, 20*time.Second, 250*time.Millisecond, func() error {
+		out, err := l.NodeOutput(ctx, "curl", "-s", "http://"+healthzAddr+"/healthz")
+		if err != nil || !strings.Contains(out, `"nodeEligible":false`) {
+			return fmt.Errorf("/healthz: %s (%v)", out, err)
+		}
+		return nil
+	})
+	return nil
 }
 
 // flavor is the iptables flavor of a mode: the kernel lab's is legacy.
@@ -327,8 +367,8 @@ func createNode(ctx context.Context, client kubernetes.Interface) error {
 // setFlavorHint leaves kubelet's iptables flavor hint for the mode, which switchyard
 // follows (kube-proxy gets the flavor from its PATH, see benchmarks.ProxyCommand).
 func setFlavorHint(ctx context.Context, l *lab.Lab, mode string) error {
-	// The kernel lab has neither nf_tables nor the mangle table: its only flavor is
-	// legacy, which switchyard finds by itself there.
+	// The kernel lab has no nf_tables: its only flavor is legacy, which switchyard finds
+	// by itself there.
 	if mode != benchmarks.ModeIPTablesLegacy {
 		return nil
 	}
@@ -429,7 +469,7 @@ func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeou
 			for i := range next {
 				p := probes[i]
 				n := tries
-				if p.Entry == EntryHealthCheck {
+				if p.Entry == EntryHealthCheck || p.Entry == EntryHealthz {
 					n = 1
 				}
 				results[i], errs[i] = l.Probe(ctx, p.From, "-timeout", timeout.String(), p.Protocol, p.Addr, strconv.Itoa(n))

@@ -10,7 +10,8 @@
 //	                                 make COUNT tcp (HTTP) or udp requests to ADDR, each a new
 //	                                 connection or flow, print JSON with the client address each
 //	                                 pod saw ("NAME saw ADDR"); stop after N failures in a row
-//	                                 without an answer
+//	                                 without an answer. PROTO healthz asks ADDR's /healthz and
+//	                                 answers with its status code and body, times left out
 //	labagent load [-conns C] [-duration D] [-warmup W] [-keep-alive] ADDR
 //	                                 send HTTP requests to ADDR for D on C connections, print JSON
 //	                                 (the data-plane benchmark's load generator, internal/loadgen)
@@ -116,7 +117,7 @@ func run(args []string) error {
 			return err
 		}
 		if fs.NArg() != 3 {
-			return errors.New("usage: labagent probe [flags] tcp|udp ADDR COUNT")
+			return errors.New("usage: labagent probe [flags] tcp|udp|healthz ADDR COUNT")
 		}
 		count, err := strconv.Atoi(fs.Arg(2))
 		if err != nil {
@@ -245,8 +246,23 @@ func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Re
 			name, client, _ := strings.Cut(string(buf[:n]), " ")
 			return name, client, nil
 		}
+	case "healthz":
+		client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+		url := "http://" + addr + "/healthz"
+		once = func() (string, string, error) {
+			resp, err := client.Get(url)
+			if err != nil {
+				return "", "", err
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil {
+				return "", "", err
+			}
+			return fmt.Sprintf("HTTP %d %s", resp.StatusCode, withoutTimes(body)), "", nil
+		}
 	default:
-		return res, fmt.Errorf("probe: unknown protocol %q (want tcp or udp)", proto)
+		return res, fmt.Errorf("probe: unknown protocol %q (want tcp, udp or healthz)", proto)
 	}
 	failedInARow := 0
 	for range count {
@@ -266,6 +282,33 @@ func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Re
 		res.Clients[name+" saw "+client]++
 	}
 	return res, nil
+}
+
+// withoutTimes is a health answer's JSON body with every time in it (lastUpdated,
+// currentTime, at any depth) replaced by "TIME", so that two proxies' answers compare
+// by their status and keys alone. A body that is not JSON is kept as it is.
+func withoutTimes(body []byte) string {
+	var v any
+	if err := json.Unmarshal(body, &v); err != nil {
+		return string(body)
+	}
+	var scrub func(any)
+	scrub = func(v any) {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return
+		}
+		for k, inner := range m {
+			if k == "lastUpdated" || k == "currentTime" {
+				m[k] = "TIME"
+				continue
+			}
+			scrub(inner)
+		}
+	}
+	scrub(v)
+	out, _ := json.Marshal(v) // a value Unmarshal made always marshals
+	return string(out)
 }
 
 // sendUDP sends count datagrams from a fixed local port, so they all belong to one flow
