@@ -214,18 +214,23 @@ func serveUDP(conn net.PacketConn, name string) {
 func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Result, error) {
 	res := Result{Answers: map[string]int{}, Clients: map[string]int{}, Failures: map[string]int{}}
 	var once func() (name, client string, err error)
+	// get asks for url on a new connection: the status, the body and the client
+	// address the pod saw.
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(url string) (int, []byte, string, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return 0, nil, "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, body, resp.Header.Get(clientHeader), err
+	}
 	switch proto {
 	case "tcp":
-		client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
-		url := "http://" + addr + "/"
 		once = func() (string, string, error) {
-			resp, err := client.Get(url)
-			if err != nil {
-				return "", "", err
-			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			return string(body), resp.Header.Get(clientHeader), err
+			_, body, client, err := get("http://" + addr + "/")
+			return string(body), client, err
 		}
 	case "udp":
 		once = func() (string, string, error) {
@@ -247,19 +252,12 @@ func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Re
 			return name, client, nil
 		}
 	case "healthz":
-		client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
-		url := "http://" + addr + "/healthz"
 		once = func() (string, string, error) {
-			resp, err := client.Get(url)
+			status, body, _, err := get("http://" + addr + "/healthz")
 			if err != nil {
 				return "", "", err
 			}
-			defer resp.Body.Close()
-			body, err := io.ReadAll(resp.Body)
-			if err != nil {
-				return "", "", err
-			}
-			return fmt.Sprintf("HTTP %d %s", resp.StatusCode, withoutTimes(body)), "", nil
+			return fmt.Sprintf("HTTP %d %s", status, withoutTimes(body)), "", nil
 		}
 	default:
 		return res, fmt.Errorf("probe: unknown protocol %q (want tcp, udp or healthz)", proto)
