@@ -69,12 +69,15 @@ parity: deps controlplane
 # on the same kernel (iptables-nft and iptables-legacy natively, IPVS in the kernel lab),
 # probes every entry point under each, and writes where they differ to docs/differential/
 # (report.md, report.json); it fails when they differ anywhere.
-# SEED and COUNT choose the scenarios (the same seed generates the same ones).
+# SEED and COUNT choose the scenarios (the same seed generates the same ones), MODES the
+# modes, OUT where the report goes.
 SEED ?= 1
 COUNT ?= 40
+MODES ?= iptables-nft,iptables-legacy,ipvs
+OUT ?= docs/differential
 differential: deps controlplane build
 	hack/controlplane/build.sh kube-proxy
-	bin/differential -seed $(SEED) -count $(COUNT) -out docs/differential
+	bin/differential -seed $(SEED) -count $(COUNT) -modes $(MODES) -out $(OUT)
 
 # differential-ci is the same at a small size and a fixed seed: the hard corners and a
 # few more in both iptables flavors (about 2 minutes), and the first hard corners in IPVS
