@@ -44,7 +44,11 @@ type RunOptions struct {
 	// ProbeTimeout is how long a request waits for its answer: longer in the kernel lab,
 	// where every syscall costs a host context switch.
 	ProbeTimeout time.Duration
-	Logf         func(format string, args ...any)
+	// Parallel is how many probes run at once. Most of a probe's time is spent waiting
+	// (for answers, or for the timeouts of a DROP), so more than the CPUs pay off; in
+	// the kernel lab, where every probe waits longer, even more do.
+	Parallel int
+	Logf     func(format string, args ...any)
 }
 
 // Proxies are the proxies compared, in the order they run.
@@ -233,7 +237,7 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 
 // probeInto runs probes and records their outcomes in run.
 func probeInto(ctx context.Context, l *lab.Lab, run *ProxyRun, probes []Probe, o RunOptions) error {
-	results, err := probeAll(ctx, l, probes, o.Tries, o.ProbeTimeout)
+	results, err := probeAll(ctx, l, probes, o.Tries, o.ProbeTimeout, o.Parallel)
 	if err != nil {
 		return err
 	}
@@ -303,7 +307,7 @@ func runInKernelLab(ctx context.Context, o RunOptions, proxy string) (_ []*v1.Se
 	err = g.Run(ctx, &out, nil, o.Binaries["differential"], "guest", "-kubeconfig", g.Kubeconfig, "-proxy", proxy,
 		"-bin-switchyard", o.Binaries[benchmarks.ProxySwitchyard], "-bin-kube-proxy", o.Binaries[benchmarks.ProxyKubeProxy],
 		"-agent", o.Binaries["labagent"], "-dir", filepath.Join(dir, "guest"), "-tries", strconv.Itoa(o.Tries),
-		"-timeout", o.ProbeTimeout.String(), "-out", file)
+		"-timeout", o.ProbeTimeout.String(), "-parallel", strconv.Itoa(o.Parallel), "-out", file)
 	o.Logf("%s", strings.TrimSpace(out.String()))
 	if err != nil {
 		return nil, nil, err
@@ -454,10 +458,10 @@ func series(scrape, name string) map[string]float64 {
 	return out
 }
 
-// probeAll runs the probes, a few at a time (each waits on the network, not the CPU,
+// probeAll runs the probes, parallel at a time (each waits on the network, not the CPU,
 // while its requests time out), and returns their results in order.
-func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeout time.Duration) ([]lab.Result, error) {
-	const parallel = 4
+func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeout time.Duration, parallel int) ([]lab.Result, error) {
+	parallel = max(parallel, 1)
 	results := make([]lab.Result, len(probes))
 	errs := make([]error, len(probes))
 	next := make(chan int)

@@ -4,7 +4,7 @@
 // differential.Run). It exits 1 when they differ anywhere that docs/node-contract.md
 // does not list as deliberate (differential.Deliberates).
 //
-//	differential [-seed S] [-count N] [-modes iptables-nft,iptables-legacy,ipvs] [-out DIR]
+//	differential [-seed S] [-count N] [-modes iptables-nft,iptables-legacy,ipvs] [-parallel P] [-out DIR]
 //
 // IPVS mode runs each proxy in a kernel lab guest of its own, which runs
 // `differential guest` (differential.Guest).
@@ -50,6 +50,7 @@ func run() error {
 	binDir := flag.String("bin", "bin", "directory holding switchyard, labagent and differential (make build)")
 	kernelLab := flag.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab runner, for ipvs")
 	tries := flag.Int("tries", 40, "requests per probe")
+	parallel := flag.Int("parallel", 0, "probes at once (0: 4 natively, 12 in the kernel lab)")
 	keep := flag.String("scratch", "", "directory to keep the labs' logs in (each proxy's log, its rules); none: a temporary one, removed at the end")
 	flag.Parse()
 	for _, m := range strings.Split(*modes, ",") {
@@ -102,12 +103,16 @@ func run() error {
 	}
 	diverged := 0
 	for _, mode := range strings.Split(*modes, ",") {
-		timeout := time.Second
+		timeout, par := time.Second, 4
 		if mode == benchmarks.ModeIPVS {
-			timeout = 3 * time.Second // the kernel lab is slow (see RunOptions.ProbeTimeout)
+			// The kernel lab is slow (see RunOptions.ProbeTimeout and Parallel).
+			timeout, par = 3*time.Second, 12
+		}
+		if *parallel > 0 {
+			par = *parallel
 		}
 		m, err := differential.Run(ctx, differential.RunOptions{Mode: mode, Scenarios: scenarios, Binaries: bins, Dir: scratch, KernelLab: runner,
-			Tries: *tries, ProbeTimeout: timeout, Logf: logf})
+			Tries: *tries, ProbeTimeout: timeout, Parallel: par, Logf: logf})
 		if err != nil {
 			return err
 		}
@@ -142,6 +147,7 @@ func guest(args []string) error {
 	dir := fs.String("dir", "", "scratch directory")
 	tries := fs.Int("tries", 40, "requests per probe")
 	timeout := fs.Duration("timeout", time.Second, "how long a request waits for its answer")
+	parallel := fs.Int("parallel", 4, "probes at once")
 	out := fs.String("out", "", "file to write the run to")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -149,7 +155,7 @@ func guest(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	bins := map[string]string{benchmarks.ProxySwitchyard: *switchyard, benchmarks.ProxyKubeProxy: *kubeProxy, "labagent": *agent}
-	return differential.Guest(ctx, differential.RunOptions{Mode: benchmarks.ModeIPVS, Binaries: bins, Dir: *dir, Tries: *tries, ProbeTimeout: *timeout, Logf: logf},
+	return differential.Guest(ctx, differential.RunOptions{Mode: benchmarks.ModeIPVS, Binaries: bins, Dir: *dir, Tries: *tries, ProbeTimeout: *timeout, Parallel: *parallel, Logf: logf},
 		*kubeconfig, *proxy, *out)
 }
 
