@@ -71,7 +71,7 @@ var Deliberates = []Deliberate{
 // explains reports whether the deliberate difference accounts for a divergence seen in
 // mode, in a scenario with these traits.
 func (dd Deliberate) explains(mode string, traits []string, d Divergence) bool {
-	if dd.Mode != mode || !slices.Contains(traits, dd.Trait) || !slices.Contains(dd.Entries, d.Probe.Entry) || !slices.Contains(dd.From, d.Probe.From) {
+	if dd.Mode != mode || d.Probe.Phase != "" || !slices.Contains(traits, dd.Trait) || !slices.Contains(dd.Entries, d.Probe.Entry) || !slices.Contains(dd.From, d.Probe.From) {
 		return false
 	}
 	return dd.Switchyard(d.Outcomes[benchmarks.ProxySwitchyard])

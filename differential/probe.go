@@ -56,42 +56,88 @@ type Probe struct {
 	// Sticky marks a Service with ClientIP affinity: which endpoint a client sticks to
 	// is the proxy's random choice, so only how many answered is compared.
 	Sticky bool `json:"sticky,omitempty"`
-	// NodeTainted marks a probe made once the Node is tainted
-	// ToBeDeletedByClusterAutoscaler, as the cluster autoscaler does before it removes
-	// a node (kube-proxy's /healthz then fails, so that load balancers drain the node).
-	NodeTainted bool `json:"nodeTainted,omitempty"`
+	// Phase is when the probe is made, after the first probes of every Service
+	// (PhaseRestart, PhaseTainted); empty for those.
+	Phase string `json:"phase,omitempty"`
+	// SourcePort, when set, sends every request of the probe from this port: one flow.
+	SourcePort int `json:"sourcePort,omitempty"`
 }
+
+// The phases of a run after the first probes, in their order.
+const (
+	// PhaseRestart: a UDP flow started before the proxy restarts, continued once the
+	// new proxy has synced (the outcome says whether it kept its endpoint).
+	PhaseRestart = "across a proxy restart"
+	// PhaseTainted: once the Node is tainted ToBeDeletedByClusterAutoscaler, as the
+	// cluster autoscaler does before it removes a node (kube-proxy's /healthz then
+	// fails, so that load balancers drain the node).
+	PhaseTainted = "node tainted " + toBeDeletedTaint
+)
+
+// toBeDeletedTaint is the cluster autoscaler's taint on a node it is about to delete.
+const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
 
 // ID names the probe in a report. Its addresses are the same under every proxy (see
 // apply).
 func (p Probe) ID() string {
 	id := fmt.Sprintf("%s port %s: %s %s from %s (%s)", p.Scenario, p.Port, p.Entry, p.Addr, p.From, p.Protocol)
-	if p.NodeTainted {
-		id += ", node tainted " + toBeDeletedTaint
+	if p.Phase != "" {
+		id += ", " + p.Phase
 	}
 	return id
 }
 
-// toBeDeletedTaint is the cluster autoscaler's taint on a node it is about to delete.
-const toBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+// restartFlows is how many UDP flows are followed across the proxy's restart: the
+// first cluster IPs of UDP ports that a pod reaches.
+const restartFlows = 4
 
-// allProbes lists the probes of a run: every Service's (probes), the proxy's /healthz,
-// and, with the Node tainted, /healthz and the health check ports again.
+// allProbes lists the probes of a run: every Service's (probes) and the proxy's
+// /healthz; a few UDP flows across a restart; with the Node tainted, /healthz and the
+// health check ports again.
 func allProbes(services []*v1.Service) []Probe {
 	healthz := Probe{Scenario: NodeScenario, Port: "healthz", Entry: EntryHealthz, From: FromNode, Protocol: "healthz", Addr: healthzAddr}
 	out := []Probe{healthz}
-	var tainted []Probe
+	var flows, tainted []Probe
 	for _, svc := range services {
+		// A flow is about the restart: not from a Service whose policy keeps the pod
+		// from its endpoints in some mode (see Deliberates).
+		internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
 		for _, p := range probes(svc) {
 			out = append(out, p)
-			if p.Entry == EntryHealthCheck {
-				p.NodeTainted = true
+			switch {
+			case p.Entry == EntryHealthCheck:
+				p.Phase = PhaseTainted
 				tainted = append(tainted, p)
+			case p.Entry == EntryClusterIP && p.Protocol == "udp" && p.From == FromPod && !internalLocal && len(flows) < restartFlows:
+				p.Phase, p.SourcePort = PhaseRestart, 40000+len(flows)
+				flows = append(flows, p)
 			}
 		}
 	}
-	healthz.NodeTainted = true
-	return append(append(out, healthz), tainted...)
+	healthz.Phase = PhaseTainted
+	return append(append(append(out, flows...), healthz), tainted...)
+}
+
+// flowOutcome is what a UDP flow saw across the restart: whether the same endpoint
+// answered it before and after, or how it failed on either side.
+func flowOutcome(before, after lab.Result) Outcome {
+	o := Outcome{Detail: after.LastError}
+	endpoint := sortedKeys(before.Answers)
+	for _, f := range sortedKeys(before.Failures) {
+		o.Failures = append(o.Failures, "before the restart: "+f)
+	}
+	for _, f := range sortedKeys(after.Failures) {
+		o.Failures = append(o.Failures, "after the restart: "+f)
+	}
+	switch answered := sortedKeys(after.Answers); {
+	case len(endpoint) != 1:
+		o.Endpoints = append(o.Endpoints, fmt.Sprintf("%d endpoints before the restart", len(endpoint)))
+	case slices.Equal(answered, endpoint):
+		o.Endpoints = append(o.Endpoints, "the flow's endpoint before the restart")
+	case len(answered) > 0:
+		o.Endpoints = append(o.Endpoints, "another endpoint than before the restart")
+	}
+	return o
 }
 
 // probes lists the probes of a Service as the apiserver holds it: every entry point of

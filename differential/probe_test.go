@@ -127,28 +127,60 @@ kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds 5
 }
 
 // TestAllProbes: the proxy's /healthz once before and once after the Node is tainted, and
-// every health check port again after it; the Services' other probes once.
+// every health check port again after it; a pod's UDP flow to a cluster IP across the
+// restart, from a port of its own; the Services' other probes once.
 func TestAllProbes(t *testing.T) {
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "s1-000"},
 		Spec: v1.ServiceSpec{
 			Type: v1.ServiceTypeClusterIP, ClusterIP: "10.96.100.1", HealthCheckNodePort: 30103,
-			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}, {Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}},
 		},
 	}
 	var got []string
 	for _, p := range allProbes([]*v1.Service{svc}) {
 		got = append(got, p.ID())
+		if (p.Phase == PhaseRestart) != (p.SourcePort != 0) {
+			t.Errorf("%s: source port %d", p.ID(), p.SourcePort)
+		}
 	}
 	want := []string{
 		"node port healthz: healthz 127.0.0.1:10256 from node (healthz)",
 		"s1-000 port http: cluster-ip 10.96.100.1:80 from pod-1 (tcp)",
 		"s1-000 port http: cluster-ip 10.96.100.1:80 from node (tcp)",
+		"s1-000 port dns: cluster-ip 10.96.100.1:53 from pod-1 (udp)",
+		"s1-000 port dns: cluster-ip 10.96.100.1:53 from node (udp)",
 		"s1-000 port health: health-check-node-port 10.252.0.1:30103 from client (tcp)",
+		"s1-000 port dns: cluster-ip 10.96.100.1:53 from pod-1 (udp), across a proxy restart",
 		"node port healthz: healthz 127.0.0.1:10256 from node (healthz), node tainted ToBeDeletedByClusterAutoscaler",
 		"s1-000 port health: health-check-node-port 10.252.0.1:30103 from client (tcp), node tainted ToBeDeletedByClusterAutoscaler",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("probes (-want +got):\n%s", diff)
+	}
+}
+
+// TestFlowOutcome: a flow across the restart is told by whether its endpoint stayed, not
+// by which endpoint it was (each proxy's random choice).
+func TestFlowOutcome(t *testing.T) {
+	answered := func(pod string) lab.Result { return lab.Result{Answers: map[string]int{pod: 3}} }
+	failed := func(kind string) lab.Result { return lab.Result{Failures: map[string]int{kind: 3}} }
+	tests := []struct {
+		name          string
+		before, after lab.Result
+		want          Outcome
+	}{
+		{"kept its endpoint", answered("pod-2"), answered("pod-2"), Outcome{Endpoints: []string{"the flow's endpoint before the restart"}}},
+		{"moved", answered("pod-2"), answered("pod-3"), Outcome{Endpoints: []string{"another endpoint than before the restart"}}},
+		{"lost", answered("pod-2"), failed("timeout"), Outcome{Failures: []string{"after the restart: timeout"}}},
+		{"never answered", failed("refused"), failed("refused"),
+			Outcome{Endpoints: []string{"0 endpoints before the restart"}, Failures: []string{"before the restart: refused", "after the restart: refused"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, flowOutcome(tc.before, tc.after)); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
 	}
 }

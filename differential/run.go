@@ -203,17 +203,34 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 	}
 	run := &ProxyRun{Proxy: proxy, Outcomes: map[string]Outcome{}, SyncSeconds: time.Since(start).Seconds()}
 	o.Logf("%s %s: synced %d Services in %.1fs", proxy, o.Mode, len(services), run.SyncSeconds)
-	var before, tainted []Probe
+	phases := map[string][]Probe{}
 	for _, p := range allProbes(services) {
-		if p.NodeTainted {
-			tainted = append(tainted, p)
-		} else {
-			before = append(before, p)
-		}
+		phases[p.Phase] = append(phases[p.Phase], p)
 	}
-	if err := probeInto(ctx, l, run, before, o); err != nil {
+	if err := probeInto(ctx, l, run, phases[""], o); err != nil {
 		return nil, err
 	}
+	// The UDP flows across a restart: once before it, and once the new proxy has synced.
+	flows := phases[PhaseRestart]
+	before, err := probeAll(ctx, l, flows, flowTries, o.ProbeTimeout, o.Parallel)
+	if err != nil {
+		return nil, err
+	}
+	l.StopProxy()
+	if logPath, err = l.StartProxy(bin, args...); err != nil {
+		return nil, err
+	}
+	if err := waitSynced(ctx, l); err != nil {
+		return nil, fmt.Errorf("after the restart: %w (log: %s)", err, logPath)
+	}
+	after, err := probeAll(ctx, l, flows, flowTries, o.ProbeTimeout, o.Parallel)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range flows {
+		run.Outcomes[p.ID()] = flowOutcome(before[i], after[i])
+	}
+	tainted := phases[PhaseTainted]
 	if err := taintNode(ctx, l); err != nil {
 		return nil, err
 	}
@@ -234,6 +251,9 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 	}
 	return run, nil
 }
+
+// flowTries is how many datagrams a UDP flow sends on each side of the restart.
+const flowTries = 3
 
 // probeInto runs probes and records their outcomes in run.
 func probeInto(ctx context.Context, l *lab.Lab, run *ProxyRun, probes []Probe, o RunOptions) error {
@@ -476,7 +496,8 @@ func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeou
 				if p.Entry == EntryHealthCheck || p.Entry == EntryHealthz {
 					n = 1
 				}
-				results[i], errs[i] = l.Probe(ctx, p.From, "-timeout", timeout.String(), p.Protocol, p.Addr, strconv.Itoa(n))
+				args := []string{"-timeout", timeout.String(), "-source-port", strconv.Itoa(p.SourcePort), p.Protocol, p.Addr, strconv.Itoa(n)}
+				results[i], errs[i] = l.Probe(ctx, p.From, args...)
 			}
 		}()
 	}

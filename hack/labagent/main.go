@@ -6,12 +6,13 @@
 //	labagent get URL COUNT           make COUNT HTTP requests (a new connection each), print JSON
 //	labagent udp ADDR COUNT SRCPORT  send COUNT datagrams from local port SRCPORT, print JSON
 //	labagent sctp ADDR COUNT         make COUNT SCTP associations (IPv4), read the name, print JSON
-//	labagent probe [-timeout D] [-give-up N] PROTO ADDR COUNT
+//	labagent probe [-timeout D] [-give-up N] [-source-port P] PROTO ADDR COUNT
 //	                                 make COUNT tcp (HTTP) or udp requests to ADDR, each a new
 //	                                 connection or flow, print JSON with the client address each
 //	                                 pod saw ("NAME saw ADDR"); stop after N failures in a row
 //	                                 without an answer. PROTO healthz asks ADDR's /healthz and
-//	                                 answers with its status code and body, times left out
+//	                                 answers with its status code and body, times left out.
+//	                                 -source-port makes every udp request one flow
 //	labagent load [-conns C] [-duration D] [-warmup W] [-keep-alive] ADDR
 //	                                 send HTTP requests to ADDR for D on C connections, print JSON
 //	                                 (the data-plane benchmark's load generator, internal/loadgen)
@@ -113,6 +114,7 @@ func run(args []string) error {
 		fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 		timeout := fs.Duration("timeout", time.Second, "how long each request waits for its answer")
 		giveUp := fs.Int("give-up", 3, "stop after this many failures in a row when nothing answered yet (a DROP costs the timeout each time)")
+		sourcePort := fs.Int("source-port", 0, "udp: send every request from this local port, so that they are one flow (one conntrack entry)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -123,7 +125,7 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("count %q: %w", fs.Arg(2), err)
 		}
-		res, err := probe(fs.Arg(0), fs.Arg(1), count, *timeout, *giveUp)
+		res, err := probe(fs.Arg(0), fs.Arg(1), count, *timeout, *giveUp, *sourcePort)
 		if err != nil {
 			return err
 		}
@@ -211,7 +213,7 @@ func serveUDP(conn net.PacketConn, name string) {
 // or a new flow (udp: a new socket, so a new source port), and records who answered and
 // which client address they saw. While nothing has answered, it gives up after giveUp
 // failures in a row: the outcome is clear by then.
-func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Result, error) {
+func probe(proto, addr string, count int, timeout time.Duration, giveUp, sourcePort int) (Result, error) {
 	res := Result{Answers: map[string]int{}, Clients: map[string]int{}, Failures: map[string]int{}}
 	var once func() (name, client string, err error)
 	// get asks for url on a new connection: the status, the body and the client
@@ -233,8 +235,10 @@ func probe(proto, addr string, count int, timeout time.Duration, giveUp int) (Re
 			return string(body), client, err
 		}
 	case "udp":
+		// Port 0 is a new port, so a new flow, for every request.
+		dialer := net.Dialer{LocalAddr: &net.UDPAddr{Port: sourcePort}}
 		once = func() (string, string, error) {
-			conn, err := net.Dial("udp", addr)
+			conn, err := dialer.Dial("udp", addr)
 			if err != nil {
 				return "", "", err
 			}
