@@ -10,7 +10,7 @@ GO ?= go
 # user-mode-linux is the kernel lab: a Linux kernel with IPVS that runs as a process.
 DEB_PACKAGES := iptables ipset ipvsadm conntrack iproute2 procps kmod curl iputils-ping ca-certificates user-mode-linux
 
-.PHONY: all build deps controlplane lint test demo parity differential differential-ci bench bench-dataplane bench-ci image clean
+.PHONY: all build deps controlplane lint test demo parity configdoc differential differential-ci bench bench-dataplane bench-ci image clean
 
 all: build
 
@@ -64,6 +64,11 @@ parity: deps controlplane
 	rm -rf $(CURDIR)/.cache/parity && mkdir -p $(CURDIR)/.cache/parity
 	SWYD_PARITY_DIR=$(CURDIR)/.cache/parity $(GO) test -count=1 -timeout 30m ./test/e2e/
 	$(GO) run ./hack/parity -in $(CURDIR)/.cache/parity/flows.jsonl -out docs/parity.md
+
+# configdoc regenerates docs/configuration.md from the reference tables in
+# config/reference.go; package config's tests fail when it is stale.
+configdoc:
+	$(GO) run ./hack/configdoc -out docs/configuration.md
 
 # differential runs switchyard and upstream kube-proxy against the same generated Services
 # on the same kernel (iptables-nft and iptables-legacy natively, IPVS in the kernel lab),

@@ -203,7 +203,7 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "CIDRs or 'primary' selecting the node addresses NodePorts listen on.")
 	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
 	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
-	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility; it only hints the node's IP family.")
+	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility and ignored (docs/configuration.md).")
 	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
 	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", d.IPTablesLocalhostNodePorts, "If false, NodePorts are not served on 127.0.0.1. (iptables mode and IPv4 only: localhost NodePorts are never served in IPVS mode or over IPv6.) When served, net.ipv4.conf.all.route_localnet is set to 1.")
 	fs.BoolVar(&f.cleanup, "cleanup", false, "Remove everything switchyard owns on this node and exit.")
