@@ -29,16 +29,24 @@ var IPVSSchedulers = []string{"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "
 
 // Config is the resolved configuration switchyard runs with.
 type Config struct {
-	Mode             string
-	Kubeconfig       string
-	Master           string
-	NodeName         string
-	ClusterCIDRs     []netip.Prefix
-	MasqueradeAll    bool
-	MasqueradeBit    int32
-	SyncPeriod       time.Duration
-	MinSyncPeriod    time.Duration
-	ConfigSyncPeriod time.Duration
+	Mode       string
+	Kubeconfig string
+	Master     string
+	// KubeAPIContentType, KubeAPIAcceptContentTypes, KubeAPIQPS and KubeAPIBurst are
+	// kube-proxy's clientConnection: they replace the kubeconfig's in the apiserver
+	// client's rest.Config (0 QPS or burst are client-go's defaults, a negative QPS turns
+	// rate limiting off).
+	KubeAPIContentType        string
+	KubeAPIAcceptContentTypes string
+	KubeAPIQPS                float32
+	KubeAPIBurst              int32
+	NodeName                  string
+	ClusterCIDRs              []netip.Prefix
+	MasqueradeAll             bool
+	MasqueradeBit             int32
+	SyncPeriod                time.Duration
+	MinSyncPeriod             time.Duration
+	ConfigSyncPeriod          time.Duration
 	// MetricsBindAddress and HealthzBindAddress are host:port; empty disables the server.
 	MetricsBindAddress string
 	HealthzBindAddress string
@@ -65,6 +73,9 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Mode:                "iptables",
+		KubeAPIContentType:  "application/vnd.kubernetes.protobuf",
+		KubeAPIQPS:          5,
+		KubeAPIBurst:        10,
 		MasqueradeBit:       14,
 		SyncPeriod:          30 * time.Second,
 		MinSyncPeriod:       time.Second,
@@ -162,6 +173,9 @@ func Parse(args, modes []string, output io.Writer) (*Parsed, error) {
 // flagValues holds what the flags were set to, before merging with the file.
 type flagValues struct {
 	configFile, mode, kubeconfig, master, hostname, clusterCIDR string
+	kubeAPIContentType                                          string
+	kubeAPIQPS                                                  float32
+	kubeAPIBurst                                                int32
 	metricsAddr, healthzAddr, proxyName, ipvsScheduler          string
 	masqAll, version, cleanup, initOnly, strictARP              bool
 	localhostNodePorts                                          bool
@@ -180,6 +194,9 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.StringVar(&f.mode, "proxy-mode", d.Mode, "Which proxy mode to use: "+strings.Join(modes, " or ")+".")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file; in-cluster configuration is used when empty.")
 	fs.StringVar(&f.master, "master", "", "The address of the Kubernetes API server (overrides any value in kubeconfig).")
+	fs.StringVar(&f.kubeAPIContentType, "kube-api-content-type", d.KubeAPIContentType, "Content type of requests sent to the apiserver.")
+	fs.Int32Var(&f.kubeAPIBurst, "kube-api-burst", d.KubeAPIBurst, "Burst to use while talking with the apiserver.")
+	fs.Float32Var(&f.kubeAPIQPS, "kube-api-qps", d.KubeAPIQPS, "QPS to use while talking with the apiserver.")
 	fs.StringVar(&f.hostname, "hostname-override", "", "If non-empty, use this string as this node's name instead of the hostname.")
 	fs.StringVar(&f.clusterCIDR, "cluster-cidr", "", "The CIDR range(s) of the pods in the cluster, comma-separated (one per IP family). Traffic to a Service from outside it is masqueraded.")
 	fs.BoolVar(&f.masqAll, "masquerade-all", false, "SNAT all traffic sent via Service cluster IPs.")
@@ -247,6 +264,16 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 	}
 	if set("master") {
 		cfg.Master = f.master
+	}
+	if set("kube-api-content-type") {
+		cfg.KubeAPIContentType = f.kubeAPIContentType
+	}
+	if set("kube-api-qps") {
+		cfg.KubeAPIQPS = f.kubeAPIQPS
+	}
+	if set("kube-api-burst") {
+		cfg.KubeAPIBurst = f.kubeAPIBurst
+		check(inRange(int64(f.kubeAPIBurst), 0, 1<<31-1, "--kube-api-burst"))
 	}
 	if set("hostname-override") {
 		cfg.NodeName = strings.ToLower(strings.TrimSpace(f.hostname))
@@ -351,8 +378,22 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		cfg.Mode = string(file.Mode)
 		check(validateMode(cfg.Mode, modes, where("mode")))
 	}
-	if file.ClientConnection.Kubeconfig != "" {
-		cfg.Kubeconfig = file.ClientConnection.Kubeconfig
+	cc := file.ClientConnection
+	if cc.Kubeconfig != "" {
+		cfg.Kubeconfig = cc.Kubeconfig
+	}
+	if cc.ContentType != "" {
+		cfg.KubeAPIContentType = cc.ContentType
+	}
+	if cc.AcceptContentTypes != "" {
+		cfg.KubeAPIAcceptContentTypes = cc.AcceptContentTypes
+	}
+	if cc.QPS != 0 {
+		cfg.KubeAPIQPS = cc.QPS
+	}
+	if cc.Burst != 0 {
+		cfg.KubeAPIBurst = cc.Burst
+		check(inRange(int64(cc.Burst), 0, 1<<31-1, where("clientConnection.burst")))
 	}
 	if file.HostnameOverride != "" {
 		cfg.NodeName = strings.ToLower(strings.TrimSpace(file.HostnameOverride))

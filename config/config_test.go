@@ -45,6 +45,14 @@ kind: KubeProxyConfiguration
 iptables:
   localhostNodePorts: false
 `)
+	clientConnection := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  contentType: application/json
+  acceptContentTypes: application/json
+  qps: 20
+  burst: 30
+`)
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
 	tests := []struct {
@@ -78,6 +86,15 @@ iptables:
 			c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
 			c.MasqueradeAll = true
 			c.ConntrackMaxPerCore = 0
+		}},
+		{name: "apiserver client by flag", args: []string{"--hostname-override=node-a", "--kube-api-content-type=application/json", "--kube-api-qps=50.5", "--kube-api-burst=100"}, want: func(c *Config) {
+			c.KubeAPIContentType, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", 50.5, 100
+		}},
+		{name: "apiserver client in the file", args: []string{"--config=" + clientConnection, "--hostname-override=node-a"}, want: func(c *Config) {
+			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 20, 30
+		}},
+		{name: "the flag overrides the file's QPS", args: []string{"--config=" + clientConnection, "--hostname-override=node-a", "--kube-api-qps=7"}, want: func(c *Config) {
+			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 7, 30
 		}},
 		{name: "localhost NodePorts off by flag", args: []string{"--hostname-override=node-a", "--iptables-localhost-nodeports=false"}, want: func(c *Config) {
 			c.IPTablesLocalhostNodePorts = false
@@ -162,6 +179,7 @@ func TestParseInvalid(t *testing.T) {
 	badField := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmodee: ipvs\n")
 	badKind := writeFile(t, "apiVersion: v1\nkind: ConfigMap\n")
 	badValue := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nclusterCIDR: nope\n")
+	badBurst := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection:\n  burst: -1\n")
 	tests := []struct {
 		name string
 		args []string
@@ -179,6 +197,8 @@ func TestParseInvalid(t *testing.T) {
 		{"negative conntrack", []string{"--conntrack-max-per-core=-1"}, []string{"--conntrack-max-per-core"}},
 		{"bad nodeport address", []string{"--nodeport-addresses=10.0.0.0/8,eth0"}, []string{"--nodeport-addresses", `"eth0"`, "primary"}},
 		{"unknown scheduler", []string{"--ipvs-scheduler=fastest"}, []string{"--ipvs-scheduler", `"fastest"`, "rr, wrr"}},
+		{"negative burst", []string{"--kube-api-burst=-1"}, []string{"--kube-api-burst", `"-1"`, "between 0 and"}},
+		{"negative burst in file", []string{"--config=" + badBurst}, []string{"clientConnection.burst (in " + badBurst + ")", "between 0 and"}},
 		{"unknown flag", []string{"--no-such-flag"}, []string{"unknown flag: --no-such-flag"}},
 		{"positional argument", []string{"iptables"}, []string{"unexpected arguments"}},
 		{"blank hostname", []string{"--hostname-override= "}, []string{"--hostname-override", "blank"}},

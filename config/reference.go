@@ -65,7 +65,7 @@ const (
 	contentTypeKP     = "Content type of requests to the apiserver (client-go `rest.Config.ContentType`). Default `application/vnd.kubernetes.protobuf`."
 	qpsKP             = "Client-side rate limit of requests to the apiserver (client-go `rest.Config.QPS`). Default 5."
 	burstKP           = "Client-side burst of requests to the apiserver (client-go `rest.Config.Burst`). Default 10."
-	clientLimitsSY    = "Not applied to the client (`newClient` in cmd/switchyard/main.go); client-go's own defaults (5 QPS, burst 10, JSON) are used."
+	clientConnSY      = "`Config.KubeAPI*` → `clientConfig` (cmd/switchyard/main.go), replacing the kubeconfig's as kube-proxy's createClient does."
 	masqBitKP         = "The fwmark bit (0-31) marking packets to masquerade, in iptables and IPVS modes. Default 14."
 	masqBitSY         = "`Config.MasqueradeBit` → `masqueradeMark` (cmd/switchyard/main.go), used by both modes' rules."
 	masqAllKP         = "Masquerades all traffic sent to Service cluster IPs. Default false."
@@ -138,9 +138,9 @@ var Flags = []Setting{
 	{"feature-gates", Ignored, featureGatesKP + " Ignored with `--config`.", featureGatesSY},
 	{"kubeconfig", Implemented, kubeconfigKP, kubeconfigSY},
 	{"master", Implemented, "The apiserver's address, overriding the kubeconfig's.", kubeconfigSY},
-	{"kube-api-content-type", Unparsed, contentTypeKP, ""},
-	{"kube-api-burst", Unparsed, burstKP, ""},
-	{"kube-api-qps", Unparsed, qpsKP, ""},
+	{"kube-api-content-type", Implemented, contentTypeKP, clientConnSY},
+	{"kube-api-burst", Implemented, burstKP, clientConnSY},
+	{"kube-api-qps", Implemented, qpsKP, clientConnSY},
 	{"hostname-override", Implemented, hostnameKP + " Applies even with `--config`.", hostnameSY},
 	{"bind-address", Ignored, bindAddressKP + " Ignored with `--config`.", bindAddressSY},
 	{"healthz-bind-address", Implemented, healthzAddrKP, addrSY},
@@ -207,10 +207,10 @@ var Fields = []Setting{
 	{"kind", Implemented, "Must be `KubeProxyConfiguration`.", "`loadFile` (config/config.go)."},
 	{"featureGates", Ignored, featureGatesKP, featureGatesSY},
 	{"clientConnection.kubeconfig", Implemented, kubeconfigKP, kubeconfigSY},
-	{"clientConnection.acceptContentTypes", Ignored, "Accept header of requests to the apiserver (client-go `rest.Config.AcceptContentTypes`). Default empty.", clientLimitsSY},
-	{"clientConnection.contentType", Ignored, contentTypeKP, clientLimitsSY},
-	{"clientConnection.qps", Ignored, qpsKP, clientLimitsSY},
-	{"clientConnection.burst", Ignored, burstKP, clientLimitsSY},
+	{"clientConnection.acceptContentTypes", Implemented, "Accept header of requests to the apiserver (client-go `rest.Config.AcceptContentTypes`). Default empty.", clientConnSY},
+	{"clientConnection.contentType", Implemented, contentTypeKP, clientConnSY},
+	{"clientConnection.qps", Implemented, qpsKP, clientConnSY},
+	{"clientConnection.burst", Implemented, burstKP, clientConnSY},
 	{"logging.format", Ignored, loggingFormatKP, loggingFileSY},
 	{"logging.flushFrequency", Ignored, flushKP, loggingFileSY},
 	{"logging.verbosity", Ignored, verbosityKP, loggingFileSY},

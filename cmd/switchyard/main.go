@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/klog/v2"
@@ -188,16 +189,31 @@ func masqueradeMark(cfg config.Config) string {
 
 // newClient connects to the apiserver given by --master/--kubeconfig, or in-cluster.
 func newClient(cfg config.Config) (kubernetes.Interface, error) {
-	restConfig, err := clientcmd.BuildConfigFromFlags(cfg.Master, cfg.Kubeconfig)
+	restConfig, err := clientConfig(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("building client configuration from --master/--kubeconfig: %w", err)
+		return nil, err
 	}
-	restConfig.UserAgent = "switchyard/" + version
 	client, err := kubernetes.NewForConfig(restConfig)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
 	}
 	return client, nil
+}
+
+// clientConfig is the apiserver client's configuration: --master/--kubeconfig (or
+// in-cluster), with the content types and rate limits of kube-proxy's clientConnection
+// replacing the kubeconfig's, as kube-proxy's createClient does.
+func clientConfig(cfg config.Config) (*rest.Config, error) {
+	restConfig, err := clientcmd.BuildConfigFromFlags(cfg.Master, cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("building client configuration from --master/--kubeconfig: %w", err)
+	}
+	restConfig.UserAgent = "switchyard/" + version
+	restConfig.ContentType = cfg.KubeAPIContentType
+	restConfig.AcceptContentTypes = cfg.KubeAPIAcceptContentTypes
+	restConfig.QPS = cfg.KubeAPIQPS
+	restConfig.Burst = int(cfg.KubeAPIBurst)
+	return restConfig, nil
 }
 
 // families are the IP families this node gets a proxier for: IPv4 always, and IPv6 when
