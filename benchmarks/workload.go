@@ -141,7 +141,7 @@ func (d *Desired) Set(s *Spec) ([]proxier.ServicePortName, error) {
 	}
 	slice := s.EndpointSlice()
 	eps, errs := proxier.ServiceEndpoints(types.NamespacedName{Namespace: Namespace, Name: s.Name()},
-		map[string]*discovery.EndpointSlice{slice.Name: slice}, proxier.IPv4)
+		map[string]*discovery.EndpointSlice{slice.Name: slice}, proxier.IPv4, d.State.NodeName)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("generated EndpointSlice %s does not translate: %v", slice.Name, errs)
 	}

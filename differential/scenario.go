@@ -253,7 +253,7 @@ type plan struct {
 	hints     hintMode
 	// split spreads the endpoints over two slices; duplicate repeats one in a second
 	// slice, as happens while an endpoint moves between slices, and lagging gives the
-	// copy a state of its own, as when one slice is not updated yet.
+	// copy a state of its own, as when one slice is not updated yet, on the other node.
 	split, duplicate, lagging, emptySlice, fqdn bool
 }
 
@@ -732,7 +732,15 @@ func (g *generator) slices(svc *v1.Service, p *plan) []*discovery.EndpointSlice 
 	if p.duplicate && len(eps) > 0 {
 		dup := eps[g.rng.IntN(len(eps))].DeepCopy()
 		if p.lagging {
+			// The stale copy also names the other node: kube-proxy keeps a copy on its
+			// node whatever the slices' order, while between copies equally local its
+			// pick follows its map order, which no run can predict (node-contract.md).
 			dup.Conditions = g.randomCondition().conditions()
+			other := g.local[0].Node
+			if dup.NodeName != nil && *dup.NodeName == other {
+				other = g.remote[0].Node
+			}
+			dup.NodeName = ptr.To(other)
 		}
 		second = append(second, *dup)
 	}

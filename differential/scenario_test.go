@@ -292,6 +292,13 @@ func TestGenerateSlices(t *testing.T) {
 		for _, p := range s.Service.Spec.Ports {
 			portNames = append(portNames, p.Name)
 		}
+		// A duplicate's stale copy names the other node (see plan.lagging).
+		copies := map[string]int{}
+		for _, sl := range s.Slices {
+			for _, e := range sl.Endpoints {
+				copies[e.Addresses[0]]++
+			}
+		}
 		sliceNames := map[string]bool{}
 		for _, sl := range s.Slices {
 			where := s.Name + "/" + sl.Name
@@ -319,7 +326,7 @@ func TestGenerateSlices(t *testing.T) {
 				switch sl.AddressType {
 				case discovery.AddressTypeIPv4:
 					pod, ok := pods[e.Addresses[0]]
-					if !ok || e.NodeName == nil || *e.NodeName != pod.Node {
+					if !ok || e.NodeName == nil || (*e.NodeName != pod.Node && copies[e.Addresses[0]] == 1) {
 						t.Errorf("%s: endpoint %s on node %v is no pod of the lab", where, e.Addresses[0], e.NodeName)
 					}
 					if e.Hints != nil {

@@ -249,7 +249,7 @@ func (t *Tracker) recompute(name types.NamespacedName, svc *v1.Service, sliceInd
 		ports, errs = ServicePorts(svc, t.family)
 		if len(ports) > 0 {
 			var epErrs []FieldError
-			endpoints, epErrs = ServiceEndpoints(name, sliceIndex, t.family)
+			endpoints, epErrs = ServiceEndpoints(name, sliceIndex, t.family, t.state.NodeName)
 			errs = append(errs, epErrs...)
 		}
 		if t.onFieldError != nil {

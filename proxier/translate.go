@@ -251,8 +251,11 @@ func parseAddrs(values []string, family Family, field string, bad func(field, va
 
 // ServiceEndpoints merges all EndpointSlices of one Service into endpoints per
 // ServicePortName, for one IP family. Slices of the other family and FQDN slices are
-// ignored; an address listed by several slices appears once (a ready copy wins).
-func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*discovery.EndpointSlice, family Family) (map[ServicePortName][]Endpoint, []FieldError) {
+// ignored. An address and port listed more than once appears once: a copy on nodeName
+// wins, as in kube-proxy's EndpointSliceCache.addEndpoints; between copies equally local,
+// where kube-proxy's pick follows its map order (random), a ready copy wins, else the
+// first in slice-name order.
+func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*discovery.EndpointSlice, family Family, nodeName string) (map[ServicePortName][]Endpoint, []FieldError) {
 	wantType := discovery.AddressTypeIPv4
 	if family == IPv6 {
 		wantType = discovery.AddressTypeIPv6
@@ -314,7 +317,7 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 				}
 				e := endpointFromSlice(ip, *port.Port, ep)
 				key := netip.AddrPortFrom(ip, uint16(*port.Port))
-				if prev, ok := eps[key]; ok && (prev.Ready || !e.Ready) {
+				if prev, ok := eps[key]; ok && !replacesDuplicate(e, prev, nodeName) {
 					continue
 				}
 				eps[key] = e
@@ -333,6 +336,16 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 		out[spn] = list
 	}
 	return out, errs
+}
+
+// replacesDuplicate reports whether e, a later copy of prev's address and port, is the
+// one to keep (see ServiceEndpoints).
+func replacesDuplicate(e, prev Endpoint, nodeName string) bool {
+	local, prevLocal := e.IsLocal(nodeName), prev.IsLocal(nodeName)
+	if local != prevLocal {
+		return local
+	}
+	return e.Ready && !prev.Ready
 }
 
 func endpointFromSlice(ip netip.Addr, port int32, ep discovery.Endpoint) Endpoint {

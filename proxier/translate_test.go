@@ -456,6 +456,9 @@ func TestServicePorts(t *testing.T) {
 	}
 }
 
+// sliceNode is the node the proxier of TestServiceEndpoints runs on.
+const sliceNode = "node-a"
+
 func TestServiceEndpoints(t *testing.T) {
 	sliceA := v1.ObjectReference{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice", Namespace: "ns", Name: "svc-a"}
 	service := nsName("svc")
@@ -515,6 +518,30 @@ func TestServiceEndpoints(t *testing.T) {
 			),
 			family: IPv4,
 			want:   map[ServicePortName][]Endpoint{httpPort: {ep("10.0.0.1", nil)}},
+		},
+		{
+			// kube-proxy's addEndpoints: a later copy replaces an earlier one only when
+			// it is local, so a local copy wins whatever its conditions.
+			name: "duplicate address across slices, one copy on this node: it wins though not ready (local copy in the later slice)",
+			slices: slicesOf(
+				makeSlice("svc", "svc-a", []discovery.Endpoint{readyEndpoint("10.0.0.1", "other")}, nil),
+				makeSlice("svc", "svc-b", []discovery.Endpoint{{Addresses: []string{"10.0.0.1"}, Conditions: notReady, NodeName: ptr(sliceNode)}}, nil),
+			),
+			family: IPv4,
+			want: map[ServicePortName][]Endpoint{httpPort: {ep("10.0.0.1", func(e *Endpoint) {
+				e.Ready, e.NodeName = false, sliceNode
+			})}},
+		},
+		{
+			name: "duplicate address across slices, one copy on this node: it wins though not ready (local copy in the earlier slice)",
+			slices: slicesOf(
+				makeSlice("svc", "svc-a", []discovery.Endpoint{{Addresses: []string{"10.0.0.1"}, Conditions: notReady, NodeName: ptr(sliceNode)}}, nil),
+				makeSlice("svc", "svc-b", []discovery.Endpoint{readyEndpoint("10.0.0.1", "other")}, nil),
+			),
+			family: IPv4,
+			want: map[ServicePortName][]Endpoint{httpPort: {ep("10.0.0.1", func(e *Endpoint) {
+				e.Ready, e.NodeName = false, sliceNode
+			})}},
 		},
 		{
 			name: "FQDN and IPv6 slices are ignored by the IPv4 proxier",
@@ -666,7 +693,7 @@ func TestServiceEndpoints(t *testing.T) {
 	}
 	for _, tc := range testCases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, errs := ServiceEndpoints(service, tc.slices, tc.family)
+			got, errs := ServiceEndpoints(service, tc.slices, tc.family, sliceNode)
 			if diff := cmp.Diff(tc.want, got, netipComparers, cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("ServiceEndpoints() mismatch (-want +got):\n%s", diff)
 			}
@@ -688,9 +715,9 @@ func TestServiceEndpointsDeterministic(t *testing.T) {
 			readyEndpoint("10.0.1."+string(rune('1'+i)), ""),
 		}, nil)
 	}
-	first, _ := ServiceEndpoints(types.NamespacedName{Namespace: testNamespace, Name: "svc"}, sl, IPv4)
+	first, _ := ServiceEndpoints(types.NamespacedName{Namespace: testNamespace, Name: "svc"}, sl, IPv4, sliceNode)
 	for range 50 {
-		got, _ := ServiceEndpoints(types.NamespacedName{Namespace: testNamespace, Name: "svc"}, sl, IPv4)
+		got, _ := ServiceEndpoints(types.NamespacedName{Namespace: testNamespace, Name: "svc"}, sl, IPv4, sliceNode)
 		if diff := cmp.Diff(first, got, netipComparers); diff != "" {
 			t.Fatalf("ServiceEndpoints() is not deterministic (-first +got):\n%s", diff)
 		}
