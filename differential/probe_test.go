@@ -184,3 +184,16 @@ func TestFlowOutcome(t *testing.T) {
 		})
 	}
 }
+
+// TestProbeBatches: a sticky Service's probes run one after the other, in their order;
+// every other probe on its own.
+func TestProbeBatches(t *testing.T) {
+	probes := []Probe{
+		{Scenario: "s1-000"}, {Scenario: "s1-001", Sticky: true}, {Scenario: "s1-000"},
+		{Scenario: "s1-001", Sticky: true}, {Scenario: "s1-002", Sticky: true},
+	}
+	want := [][]int{{0}, {1, 3}, {2}, {4}}
+	if diff := cmp.Diff(want, probeBatches(probes)); diff != "" {
+		t.Errorf("batches (-want +got):\n%s", diff)
+	}
+}

@@ -479,34 +479,60 @@ func series(scrape, name string) map[string]float64 {
 }
 
 // probeAll runs the probes, parallel at a time (each waits on the network, not the CPU,
-// while its requests time out), and returns their results in order.
+// while its requests time out), and returns their results in order. The probes of one
+// Service with ClientIP affinity run one after the other: its entry points share the
+// affinity of each endpoint (one "recent" list per endpoint, in either proxy), so a
+// probe running beside another would see the other's pick.
 func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeout time.Duration, parallel int) ([]lab.Result, error) {
 	parallel = max(parallel, 1)
 	results := make([]lab.Result, len(probes))
 	errs := make([]error, len(probes))
-	next := make(chan int)
+	next := make(chan []int)
 	var wg sync.WaitGroup
 	for range parallel {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range next {
-				p := probes[i]
-				n := tries
-				if p.Entry == EntryHealthCheck || p.Entry == EntryHealthz {
-					n = 1
+			for batch := range next {
+				for _, i := range batch {
+					p := probes[i]
+					n := tries
+					if p.Entry == EntryHealthCheck || p.Entry == EntryHealthz {
+						n = 1
+					}
+					args := []string{"-timeout", timeout.String(), "-source-port", strconv.Itoa(p.SourcePort), p.Protocol, p.Addr, strconv.Itoa(n)}
+					results[i], errs[i] = l.Probe(ctx, p.From, args...)
 				}
-				args := []string{"-timeout", timeout.String(), "-source-port", strconv.Itoa(p.SourcePort), p.Protocol, p.Addr, strconv.Itoa(n)}
-				results[i], errs[i] = l.Probe(ctx, p.From, args...)
 			}
 		}()
 	}
-	for i := range probes {
-		next <- i
+	for _, batch := range probeBatches(probes) {
+		next <- batch
 	}
 	close(next)
 	wg.Wait()
 	return results, errors.Join(errs...)
+}
+
+// probeBatches groups the probes (by index) that must run one after the other: those of
+// one sticky Service together, every other probe alone.
+func probeBatches(probes []Probe) [][]int {
+	var batches [][]int
+	sticky := map[string]int{} // scenario -> its batch
+	for i, p := range probes {
+		if !p.Sticky {
+			batches = append(batches, []int{i})
+			continue
+		}
+		b, ok := sticky[p.Scenario]
+		if !ok {
+			b = len(batches)
+			sticky[p.Scenario] = b
+			batches = append(batches, nil)
+		}
+		batches[b] = append(batches[b], i)
+	}
+	return batches
 }
 
 // Divergence is a probe whose outcome differs between the proxies.
