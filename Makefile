@@ -111,16 +111,16 @@ bench-dataplane: deps controlplane build
 	hack/controlplane/build.sh kube-proxy
 	bin/bench dataplane -out benchmarks/results -startup-from benchmarks/results/results.json $(DATAPLANE_FLAGS)
 
-# bench-ci runs the same harness at a small size so that it keeps working; it fails when
-# the harness breaks or the kernel holds the wrong state, never on a timing. A proxy whose
-# first sync took longer than 2 minutes in the committed results (upstream's IPVS mode in
-# the kernel lab at 1,000 Services: about 5 minutes) is recorded as not run, and so is any
-# run that outlasts its budget.
+# bench-ci runs the same harness at the smallest size that exercises every part of it, so
+# that it keeps working (the sizes that say something are make bench's); it fails when the
+# harness breaks or the kernel holds the wrong state, never on a timing. A proxy whose
+# first sync took longer than 2 minutes in the committed results is recorded as not run,
+# and so is any run that outlasts its budget.
 bench-ci: deps controlplane build
 	hack/controlplane/build.sh kube-proxy
-	bin/bench run -out $(CURDIR)/.cache/bench-ci -services 100,1000 -repeats 2 -changes 20 -startup-timeout 2m -change-budget 2m \
+	bin/bench run -out $(CURDIR)/.cache/bench-ci -services 100 -repeats 2 -changes 20 -startup-timeout 2m -change-budget 2m \
 		-startup-from benchmarks/results/results.json
-	bin/bench dataplane -out $(CURDIR)/.cache/bench-ci -services 0,100 -duration 2s -warmup 500ms -repeats 1 -rest 5s -churn 5s -startup-timeout 5m
+	bin/bench dataplane -out $(CURDIR)/.cache/bench-ci -services 0 -duration 2s -warmup 500ms -repeats 1 -rest 5s -churn 5s -startup-timeout 5m
 
 demo: deps controlplane build
 	$(GO) run ./hack/demo -switchyard bin/switchyard -agent bin/labagent
