@@ -85,7 +85,7 @@ type ProxyRun struct {
 	Outcomes map[string]Outcome `json:"outcomes"` // by Probe.ID
 	// Programmed is what the proxy wrote in the kernel: iptables-save, and in IPVS mode
 	// ipvsadm-save and ipset save.
-	Programmed string `json:"programmed"`
+	Programmed string `json:"programmed,omitempty"`
 	// SyncSeconds is how long the proxy took from its start to its first complete sync.
 	SyncSeconds float64 `json:"syncSeconds"`
 }
