@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/internal/lab"
 )
@@ -88,19 +90,20 @@ func (p Probe) ID() string {
 }
 
 // restartFlows is how many UDP flows are followed across the proxy's restart: the
-// first cluster IPs of UDP ports that a pod reaches.
+// first cluster IPs of UDP ports that a pod reaches and that have a ready endpoint.
 const restartFlows = 4
 
 // allProbes lists the probes of a run: every Service's (probes) and the proxy's
 // /healthz; a few UDP flows across a restart; with the Node tainted, /healthz and the
-// health check ports again.
-func allProbes(services []*v1.Service) []Probe {
+// health check ports again. endpointSlices are each Service's EndpointSlices, by Service name.
+func allProbes(services []*v1.Service, endpointSlices map[string][]*discovery.EndpointSlice) []Probe {
 	healthz := Probe{Scenario: NodeScenario, Port: "healthz", Entry: EntryHealthz, From: FromNode, Protocol: "healthz", Addr: healthzAddr}
 	out := []Probe{healthz}
 	var flows, tainted []Probe
 	for _, svc := range services {
 		// A flow is about the restart: not from a Service whose policy keeps the pod
-		// from its endpoints in some mode (see Deliberates).
+		// from its endpoints in some mode (see Deliberates), nor from a port without a
+		// ready endpoint, where every proxy answers alike before and after.
 		internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
 		for _, p := range probes(svc) {
 			out = append(out, p)
@@ -108,7 +111,8 @@ func allProbes(services []*v1.Service) []Probe {
 			case p.Entry == EntryHealthCheck:
 				p.Phase = PhaseTainted
 				tainted = append(tainted, p)
-			case p.Entry == EntryClusterIP && p.Protocol == "udp" && p.From == FromPod && !internalLocal && len(flows) < restartFlows:
+			case p.Entry == EntryClusterIP && p.Protocol == "udp" && p.From == FromPod && !internalLocal && len(flows) < restartFlows &&
+				hasReadyEndpoint(svc, endpointSlices[svc.Name], p.Port):
 				p.Phase, p.SourcePort = PhaseRestart, 40000+len(flows)
 				flows = append(flows, p)
 			}
@@ -138,6 +142,25 @@ func flowOutcome(before, after lab.Result) Outcome {
 		o.Endpoints = append(o.Endpoints, "another endpoint than before the restart")
 	}
 	return o
+}
+
+// hasReadyEndpoint says whether any of a Service's EndpointSlices has a ready endpoint
+// for its port probed as port (probes name an unnamed port by its number; a Service with
+// an unnamed port has no other, so its slices' unnamed port is that one).
+func hasReadyEndpoint(svc *v1.Service, epSlices []*discovery.EndpointSlice, port string) bool {
+	name := port
+	if !slices.ContainsFunc(svc.Spec.Ports, func(p v1.ServicePort) bool { return p.Name == port }) {
+		name = ""
+	}
+	for _, slice := range epSlices {
+		if !slices.ContainsFunc(slice.Ports, func(p discovery.EndpointPort) bool { return ptr.Deref(p.Name, "") == name }) {
+			continue
+		}
+		if slices.ContainsFunc(slice.Endpoints, func(ep discovery.Endpoint) bool { return ptr.Deref(ep.Conditions.Ready, true) }) {
+			return true
+		}
+	}
+	return false
 }
 
 // probes lists the probes of a Service as the apiserver holds it: every entry point of

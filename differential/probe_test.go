@@ -5,7 +5,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/switchyard/switchyard/internal/lab"
 )
@@ -137,8 +139,9 @@ func TestAllProbes(t *testing.T) {
 			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}, {Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}},
 		},
 	}
+	ready := map[string][]*discovery.EndpointSlice{svc.Name: {endpointSlice("dns", ptr.To(true))}}
 	var got []string
-	for _, p := range allProbes([]*v1.Service{svc}) {
+	for _, p := range allProbes([]*v1.Service{svc}, ready) {
 		got = append(got, p.ID())
 		if (p.Phase == PhaseRestart) != (p.SourcePort != 0) {
 			t.Errorf("%s: source port %d", p.ID(), p.SourcePort)
@@ -157,6 +160,50 @@ func TestAllProbes(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("probes (-want +got):\n%s", diff)
+	}
+}
+
+// endpointSlice is a slice with one endpoint, of the given readiness, on one port.
+func endpointSlice(port string, ready *bool) *discovery.EndpointSlice {
+	return &discovery.EndpointSlice{
+		Ports:     []discovery.EndpointPort{{Name: ptr.To(port), Port: ptr.To(int32(8080))}},
+		Endpoints: []discovery.Endpoint{{Addresses: []string{"10.250.0.2"}, Conditions: discovery.EndpointConditions{Ready: ready}}},
+	}
+}
+
+// TestRestartFlows: a UDP flow across the restart goes only to a port with a ready
+// endpoint (unset readiness is ready, as for kube-proxy); elsewhere every proxy answers
+// alike before and after, and the flow would tell nothing.
+func TestRestartFlows(t *testing.T) {
+	named := []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}, {Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}}
+	unnamed := []v1.ServicePort{{Port: 53, Protocol: v1.ProtocolUDP}}
+	tests := []struct {
+		name   string
+		ports  []v1.ServicePort
+		slices []*discovery.EndpointSlice
+		want   int
+	}{
+		{"ready on the UDP port", named, []*discovery.EndpointSlice{endpointSlice("dns", ptr.To(true))}, 1},
+		{"unset readiness", named, []*discovery.EndpointSlice{endpointSlice("dns", nil)}, 1},
+		{"not ready", named, []*discovery.EndpointSlice{endpointSlice("dns", ptr.To(false))}, 0},
+		{"ready on another port only", named, []*discovery.EndpointSlice{endpointSlice("http", ptr.To(true))}, 0},
+		{"no slices", named, nil, 0},
+		{"unnamed port", unnamed, []*discovery.EndpointSlice{endpointSlice("", ptr.To(true))}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "s1-000"},
+				Spec: v1.ServiceSpec{Type: v1.ServiceTypeClusterIP, ClusterIP: "10.96.100.1", Ports: tt.ports}}
+			got := 0
+			for _, p := range allProbes([]*v1.Service{svc}, map[string][]*discovery.EndpointSlice{svc.Name: tt.slices}) {
+				if p.Phase == PhaseRestart {
+					got++
+				}
+			}
+			if got != tt.want {
+				t.Errorf("%d flows across the restart, want %d", got, tt.want)
+			}
+		})
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -49,6 +50,15 @@ type RunOptions struct {
 	// the kernel lab, where every probe waits longer, even more do.
 	Parallel int
 	Logf     func(format string, args ...any)
+}
+
+// endpointSlices are the scenarios' EndpointSlices by Service name.
+func (o RunOptions) endpointSlices() map[string][]*discovery.EndpointSlice {
+	byService := map[string][]*discovery.EndpointSlice{}
+	for _, sc := range o.Scenarios {
+		byService[sc.Name] = sc.Slices
+	}
+	return byService
 }
 
 // Proxies are the proxies compared, in the order they run.
@@ -108,7 +118,7 @@ func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 		}
 		m.Runs = append(m.Runs, *run)
 	}
-	all := allProbes(services)
+	all := allProbes(services, o.endpointSlices())
 	about := map[string][]string{}
 	for _, svc := range services {
 		about[svc.Name] = needles(svc)
@@ -204,7 +214,7 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 	run := &ProxyRun{Proxy: proxy, Outcomes: map[string]Outcome{}, SyncSeconds: time.Since(start).Seconds()}
 	o.Logf("%s %s: synced %d Services in %.1fs", proxy, o.Mode, len(services), run.SyncSeconds)
 	phases := map[string][]Probe{}
-	for _, p := range allProbes(services) {
+	for _, p := range allProbes(services, o.endpointSlices()) {
 		phases[p.Phase] = append(phases[p.Phase], p)
 	}
 	if err := probeInto(ctx, l, run, phases[""], o); err != nil {
@@ -365,6 +375,21 @@ func Guest(ctx context.Context, o RunOptions, kubeconfig, proxy, out string) (er
 	}
 	// The scenarios' order, which their names follow.
 	slices.SortFunc(services, func(a, b *v1.Service) int { return strings.Compare(a.Name, b.Name) })
+	// The scenarios' EndpointSlices, for the probes that depend on them.
+	epSlices, err := l.Client.DiscoveryV1().EndpointSlices(Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing the scenarios' EndpointSlices: %w", err)
+	}
+	o.Scenarios = nil
+	for _, svc := range services {
+		sc := Scenario{Name: svc.Name, Service: svc}
+		for i := range epSlices.Items {
+			if epSlices.Items[i].Labels[discovery.LabelServiceName] == svc.Name {
+				sc.Slices = append(sc.Slices, &epSlices.Items[i])
+			}
+		}
+		o.Scenarios = append(o.Scenarios, sc)
+	}
 	run, err := RunProxy(ctx, l, o, proxy, services)
 	if err != nil {
 		return err
