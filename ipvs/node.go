@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dummy"
 	"github.com/switchyard/switchyard/internal/sysctl"
@@ -68,10 +69,10 @@ func nodeSysctls(strictARP, ipv6 bool) []kernelParam {
 }
 
 // PrepareNode applies the sysctls IPVS mode depends on (for IPv6 too when ipv6 is set).
-func PrepareNode(strictARP, ipv6 bool) error {
+func PrepareNode(sys sysctl.Interface, strictARP, ipv6 bool, logger klog.Logger) error {
 	var errs []error
 	for _, s := range nodeSysctls(strictARP, ipv6) {
-		if err := sysctl.Ensure(s.path, s.value); err != nil {
+		if err := sysctl.Ensure(sys, s.path, s.value, logger); err != nil {
 			errs = append(errs, err)
 		}
 	}

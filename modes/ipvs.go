@@ -10,6 +10,7 @@ import (
 
 	"github.com/switchyard/switchyard/config"
 	"github.com/switchyard/switchyard/dummy"
+	"github.com/switchyard/switchyard/internal/sysctl"
 	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/proxier"
 )
@@ -83,7 +84,7 @@ func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interfa
 		// servers fails and says so on every sync.
 		logger.Error(err, "IPVS scheduler may be unavailable")
 	}
-	if err := ipvs.PrepareNode(cfg.IPVSStrictARP, ipv6); err != nil {
+	if err := ipvs.PrepareNode(sysctl.New(), cfg.IPVSStrictARP, ipv6, logger); err != nil {
 		// Like kube-proxy: a sysctl that cannot be set (read-only in an unprivileged
 		// container; the DaemonSet's --init-only container sets them) is worth a loud
 		// log line, not a node without Services.
