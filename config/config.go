@@ -18,9 +18,12 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/switchyard/switchyard/conntrack"
 )
 
 // IPVSSchedulers are the IPVS schedulers of Linux 6.1 (net/netfilter/ipvs/ip_vs_*.c);
@@ -51,12 +54,11 @@ type Config struct {
 	MetricsBindAddress string
 	HealthzBindAddress string
 	ServiceProxyName   string
-	// ConntrackMaxPerCore and ConntrackMin size nf_conntrack_max; a per-core value of 0
-	// leaves the kernel's limit alone.
-	ConntrackMaxPerCore int32
-	ConntrackMin        int32
-	OOMScoreAdj         int32
-	NodePortAddresses   []string
+	// Conntrack is kube-proxy's conntrack section (--conntrack-*), which
+	// conntrack.Configure applies at startup.
+	Conntrack         conntrack.Settings
+	OOMScoreAdj       int32
+	NodePortAddresses []string
 	// IPTablesLocalhostNodePorts is kube-proxy's iptables.localhostNodePorts: in
 	// iptables mode, NodePorts also answer on 127.0.0.1 when the IPv4 node-port
 	// addresses include loopback (see LocalhostNodePorts).
@@ -72,19 +74,25 @@ type Config struct {
 // Defaults are kube-proxy's defaults for the same settings.
 func Defaults() Config {
 	return Config{
-		Mode:                "iptables",
-		KubeAPIContentType:  "application/vnd.kubernetes.protobuf",
-		KubeAPIQPS:          5,
-		KubeAPIBurst:        10,
-		MasqueradeBit:       14,
-		SyncPeriod:          30 * time.Second,
-		MinSyncPeriod:       time.Second,
-		ConfigSyncPeriod:    15 * time.Minute,
-		MetricsBindAddress:  "127.0.0.1:10249",
-		HealthzBindAddress:  "0.0.0.0:10256",
-		ConntrackMaxPerCore: 32768,
-		ConntrackMin:        131072,
-		OOMScoreAdj:         -999,
+		Mode:               "iptables",
+		KubeAPIContentType: "application/vnd.kubernetes.protobuf",
+		KubeAPIQPS:         5,
+		KubeAPIBurst:       10,
+		MasqueradeBit:      14,
+		SyncPeriod:         30 * time.Second,
+		MinSyncPeriod:      time.Second,
+		ConfigSyncPeriod:   15 * time.Minute,
+		MetricsBindAddress: "127.0.0.1:10249",
+		HealthzBindAddress: "0.0.0.0:10256",
+		Conntrack: conntrack.Settings{
+			MaxPerCore: 32768,
+			Min:        131072,
+			// kube-proxy sets these two by default (its v1alpha1 defaults.go), and leaves
+			// the UDP timeouts and liberal mode alone.
+			TCPEstablishedTimeout: 24 * time.Hour,
+			TCPCloseWaitTimeout:   time.Hour,
+		},
+		OOMScoreAdj: -999,
 		// As kube-proxy defaults iptables.localhostNodePorts (its v1alpha1 defaults.go).
 		IPTablesLocalhostNodePorts: true,
 		IPVSScheduler:              "rr",
@@ -180,10 +188,10 @@ type flagValues struct {
 	masqAll, version, cleanup, initOnly, strictARP              bool
 	localhostNodePorts                                          bool
 	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
-	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj     int32
+	masqBit, oomScoreAdj                                        int32
 	nodePortAddresses                                           []string
+	conntrack                                                   conntrack.Settings
 	// Accepted for compatibility with kube-proxy command lines, and otherwise unused.
-	conntrackTimeouts         [4]time.Duration
 	bindAddress, featureGates string
 }
 
@@ -211,11 +219,14 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", d.MetricsBindAddress, "The IP address and port for the metrics server to serve on; empty disables it.")
 	fs.StringVar(&f.healthzAddr, "healthz-bind-address", d.HealthzBindAddress, "The IP address and port for the health check server to serve on; empty disables it.")
 	fs.StringVar(&f.proxyName, "service-proxy-name", "", "Serve only Services labelled service.kubernetes.io/service-proxy-name=<this>; by default only Services without the label.")
-	fs.Int32Var(&f.conntrackMaxPerCore, "conntrack-max-per-core", d.ConntrackMaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
-	fs.Int32Var(&f.conntrackMin, "conntrack-min", d.ConntrackMin, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core.")
-	for i, name := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout", "conntrack-udp-timeout-stream"} {
-		fs.DurationVar(&f.conntrackTimeouts[i], name, 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
-	}
+	// The conntrack flags have kube-proxy's help.
+	fs.Int32Var(&f.conntrack.MaxPerCore, "conntrack-max-per-core", d.Conntrack.MaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
+	fs.Int32Var(&f.conntrack.Min, "conntrack-min", d.Conntrack.Min, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core (set conntrack-max-per-core=0 to leave the limit as-is).")
+	fs.DurationVar(&f.conntrack.TCPEstablishedTimeout, "conntrack-tcp-timeout-established", d.Conntrack.TCPEstablishedTimeout, "Idle timeout for established TCP connections (0 to leave as-is)")
+	fs.DurationVar(&f.conntrack.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", d.Conntrack.TCPCloseWaitTimeout, "NAT timeout for TCP connections in the CLOSE_WAIT state")
+	fs.BoolVar(&f.conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", d.Conntrack.TCPBeLiberal, "Enable liberal mode for tracking TCP packets by setting nf_conntrack_tcp_be_liberal to 1")
+	fs.DurationVar(&f.conntrack.UDPTimeout, "conntrack-udp-timeout", d.Conntrack.UDPTimeout, "Idle timeout for UNREPLIED UDP connections (0 to leave as-is)")
+	fs.DurationVar(&f.conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream", d.Conntrack.UDPStreamTimeout, "Idle timeout for ASSURED UDP connections (0 to leave as-is)")
 	fs.Int32Var(&f.oomScoreAdj, "oom-score-adj", d.OOMScoreAdj, "The oom-score-adj value for the switchyard process, in [-1000, 1000].")
 	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "CIDRs or 'primary' selecting the node addresses NodePorts listen on.")
 	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
@@ -317,12 +328,30 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 		cfg.ServiceProxyName = f.proxyName
 	}
 	if set("conntrack-max-per-core") {
-		cfg.ConntrackMaxPerCore = f.conntrackMaxPerCore
-		check(inRange(int64(f.conntrackMaxPerCore), 0, 1<<31-1, "--conntrack-max-per-core"))
+		cfg.Conntrack.MaxPerCore = f.conntrack.MaxPerCore
+		check(inRange(int64(f.conntrack.MaxPerCore), 0, 1<<31-1, "--conntrack-max-per-core"))
 	}
 	if set("conntrack-min") {
-		cfg.ConntrackMin = f.conntrackMin
-		check(inRange(int64(f.conntrackMin), 0, 1<<31-1, "--conntrack-min"))
+		cfg.Conntrack.Min = f.conntrack.Min
+		check(inRange(int64(f.conntrack.Min), 0, 1<<31-1, "--conntrack-min"))
+	}
+	for _, t := range []struct {
+		flag  string
+		value time.Duration
+		to    *time.Duration
+	}{
+		{"conntrack-tcp-timeout-established", f.conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout},
+		{"conntrack-tcp-timeout-close-wait", f.conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout},
+		{"conntrack-udp-timeout", f.conntrack.UDPTimeout, &cfg.Conntrack.UDPTimeout},
+		{"conntrack-udp-timeout-stream", f.conntrack.UDPStreamTimeout, &cfg.Conntrack.UDPStreamTimeout},
+	} {
+		if set(t.flag) {
+			*t.to = t.value
+			check(nonNegative(t.value, "--"+t.flag))
+		}
+	}
+	if set("conntrack-tcp-be-liberal") {
+		cfg.Conntrack.TCPBeLiberal = f.conntrack.TCPBeLiberal
 	}
 	if set("oom-score-adj") {
 		cfg.OOMScoreAdj = f.oomScoreAdj
@@ -444,12 +473,32 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		cfg.IPVSStrictARP = true
 	}
 	if v := file.Conntrack.MaxPerCore; v != nil {
-		cfg.ConntrackMaxPerCore = *v
+		cfg.Conntrack.MaxPerCore = *v
 		check(inRange(int64(*v), 0, 1<<31-1, where("conntrack.maxPerCore")))
 	}
 	if v := file.Conntrack.Min; v != nil {
-		cfg.ConntrackMin = *v
+		cfg.Conntrack.Min = *v
 		check(inRange(int64(*v), 0, 1<<31-1, where("conntrack.min")))
+	}
+	for _, t := range []struct {
+		field string
+		value *metav1.Duration // nil when the file does not give it
+		to    *time.Duration
+	}{
+		// The TCP timeouts are pointers, so that 0 (leave it alone) differs from unset
+		// (kube-proxy's default); the UDP ones are not, and their default is 0.
+		{"conntrack.tcpEstablishedTimeout", file.Conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout},
+		{"conntrack.tcpCloseWaitTimeout", file.Conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout},
+		{"conntrack.udpTimeout", nonZero(file.Conntrack.UDPTimeout), &cfg.Conntrack.UDPTimeout},
+		{"conntrack.udpStreamTimeout", nonZero(file.Conntrack.UDPStreamTimeout), &cfg.Conntrack.UDPStreamTimeout},
+	} {
+		if t.value != nil {
+			*t.to = t.value.Duration
+			check(nonNegative(t.value.Duration, where(t.field)))
+		}
+	}
+	if file.Conntrack.TCPBeLiberal {
+		cfg.Conntrack.TCPBeLiberal = true
 	}
 	if v := file.OOMScoreAdj; v != nil {
 		cfg.OOMScoreAdj = *v
@@ -460,6 +509,15 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		check(validateNodePortAddresses(file.NodePortAddresses, where("nodePortAddresses")))
 	}
 	return errs
+}
+
+// nonZero is a duration of the file that is no pointer, nil when it is 0: a value only
+// the default has.
+func nonZero(d metav1.Duration) *metav1.Duration {
+	if d.Duration == 0 {
+		return nil
+	}
+	return &d
 }
 
 // syncPeriods are the sync periods of one section of a KubeProxyConfiguration.

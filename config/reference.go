@@ -90,16 +90,15 @@ const (
 	nodePortAddrsKP   = "CIDRs selecting the node addresses NodePorts answer on, or `primary` (the Node's primary IPs). Default: every address."
 	nodePortAddrsSY   = "`Config.NodePortPrefixes` → both modes. Difference: `primary` selects every non-loopback address, not only the primary IPs."
 	oomKP             = "The process's oom_score_adj, in [-1000, 1000]. Default -999."
-	oomSY             = "`tuneNode` (cmd/switchyard/main.go)."
+	oomSY             = "`setOOMScoreAdj` (cmd/switchyard/main.go)."
 	conntrackMaxKP    = "Sets nf_conntrack_max to max(maxPerCore × CPUs, min), raising the hash size too, and fails startup if it cannot (except on a read-only /sys); maxPerCore 0 leaves it alone. Defaults 32768 and 131072."
-	conntrackMaxSY    = "`tuneNode` (cmd/switchyard/main.go). Differences: never lowers the limit, leaves the hash size alone, counts CPUs with runtime.NumCPU, and a failure is only logged."
 	tcpEstablishedKP  = "Sets nf_conntrack_tcp_timeout_established; 0 leaves it alone. Default 24h, so kube-proxy sets it by default."
 	tcpCloseWaitKP    = "Sets nf_conntrack_tcp_timeout_close_wait; 0 leaves it alone. Default 1h, so kube-proxy sets it by default."
 	tcpBeLiberalKP    = "If true, sets nf_conntrack_tcp_be_liberal to 1. Default false."
-	tcpBeLiberalSY    = "switchyard only reads the sysctl (to leave out the INVALID-drop rule when it is on, as kube-proxy does)."
+	tcpBeLiberalSY    = conntrackSY + " Set before iptables mode reads it (to leave out the INVALID-drop rule when it is on), as kube-proxy does."
 	udpTimeoutKP      = "Sets nf_conntrack_udp_timeout; 0 (default) leaves it alone."
 	udpStreamKP       = "Sets nf_conntrack_udp_timeout_stream; 0 (default) leaves it alone."
-	conntrackSY       = "switchyard leaves conntrack timeouts to the kernel."
+	conntrackSY       = "`Config.Conntrack` → `conntrack.Configure` (conntrack/settings.go), at startup and with `--init-only`."
 	configSyncKP      = "The resync period of the Service, EndpointSlice and Node informers. Default 15m."
 	configSyncSY      = "`Config.ConfigSyncPeriod` → `proxier.Watch`."
 	syncAliasSY       = "Sets `Config.SyncPeriod` (the proxier's full-sync bound). Difference: applied whatever the mode."
@@ -169,13 +168,13 @@ var Flags = []Setting{
 	{"cluster-cidr", Implemented, clusterCIDRKP, clusterCIDRSY},
 	{"nodeport-addresses", Implemented, nodePortAddrsKP, nodePortAddrsSY},
 	{"oom-score-adj", Implemented, oomKP, oomSY},
-	{"conntrack-max-per-core", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack-min", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack-tcp-timeout-established", Ignored, tcpEstablishedKP, conntrackSY},
-	{"conntrack-tcp-timeout-close-wait", Ignored, tcpCloseWaitKP, conntrackSY},
-	{"conntrack-tcp-be-liberal", Unparsed, tcpBeLiberalKP, tcpBeLiberalSY},
-	{"conntrack-udp-timeout", Ignored, udpTimeoutKP, conntrackSY},
-	{"conntrack-udp-timeout-stream", Ignored, udpStreamKP, conntrackSY},
+	{"conntrack-max-per-core", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack-min", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack-tcp-timeout-established", Implemented, tcpEstablishedKP, conntrackSY},
+	{"conntrack-tcp-timeout-close-wait", Implemented, tcpCloseWaitKP, conntrackSY},
+	{"conntrack-tcp-be-liberal", Implemented, tcpBeLiberalKP, tcpBeLiberalSY},
+	{"conntrack-udp-timeout", Implemented, udpTimeoutKP, conntrackSY},
+	{"conntrack-udp-timeout-stream", Implemented, udpStreamKP, conntrackSY},
 	{"config-sync-period", Implemented, configSyncKP, configSyncSY},
 	{"healthz-port", Unparsed, "Deprecated and hidden: without `--config`, the port of the health server; 0 disables it. Default 10256.", ""},
 	{"metrics-port", Unparsed, "Deprecated and hidden: without `--config`, the port of the metrics server; 0 disables it. Default 10249.", ""},
@@ -255,13 +254,13 @@ var Fields = []Setting{
 	{"clusterCIDR", Implemented, clusterCIDRKP, clusterCIDRSY},
 	{"nodePortAddresses", Implemented, nodePortAddrsKP, nodePortAddrsSY},
 	{"oomScoreAdj", Implemented, oomKP, oomSY},
-	{"conntrack.maxPerCore", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack.min", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack.tcpEstablishedTimeout", Ignored, tcpEstablishedKP, conntrackSY},
-	{"conntrack.tcpCloseWaitTimeout", Ignored, tcpCloseWaitKP, conntrackSY},
-	{"conntrack.tcpBeLiberal", Ignored, tcpBeLiberalKP, tcpBeLiberalSY},
-	{"conntrack.udpTimeout", Ignored, udpTimeoutKP, conntrackSY},
-	{"conntrack.udpStreamTimeout", Ignored, udpStreamKP, conntrackSY},
+	{"conntrack.maxPerCore", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack.min", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack.tcpEstablishedTimeout", Implemented, tcpEstablishedKP, conntrackSY},
+	{"conntrack.tcpCloseWaitTimeout", Implemented, tcpCloseWaitKP, conntrackSY},
+	{"conntrack.tcpBeLiberal", Implemented, tcpBeLiberalKP, tcpBeLiberalSY},
+	{"conntrack.udpTimeout", Implemented, udpTimeoutKP, conntrackSY},
+	{"conntrack.udpStreamTimeout", Implemented, udpStreamKP, conntrackSY},
 	{"configSyncPeriod", Implemented, configSyncKP, configSyncSY},
 	{"portRange", NoEffect, "Unused since the userspace proxy was removed.", "Never read."},
 	{"windowsRunAsService", NoEffect, windowsKP, windowsSY},
