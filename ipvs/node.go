@@ -1,7 +1,6 @@
 package ipvs
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -68,15 +67,17 @@ func nodeSysctls(strictARP, ipv6 bool) []kernelParam {
 	return s
 }
 
-// PrepareNode applies the sysctls IPVS mode depends on (for IPv6 too when ipv6 is set).
+// PrepareNode applies the sysctls IPVS mode depends on (for IPv6 too when ipv6 is set),
+// as kube-proxy's IPVS NewProxier does: the first that cannot be set is returned, and the
+// proxy does not start. A sysctl that holds its value already is not written, so a proxy
+// whose /proc/sys is read-only starts once --init-only has set them.
 func PrepareNode(sys sysctl.Interface, strictARP, ipv6 bool, logger klog.Logger) error {
-	var errs []error
 	for _, s := range nodeSysctls(strictARP, ipv6) {
 		if err := sysctl.Ensure(sys, s.path, s.value, logger); err != nil {
-			errs = append(errs, err)
+			return err
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Device is the backend's boundary to kube-ipvs0, the dummy device Service addresses are

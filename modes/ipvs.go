@@ -66,14 +66,13 @@ func newIPVSBackend(ctx context.Context, cfg config.Config, env Env) (proxier.Ba
 
 // initIPVSNode loads the ip_vs module and sets the IPVS sysctls of one IP family.
 func initIPVSNode(cfg config.Config, family proxier.Family, logger klog.Logger) error {
-	if _, err := prepareIPVS(cfg, family == proxier.IPv6, logger); err != nil {
-		return fmt.Errorf("IPVS is not available: %w", err)
-	}
-	return nil
+	_, err := prepareIPVS(cfg, family == proxier.IPv6, logger)
+	return err
 }
 
 // prepareIPVS opens IPVS, which loads the ip_vs module when it can, then checks the
-// scheduler and applies the sysctls that exist only once the module is loaded.
+// scheduler and applies the sysctls that exist only once the module is loaded; a sysctl
+// that cannot be set stops the proxy, as in kube-proxy.
 func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interface, error) {
 	handle, err := ipvs.New()
 	if err != nil {
@@ -85,10 +84,7 @@ func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interfa
 		logger.Error(err, "IPVS scheduler may be unavailable")
 	}
 	if err := ipvs.PrepareNode(sysctl.New(), cfg.IPVSStrictARP, ipv6, logger); err != nil {
-		// Like kube-proxy: a sysctl that cannot be set (read-only in an unprivileged
-		// container; the DaemonSet's --init-only container sets them) is worth a loud
-		// log line, not a node without Services.
-		logger.Error(err, "Some IPVS sysctls could not be set")
+		return nil, fmt.Errorf("IPVS mode's sysctls: %w", err)
 	}
 	return handle, nil
 }

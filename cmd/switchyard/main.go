@@ -273,8 +273,8 @@ const canaryInterval = 5 * time.Second
 
 // initNode makes the node settings that take full root privileges, like kube-proxy's
 // --init-only: the DaemonSet runs it in a privileged init container, so that the proxy
-// itself runs with NET_ADMIN and NET_RAW only. The conntrack settings stop it as they
-// stop the proxy; the mode's steps are best effort.
+// itself runs with NET_ADMIN and NET_RAW only. A setting that fails stops it, as it would
+// stop the proxy, and as kube-proxy's --init-only stops.
 func initNode(cfg config.Config, mode modes.Mode, flavor iptables.Flavor, logger klog.Logger) error {
 	if err := configureConntrack(cfg, logger); err != nil {
 		return err
@@ -282,7 +282,7 @@ func initNode(cfg config.Config, mode modes.Mode, flavor iptables.Flavor, logger
 	if mode.InitNode != nil {
 		for _, family := range families(flavor, logger) {
 			if err := mode.InitNode(cfg, family, logger); err != nil {
-				logger.Error(err, "Could not prepare the node for the proxy mode", "mode", mode.Name, "ipFamily", family.String())
+				return fmt.Errorf("preparing the node for %s mode (%s): %w", mode.Name, family.String(), err)
 			}
 		}
 	}
