@@ -255,7 +255,7 @@ func newIPVSUnderTest(floorNetns string) (*underTest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ipvs.PrepareNode(sysctl.New(), false, false, logr.Discard()); err != nil {
+	if err := ipvs.PrepareNode(sysctl.New(), handle, ipvs.NodeConfig{}, logr.Discard()); err != nil {
 		return nil, err
 	}
 	dev, err := dummy.Ensure(dummy.DefaultName)

@@ -65,6 +65,9 @@ type Config struct {
 	IPTablesLocalhostNodePorts bool
 	IPVSScheduler              string
 	IPVSStrictARP              bool
+	// IPVSTCPTimeout, IPVSTCPFinTimeout and IPVSUDPTimeout are the IPVS connection
+	// timeouts IPVS mode sets at startup (ipvsadm --set); 0 leaves one as it is.
+	IPVSTCPTimeout, IPVSTCPFinTimeout, IPVSUDPTimeout time.Duration
 	// Cleanup asks to remove everything switchyard owns on the node and exit.
 	Cleanup bool
 	// InitOnly asks to make the node settings that need full privileges and exit.
@@ -169,6 +172,10 @@ func Parse(args, modes []string, output io.Writer) (*Parsed, error) {
 		}
 		cfg.NodeName = strings.ToLower(strings.TrimSpace(host))
 	}
+	if cfg.Mode != ipvsMode {
+		// kube-proxy checks its ipvs section in mode ipvs only, the one mode that reads it.
+		errs = slices.DeleteFunc(errs, func(err error) bool { return errors.As(err, new(ipvsSectionError)) })
+	}
 	if cfg.MinSyncPeriod > cfg.SyncPeriod {
 		errs = append(errs, fmt.Errorf("--min-sync-period (%s) must not exceed --sync-period (%s)", cfg.MinSyncPeriod, cfg.SyncPeriod))
 	}
@@ -188,6 +195,7 @@ type flagValues struct {
 	masqAll, version, cleanup, initOnly, strictARP              bool
 	localhostNodePorts                                          bool
 	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
+	ipvsTCPTimeout, ipvsTCPFinTimeout, ipvsUDPTimeout           time.Duration
 	masqBit, oomScoreAdj                                        int32
 	nodePortAddresses                                           []string
 	conntrack                                                   conntrack.Settings
@@ -231,6 +239,10 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "CIDRs or 'primary' selecting the node addresses NodePorts listen on.")
 	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
 	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
+	// As kube-proxy's, with its help.
+	fs.DurationVar(&f.ipvsTCPTimeout, "ipvs-tcp-timeout", d.IPVSTCPTimeout, "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&f.ipvsTCPFinTimeout, "ipvs-tcpfin-timeout", d.IPVSTCPFinTimeout, "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&f.ipvsUDPTimeout, "ipvs-udp-timeout", d.IPVSUDPTimeout, "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
 	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility and ignored (docs/configuration.md).")
 	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
 	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", d.IPTablesLocalhostNodePorts, "If false, NodePorts are not served on 127.0.0.1. (iptables mode and IPv4 only: localhost NodePorts are never served in IPVS mode or over IPv6.) When served, net.ipv4.conf.all.route_localnet is set to 1.")
@@ -339,15 +351,19 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 		flag  string
 		value time.Duration
 		to    *time.Duration
+		ipvs  bool // checked in mode ipvs only
 	}{
-		{"conntrack-tcp-timeout-established", f.conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout},
-		{"conntrack-tcp-timeout-close-wait", f.conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout},
-		{"conntrack-udp-timeout", f.conntrack.UDPTimeout, &cfg.Conntrack.UDPTimeout},
-		{"conntrack-udp-timeout-stream", f.conntrack.UDPStreamTimeout, &cfg.Conntrack.UDPStreamTimeout},
+		{"conntrack-tcp-timeout-established", f.conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout, false},
+		{"conntrack-tcp-timeout-close-wait", f.conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout, false},
+		{"conntrack-udp-timeout", f.conntrack.UDPTimeout, &cfg.Conntrack.UDPTimeout, false},
+		{"conntrack-udp-timeout-stream", f.conntrack.UDPStreamTimeout, &cfg.Conntrack.UDPStreamTimeout, false},
+		{"ipvs-tcp-timeout", f.ipvsTCPTimeout, &cfg.IPVSTCPTimeout, true},
+		{"ipvs-tcpfin-timeout", f.ipvsTCPFinTimeout, &cfg.IPVSTCPFinTimeout, true},
+		{"ipvs-udp-timeout", f.ipvsUDPTimeout, &cfg.IPVSUDPTimeout, true},
 	} {
 		if set(t.flag) {
 			*t.to = t.value
-			check(nonNegative(t.value, "--"+t.flag))
+			check(ipvsSectionIf(t.ipvs, nonNegative(t.value, "--"+t.flag)))
 		}
 	}
 	if set("conntrack-tcp-be-liberal") {
@@ -484,17 +500,21 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		field string
 		value *metav1.Duration // nil when the file does not give it
 		to    *time.Duration
+		ipvs  bool // checked in mode ipvs only
 	}{
-		// The TCP timeouts are pointers, so that 0 (leave it alone) differs from unset
-		// (kube-proxy's default); the UDP ones are not, and their default is 0.
-		{"conntrack.tcpEstablishedTimeout", file.Conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout},
-		{"conntrack.tcpCloseWaitTimeout", file.Conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout},
-		{"conntrack.udpTimeout", nonZero(file.Conntrack.UDPTimeout), &cfg.Conntrack.UDPTimeout},
-		{"conntrack.udpStreamTimeout", nonZero(file.Conntrack.UDPStreamTimeout), &cfg.Conntrack.UDPStreamTimeout},
+		// The conntrack TCP timeouts are pointers, so that 0 (leave it alone) differs
+		// from unset (kube-proxy's default); the others are not, and their default is 0.
+		{"conntrack.tcpEstablishedTimeout", file.Conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout, false},
+		{"conntrack.tcpCloseWaitTimeout", file.Conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout, false},
+		{"conntrack.udpTimeout", nonZero(file.Conntrack.UDPTimeout), &cfg.Conntrack.UDPTimeout, false},
+		{"conntrack.udpStreamTimeout", nonZero(file.Conntrack.UDPStreamTimeout), &cfg.Conntrack.UDPStreamTimeout, false},
+		{"ipvs.tcpTimeout", nonZero(file.IPVS.TCPTimeout), &cfg.IPVSTCPTimeout, true},
+		{"ipvs.tcpFinTimeout", nonZero(file.IPVS.TCPFinTimeout), &cfg.IPVSTCPFinTimeout, true},
+		{"ipvs.udpTimeout", nonZero(file.IPVS.UDPTimeout), &cfg.IPVSUDPTimeout, true},
 	} {
 		if t.value != nil {
 			*t.to = t.value.Duration
-			check(nonNegative(t.value.Duration, where(t.field)))
+			check(ipvsSectionIf(t.ipvs, nonNegative(t.value.Duration, where(t.field))))
 		}
 	}
 	if file.Conntrack.TCPBeLiberal {
@@ -509,6 +529,23 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		check(validateNodePortAddresses(file.NodePortAddresses, where("nodePortAddresses")))
 	}
 	return errs
+}
+
+// ipvsMode is the proxy mode that reads the ipvs section of the configuration.
+const ipvsMode = "ipvs"
+
+// ipvsSectionError is a bad setting of the ipvs section (other than the scheduler), which
+// kube-proxy's validation reports in mode ipvs only.
+type ipvsSectionError struct{ error }
+
+func (e ipvsSectionError) Unwrap() error { return e.error }
+
+// ipvsSectionIf marks err, when there is one, as an ipvsSectionError when inIPVS is set.
+func ipvsSectionIf(inIPVS bool, err error) error {
+	if err == nil || !inIPVS {
+		return err
+	}
+	return ipvsSectionError{err}
 }
 
 // nonZero is a duration of the file that is no pointer, nil when it is 0: a value only

@@ -60,6 +60,13 @@ conntrack:
   tcpBeLiberal: true
   udpTimeout: 45s
 `)
+	ipvsFile := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+ipvs:
+  tcpTimeout: 2h
+  udpTimeout: 45s
+`)
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
 	tests := []struct {
@@ -126,6 +133,18 @@ conntrack:
 		{name: "conntrack flags override the file", args: []string{"--config=" + conntrackFile, "--hostname-override=node-a",
 			"--conntrack-tcp-timeout-established=3h", "--conntrack-tcp-be-liberal=false", "--conntrack-udp-timeout=0"}, want: func(c *Config) {
 			c.Conntrack.TCPEstablishedTimeout = 3 * time.Hour
+		}},
+		{name: "IPVS timeouts by flag", args: []string{"--hostname-override=node-a", "--proxy-mode=ipvs", "--ipvs-tcp-timeout=2h", "--ipvs-tcpfin-timeout=30s", "--ipvs-udp-timeout=45s"}, want: func(c *Config) {
+			c.Mode = "ipvs"
+			c.IPVSTCPTimeout, c.IPVSTCPFinTimeout, c.IPVSUDPTimeout = 2*time.Hour, 30*time.Second, 45*time.Second
+		}},
+		{name: "IPVS timeouts in the file, one overridden", args: []string{"--config=" + ipvsFile, "--hostname-override=node-a", "--ipvs-udp-timeout=0"}, want: func(c *Config) {
+			c.Mode = "ipvs"
+			c.IPVSTCPTimeout = 2 * time.Hour
+		}},
+		// kube-proxy's validation checks the ipvs section in mode ipvs only.
+		{name: "a negative IPVS timeout outside mode ipvs", args: []string{"--hostname-override=node-a", "--ipvs-tcp-timeout=-1s"}, want: func(c *Config) {
+			c.IPVSTCPTimeout = -time.Second
 		}},
 		{name: "explicit flags override the file", args: []string{"--config=" + file, "--hostname-override=node-a", "--sync-period=50s", "--metrics-bind-address="}, want: func(c *Config) {
 			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
@@ -204,6 +223,7 @@ func TestParseInvalid(t *testing.T) {
 	badKind := writeFile(t, "apiVersion: v1\nkind: ConfigMap\n")
 	badValue := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nclusterCIDR: nope\n")
 	badBurst := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection:\n  burst: -1\n")
+	badIPVS := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  tcpFinTimeout: -5s\n")
 	badConntrack := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nconntrack:\n  tcpCloseWaitTimeout: -1h\n  udpStreamTimeout: -2s\n")
 	tests := []struct {
 		name string
@@ -222,6 +242,8 @@ func TestParseInvalid(t *testing.T) {
 		{"negative conntrack", []string{"--conntrack-max-per-core=-1"}, []string{"--conntrack-max-per-core"}},
 		{"negative conntrack timeout", []string{"--conntrack-tcp-timeout-established=-1s"}, []string{"--conntrack-tcp-timeout-established", `"-1s"`, "0 or greater"}},
 		{"negative conntrack UDP timeout", []string{"--conntrack-udp-timeout=-30s"}, []string{"--conntrack-udp-timeout", `"-30s"`, "0 or greater"}},
+		{"negative IPVS timeout in mode ipvs", []string{"--proxy-mode=ipvs", "--ipvs-udp-timeout=-1m"}, []string{"--ipvs-udp-timeout", `"-1m0s"`, "0 or greater"}},
+		{"negative IPVS timeout in the file of mode ipvs", []string{"--config=" + badIPVS}, []string{"ipvs.tcpFinTimeout (in " + badIPVS + ")", `"-5s"`}},
 		{"negative conntrack timeouts in file", []string{"--config=" + badConntrack}, []string{"conntrack.tcpCloseWaitTimeout (in " + badConntrack + ")", `"-1h0m0s"`,
 			"conntrack.udpStreamTimeout (in " + badConntrack + ")", `"-2s"`}},
 		{"bad nodeport address", []string{"--nodeport-addresses=10.0.0.0/8,eth0"}, []string{"--nodeport-addresses", `"eth0"`, "primary"}},

@@ -78,8 +78,7 @@ const (
 	excludeCIDRsSY    = "switchyard removes only the virtual servers it made, whatever their address."
 	strictARPKP       = "In IPVS mode, sets `arp_ignore=1` and `arp_announce=2`. Default false."
 	strictARPSY       = "`Config.IPVSStrictARP` → `ipvs.PrepareNode` (modes/ipvs.go)."
-	ipvsTimeoutKP     = "In IPVS mode, sets this IPVS connection timeout (`ipvsadm --set`); 0 (default) leaves it as is."
-	ipvsTimeoutSY     = "switchyard leaves the IPVS timeouts as they are."
+	ipvsTimeoutSY     = "`Config.IPVS*Timeout` → `ipvs.PrepareNode` (modes/ipvs.go) over netlink, at startup and with `--init-only`."
 	detectLocalModeKP = "How traffic from local pods is told apart (it is not masqueraded): `ClusterCIDR` (default), `NodeCIDR`, `BridgeInterface`, `InterfaceNamePrefix`."
 	detectLocalModeSY = "switchyard always behaves as `ClusterCIDR` (with `--cluster-cidr`), whatever is given."
 	bridgeKP          = "With detect-local-mode `BridgeInterface`, traffic from this bridge is local."
@@ -126,6 +125,11 @@ const (
 	logFlagsSY        = "Not defined: switchyard logs klog's text format."
 )
 
+// ipvsTimeoutKP is what kube-proxy does with one of the IPVS timeouts.
+func ipvsTimeoutKP(of string) string {
+	return "In IPVS mode, sets IPVS's timeout of " + of + " (`ipvsadm --set`) at startup, and only logs a failure; 0 (default) leaves it as is. A negative one is refused, in IPVS mode only."
+}
+
 // Flags are kube-proxy v1.35's command-line flags on Linux, in the order kube-proxy
 // defines them (cmd/kube-proxy/app/options.go, then the logging flags of
 // k8s.io/component-base/logs/api/v1, then those the command gets elsewhere).
@@ -159,9 +163,9 @@ var Flags = []Setting{
 	{"ipvs-scheduler", Implemented, schedulerKP, schedulerSY},
 	{"ipvs-exclude-cidrs", Unparsed, excludeCIDRsKP, ""},
 	{"ipvs-strict-arp", Implemented, strictARPKP, strictARPSY},
-	{"ipvs-tcp-timeout", Unparsed, ipvsTimeoutKP + " (idle TCP)", ""},
-	{"ipvs-tcpfin-timeout", Unparsed, ipvsTimeoutKP + " (TCP after FIN)", ""},
-	{"ipvs-udp-timeout", Unparsed, ipvsTimeoutKP + " (UDP)", ""},
+	{"ipvs-tcp-timeout", Implemented, ipvsTimeoutKP("idle TCP connections"), ipvsTimeoutSY},
+	{"ipvs-tcpfin-timeout", Implemented, ipvsTimeoutKP("TCP connections after a FIN"), ipvsTimeoutSY},
+	{"ipvs-udp-timeout", Implemented, ipvsTimeoutKP("UDP flows"), ipvsTimeoutSY},
 	{"detect-local-mode", Unparsed, detectLocalModeKP, ""},
 	{"pod-bridge-interface", Unparsed, bridgeKP, ""},
 	{"pod-interface-name-prefix", Unparsed, prefixKP, ""},
@@ -236,9 +240,9 @@ var Fields = []Setting{
 	{"ipvs.scheduler", Implemented, schedulerKP, schedulerSY},
 	{"ipvs.excludeCIDRs", Ignored, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs.strictARP", Implemented, strictARPKP, strictARPSY},
-	{"ipvs.tcpTimeout", Ignored, ipvsTimeoutKP + " (idle TCP)", ipvsTimeoutSY},
-	{"ipvs.tcpFinTimeout", Ignored, ipvsTimeoutKP + " (TCP after FIN)", ipvsTimeoutSY},
-	{"ipvs.udpTimeout", Ignored, ipvsTimeoutKP + " (UDP)", ipvsTimeoutSY},
+	{"ipvs.tcpTimeout", Implemented, ipvsTimeoutKP("idle TCP connections"), ipvsTimeoutSY},
+	{"ipvs.tcpFinTimeout", Implemented, ipvsTimeoutKP("TCP connections after a FIN"), ipvsTimeoutSY},
+	{"ipvs.udpTimeout", Implemented, ipvsTimeoutKP("UDP flows"), ipvsTimeoutSY},
 	{"nftables.masqueradeBit", NoEffect, nftablesKP, nftablesSY},
 	{"nftables.masqueradeAll", NoEffect, nftablesKP, nftablesSY},
 	{"nftables.syncPeriod", NoEffect, nftablesKP, nftablesSY},

@@ -287,3 +287,46 @@ func TestBackendInKernel(t *testing.T) {
 		t.Errorf("cleanup: ipsets left (err %v): %s", err, out)
 	}
 }
+
+// ipvsTimeouts reads IPVS's connection timeouts back with ipvsadm.
+func ipvsTimeouts(t *testing.T) Timeouts {
+	t.Helper()
+	// "Timeout (tcp tcpfin udp): 900 120 300"
+	out := strings.TrimSpace(run(t, "ipvsadm", "-L", "--timeout"))
+	var tcp, tcpFin, udp int
+	if _, err := fmt.Sscanf(out[strings.LastIndex(out, ":")+1:], "%d %d %d", &tcp, &tcpFin, &udp); err != nil {
+		t.Fatalf("ipvsadm -L --timeout: %q: %v", out, err)
+	}
+	return Timeouts{TCP: time.Duration(tcp) * time.Second, TCPFin: time.Duration(tcpFin) * time.Second, UDP: time.Duration(udp) * time.Second}
+}
+
+// TestTimeoutsInKernel sets IPVS's connection timeouts over netlink, as kube-proxy's
+// ConfigureTimeouts does, and reads them back with ipvsadm: those given are set in whole
+// seconds, and one given as 0 is left as it was.
+func TestTimeoutsInKernel(t *testing.T) {
+	requireIPVS(t)
+	handle, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ipvsTimeouts(t)
+	t.Cleanup(func() {
+		if err := handle.ConfigureTimeouts(before); err != nil {
+			t.Errorf("restoring the IPVS timeouts: %v", err)
+		}
+	})
+	if err := handle.ConfigureTimeouts(Timeouts{TCP: 2*time.Hour + 500*time.Millisecond, UDP: 45 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	want := Timeouts{TCP: 2 * time.Hour, TCPFin: before.TCPFin, UDP: 45 * time.Second}
+	if got := ipvsTimeouts(t); got != want {
+		t.Errorf("after setting the TCP and UDP timeouts: ipvsadm shows %+v, want %+v", got, want)
+	}
+	if err := handle.ConfigureTimeouts(Timeouts{TCPFin: 30 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	want.TCPFin = 30 * time.Second
+	if got := ipvsTimeouts(t); got != want {
+		t.Errorf("after setting the FIN timeout alone: ipvsadm shows %+v, want %+v", got, want)
+	}
+}

@@ -1,15 +1,19 @@
 package ipvs_test
 
 import (
+	"fmt"
 	"maps"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/internal/sysctl/sysctltest"
 	"github.com/switchyard/switchyard/ipvs"
+	"github.com/switchyard/switchyard/ipvs/ipvstest"
 )
 
 // The sysctls IPVS mode sets, as under /proc/sys.
@@ -33,29 +37,34 @@ func kernelDefaults() map[string]string {
 }
 
 // TestPrepareNode follows kube-proxy's IPVS NewProxier: the sysctls it sets, strict ARP's
-// two, and a sysctl that cannot be set stopping the proxy at once.
+// two, a sysctl that cannot be set stopping the proxy at once, and the IPVS timeouts.
 func TestPrepareNode(t *testing.T) {
 	always := map[string]string{vsConntrack: "1", expireNodest: "1", expireQuiescent: "1", ipForward: "1"}
 	tests := []struct {
-		name            string
-		strictARP, ipv6 bool
-		readOnly        []string
-		// set are the sysctls that must end up changed; wantErr, when set, is what the
-		// error must say.
-		set     map[string]string
-		wantErr string
+		name     string
+		node     ipvs.NodeConfig
+		readOnly []string
+		// set are the sysctls that must end up changed, timeouts the IPVS timeouts;
+		// wantErr, when set, is what the error must say.
+		set      map[string]string
+		timeouts ipvs.Timeouts
+		wantErr  string
 	}{
-		{name: "IPv4", set: always},
-		{name: "strict ARP", strictARP: true, set: union(always, map[string]string{arpIgnore: "1", arpAnnounce: "2"})},
-		{name: "IPv6", ipv6: true, set: union(always, map[string]string{ipv6Forwarding: "1"})},
-		{name: "a sysctl that cannot be set stops the proxy, and those after it are not tried", readOnly: []string{expireNodest},
-			set: map[string]string{vsConntrack: "1"}, wantErr: "setting net.ipv4.vs.expire_nodest_conn=1 (it is 0)"},
+		{name: "IPv4", set: always, timeouts: ipvstest.DefaultTimeouts},
+		{name: "strict ARP", node: ipvs.NodeConfig{StrictARP: true}, set: union(always, map[string]string{arpIgnore: "1", arpAnnounce: "2"}), timeouts: ipvstest.DefaultTimeouts},
+		{name: "IPv6", node: ipvs.NodeConfig{IPv6: true}, set: union(always, map[string]string{ipv6Forwarding: "1"}), timeouts: ipvstest.DefaultTimeouts},
+		{name: "timeouts: those given are set, in whole seconds", node: ipvs.NodeConfig{Timeouts: ipvs.Timeouts{TCP: 2*time.Hour + 300*time.Millisecond, UDP: 45 * time.Second}},
+			set: always, timeouts: ipvs.Timeouts{TCP: 2 * time.Hour, TCPFin: ipvstest.DefaultTimeouts.TCPFin, UDP: 45 * time.Second}},
+		{name: "a sysctl that cannot be set stops the proxy, and neither the sysctls after it nor the timeouts are set",
+			node: ipvs.NodeConfig{Timeouts: ipvs.Timeouts{TCPFin: time.Minute}}, readOnly: []string{expireNodest},
+			set: map[string]string{vsConntrack: "1"}, timeouts: ipvstest.DefaultTimeouts, wantErr: "setting net.ipv4.vs.expire_nodest_conn=1 (it is 0)"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			sys := sysctltest.NewFake(kernelDefaults())
 			sys.SetReadOnly(tc.readOnly...)
-			err := ipvs.PrepareNode(sys, tc.strictARP, tc.ipv6, klog.Background())
+			table := ipvstest.NewIPVS()
+			err := ipvs.PrepareNode(sys, table, tc.node, klog.Background())
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Errorf("PrepareNode = %v, want error %q", err, tc.wantErr)
 			}
@@ -67,7 +76,28 @@ func TestPrepareNode(t *testing.T) {
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("sysctls (-want +got):\n%s", diff)
 			}
+			if got := table.Timeouts(); got != tc.timeouts {
+				t.Errorf("IPVS timeouts %+v, want %+v", got, tc.timeouts)
+			}
 		})
+	}
+}
+
+// refusingTimeouts is an IPVS table whose kernel refuses the timeouts given (above
+// INT_MAX/HZ seconds, EINVAL).
+type refusingTimeouts struct{ *ipvstest.IPVS }
+
+func (refusingTimeouts) ConfigureTimeouts(ipvs.Timeouts) error {
+	return fmt.Errorf("setting the IPVS timeouts: %w", syscall.EINVAL)
+}
+
+// TestPrepareNodeTimeoutsRefused: as kube-proxy, timeouts the kernel refuses are only
+// logged; the proxy starts.
+func TestPrepareNodeTimeoutsRefused(t *testing.T) {
+	sys := sysctltest.NewFake(kernelDefaults())
+	node := ipvs.NodeConfig{Timeouts: ipvs.Timeouts{TCP: 1 << 62}}
+	if err := ipvs.PrepareNode(sys, refusingTimeouts{ipvstest.NewIPVS()}, node, klog.Background()); err != nil {
+		t.Errorf("PrepareNode = %v, want the refused timeouts only logged", err)
 	}
 }
 
