@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/switchyard/switchyard/conntrack"
+	"github.com/switchyard/switchyard/internal/kubeaddr"
 )
 
 // IPVSSchedulers are the IPVS schedulers of Linux 6.1 (net/netfilter/ipvs/ip_vs_*.c);
@@ -68,6 +69,9 @@ type Config struct {
 	// IPVSTCPTimeout, IPVSTCPFinTimeout and IPVSUDPTimeout are the IPVS connection
 	// timeouts IPVS mode sets at startup (ipvsadm --set); 0 leaves one as it is.
 	IPVSTCPTimeout, IPVSTCPFinTimeout, IPVSUDPTimeout time.Duration
+	// IPVSExcludeCIDRs are kube-proxy's ipvs.excludeCIDRs: IPVS mode never removes a
+	// virtual server on an address in them.
+	IPVSExcludeCIDRs []netip.Prefix
 	// Cleanup asks to remove everything switchyard owns on the node and exit.
 	Cleanup bool
 	// InitOnly asks to make the node settings that need full privileges and exit.
@@ -197,7 +201,7 @@ type flagValues struct {
 	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
 	ipvsTCPTimeout, ipvsTCPFinTimeout, ipvsUDPTimeout           time.Duration
 	masqBit, oomScoreAdj                                        int32
-	nodePortAddresses                                           []string
+	nodePortAddresses, ipvsExcludeCIDRs                         []string
 	conntrack                                                   conntrack.Settings
 	// Accepted for compatibility with kube-proxy command lines, and otherwise unused.
 	bindAddress, featureGates string
@@ -240,6 +244,7 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
 	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
 	// As kube-proxy's, with its help.
+	fs.StringSliceVar(&f.ipvsExcludeCIDRs, "ipvs-exclude-cidrs", nil, "A comma-separated list of CIDRs which the ipvs proxier should not touch when cleaning up IPVS rules.")
 	fs.DurationVar(&f.ipvsTCPTimeout, "ipvs-tcp-timeout", d.IPVSTCPTimeout, "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
 	fs.DurationVar(&f.ipvsTCPFinTimeout, "ipvs-tcpfin-timeout", d.IPVSTCPFinTimeout, "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
 	fs.DurationVar(&f.ipvsUDPTimeout, "ipvs-udp-timeout", d.IPVSUDPTimeout, "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
@@ -387,6 +392,11 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 	if set("ipvs-strict-arp") {
 		cfg.IPVSStrictARP = f.strictARP
 	}
+	if set("ipvs-exclude-cidrs") {
+		var err error
+		cfg.IPVSExcludeCIDRs, err = parseExcludeCIDRs(f.ipvsExcludeCIDRs, "--ipvs-exclude-cidrs")
+		check(ipvsSectionIf(true, err))
+	}
 	cfg.Cleanup = f.cleanup
 	cfg.InitOnly = f.initOnly
 	return errs
@@ -487,6 +497,11 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 	}
 	if file.IPVS.StrictARP {
 		cfg.IPVSStrictARP = true
+	}
+	if len(file.IPVS.ExcludeCIDRs) > 0 {
+		var err error
+		cfg.IPVSExcludeCIDRs, err = parseExcludeCIDRs(file.IPVS.ExcludeCIDRs, where("ipvs.excludeCIDRs"))
+		check(ipvsSectionIf(true, err))
 	}
 	if v := file.Conntrack.MaxPerCore; v != nil {
 		cfg.Conntrack.MaxPerCore = *v
@@ -629,6 +644,20 @@ func parseCIDRs(s, where string) ([]netip.Prefix, error) {
 		}
 		families[p.Addr().Is4()] = true
 		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// parseExcludeCIDRs reads --ipvs-exclude-cidrs as kube-proxy does (k8s.io/utils/net's
+// sloppy parser, no spaces) and reports the first bad one.
+func parseExcludeCIDRs(values []string, where string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range values {
+		p, ok := kubeaddr.ParsePrefix(v)
+		if !ok {
+			return out, &InvalidValue{Where: where, Value: v, Allowed: "must be CIDRs such as 10.0.0.0/8"}
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -66,6 +66,7 @@ mode: ipvs
 ipvs:
   tcpTimeout: 2h
   udpTimeout: 45s
+  excludeCIDRs: [10.0.0.0/8, "fd00::/8"]
 `)
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
@@ -138,10 +139,17 @@ ipvs:
 			c.Mode = "ipvs"
 			c.IPVSTCPTimeout, c.IPVSTCPFinTimeout, c.IPVSUDPTimeout = 2*time.Hour, 30*time.Second, 45*time.Second
 		}},
-		{name: "IPVS timeouts in the file, one overridden", args: []string{"--config=" + ipvsFile, "--hostname-override=node-a", "--ipvs-udp-timeout=0"}, want: func(c *Config) {
+		{name: "IPVS timeouts and excluded CIDRs in the file, one overridden", args: []string{"--config=" + ipvsFile, "--hostname-override=node-a", "--ipvs-udp-timeout=0"}, want: func(c *Config) {
 			c.Mode = "ipvs"
 			c.IPVSTCPTimeout = 2 * time.Hour
+			c.IPVSExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
 		}},
+		// As kube-proxy's sloppy parser reads them: leading zeros, IPv4-mapped IPv6.
+		{name: "excluded CIDRs by flag", args: []string{"--hostname-override=node-a", "--proxy-mode=ipvs", "--ipvs-exclude-cidrs=010.96.0.0/12,::ffff:192.168.0.0/112,fd00::/8"}, want: func(c *Config) {
+			c.Mode = "ipvs"
+			c.IPVSExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fd00::/8")}
+		}},
+		{name: "a bad excluded CIDR outside mode ipvs", args: []string{"--hostname-override=node-a", "--ipvs-exclude-cidrs=eth0"}, want: func(*Config) {}},
 		// kube-proxy's validation checks the ipvs section in mode ipvs only.
 		{name: "a negative IPVS timeout outside mode ipvs", args: []string{"--hostname-override=node-a", "--ipvs-tcp-timeout=-1s"}, want: func(c *Config) {
 			c.IPVSTCPTimeout = -time.Second
@@ -243,6 +251,7 @@ func TestParseInvalid(t *testing.T) {
 		{"negative conntrack timeout", []string{"--conntrack-tcp-timeout-established=-1s"}, []string{"--conntrack-tcp-timeout-established", `"-1s"`, "0 or greater"}},
 		{"negative conntrack UDP timeout", []string{"--conntrack-udp-timeout=-30s"}, []string{"--conntrack-udp-timeout", `"-30s"`, "0 or greater"}},
 		{"negative IPVS timeout in mode ipvs", []string{"--proxy-mode=ipvs", "--ipvs-udp-timeout=-1m"}, []string{"--ipvs-udp-timeout", `"-1m0s"`, "0 or greater"}},
+		{"bad excluded CIDR in mode ipvs", []string{"--proxy-mode=ipvs", "--ipvs-exclude-cidrs=10.0.0.0/8, 11.0.0.0/8"}, []string{"--ipvs-exclude-cidrs", `" 11.0.0.0/8"`, "CIDRs"}},
 		{"negative IPVS timeout in the file of mode ipvs", []string{"--config=" + badIPVS}, []string{"ipvs.tcpFinTimeout (in " + badIPVS + ")", `"-5s"`}},
 		{"negative conntrack timeouts in file", []string{"--config=" + badConntrack}, []string{"conntrack.tcpCloseWaitTimeout (in " + badConntrack + ")", `"-1h0m0s"`,
 			"conntrack.udpStreamTimeout (in " + badConntrack + ")", `"-2s"`}},

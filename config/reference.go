@@ -74,8 +74,8 @@ const (
 	localhostNPSY     = "`Config.LocalhostNodePorts` (config/config.go), modes/iptables.go."
 	schedulerKP       = "The IPVS scheduler of Services in IPVS mode. Default `rr`."
 	schedulerSY       = "`Config.IPVSScheduler` → modes/ipvs.go; checked against the kernel at startup. Difference: a name outside Linux's schedulers is refused (exit 2)."
-	excludeCIDRsKP    = "IPVS virtual servers with an address in these CIDRs are left alone when kube-proxy cleans up IPVS rules. Default none."
-	excludeCIDRsSY    = "switchyard removes only the virtual servers it made, whatever their address."
+	excludeCIDRsKP    = "In IPVS mode, a virtual server with an address in these CIDRs is never deleted by kube-proxy's syncs (`cleanLegacyService`), whoever made it; `--cleanup` flushes them all the same. A bad CIDR is refused in IPVS mode only. Default none."
+	excludeCIDRsSY    = "`Config.IPVSExcludeCIDRs` → `ipvs.Config.ExcludeCIDRs` (`deleteVirtualServer`, ipvs/backend.go): switchyard's syncs delete only its own virtual servers (node contract), and none in these CIDRs; `--cleanup` removes its own there too."
 	strictARPKP       = "In IPVS mode, sets `arp_ignore=1` and `arp_announce=2`. Default false."
 	strictARPSY       = "`Config.IPVSStrictARP` → `ipvs.PrepareNode` (modes/ipvs.go)."
 	ipvsTimeoutSY     = "`Config.IPVS*Timeout` → `ipvs.PrepareNode` (modes/ipvs.go) over netlink, at startup and with `--init-only`."
@@ -161,7 +161,7 @@ var Flags = []Setting{
 	{"ipvs-sync-period", Implemented, "The longest time between full syncs, in mode `ipvs`. Default 30s.", syncAliasSY},
 	{"ipvs-min-sync-period", Implemented, "The shortest time between syncs, in mode `ipvs`. Default 1s.", minSyncAliasSY},
 	{"ipvs-scheduler", Implemented, schedulerKP, schedulerSY},
-	{"ipvs-exclude-cidrs", Unparsed, excludeCIDRsKP, ""},
+	{"ipvs-exclude-cidrs", Implemented, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs-strict-arp", Implemented, strictARPKP, strictARPSY},
 	{"ipvs-tcp-timeout", Implemented, ipvsTimeoutKP("idle TCP connections"), ipvsTimeoutSY},
 	{"ipvs-tcpfin-timeout", Implemented, ipvsTimeoutKP("TCP connections after a FIN"), ipvsTimeoutSY},
@@ -238,7 +238,7 @@ var Fields = []Setting{
 	{"ipvs.syncPeriod", Implemented, "In mode `ipvs`: the longest time between full syncs. Default 30s.", "`fileSyncPeriods` (config/config.go), chosen by the file's mode (not by a `--proxy-mode` given with it)."},
 	{"ipvs.minSyncPeriod", Implemented, "In mode `ipvs`: the shortest time between syncs. No default: unset or 0, a file of mode `ipvs` syncs on every change.", "`fileSyncPeriods` (config/config.go), chosen by the file's mode (not by a `--proxy-mode` given with it). Difference: unset or 0 keeps 1s."},
 	{"ipvs.scheduler", Implemented, schedulerKP, schedulerSY},
-	{"ipvs.excludeCIDRs", Ignored, excludeCIDRsKP, excludeCIDRsSY},
+	{"ipvs.excludeCIDRs", Implemented, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs.strictARP", Implemented, strictARPKP, strictARPSY},
 	{"ipvs.tcpTimeout", Implemented, ipvsTimeoutKP("idle TCP connections"), ipvsTimeoutSY},
 	{"ipvs.tcpFinTimeout", Implemented, ipvsTimeoutKP("TCP connections after a FIN"), ipvsTimeoutSY},

@@ -57,6 +57,7 @@ func newIPVSBackend(ctx context.Context, cfg config.Config, env Env) (proxier.Ba
 		TerminationGrace:  terminationGrace,
 		NodePortAddresses: cfg.NodePortPrefixes(!ipv6),
 		IPv6:              ipv6,
+		ExcludeCIDRs:      cfg.IPVSExcludeCIDRs,
 	}, env.Registerer, env.Logger)
 	if env.Use == ForProxy {
 		go b.RunDrainer(ctx, drainInterval)
