@@ -18,9 +18,13 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/switchyard/switchyard/conntrack"
+	"github.com/switchyard/switchyard/internal/kubeaddr"
 )
 
 // IPVSSchedulers are the IPVS schedulers of Linux 6.1 (net/netfilter/ipvs/ip_vs_*.c);
@@ -51,18 +55,23 @@ type Config struct {
 	MetricsBindAddress string
 	HealthzBindAddress string
 	ServiceProxyName   string
-	// ConntrackMaxPerCore and ConntrackMin size nf_conntrack_max; a per-core value of 0
-	// leaves the kernel's limit alone.
-	ConntrackMaxPerCore int32
-	ConntrackMin        int32
-	OOMScoreAdj         int32
-	NodePortAddresses   []string
+	// Conntrack is kube-proxy's conntrack section (--conntrack-*), which
+	// conntrack.Configure applies at startup.
+	Conntrack         conntrack.Settings
+	OOMScoreAdj       int32
+	NodePortAddresses []string
 	// IPTablesLocalhostNodePorts is kube-proxy's iptables.localhostNodePorts: in
 	// iptables mode, NodePorts also answer on 127.0.0.1 when the IPv4 node-port
 	// addresses include loopback (see LocalhostNodePorts).
 	IPTablesLocalhostNodePorts bool
 	IPVSScheduler              string
 	IPVSStrictARP              bool
+	// IPVSTCPTimeout, IPVSTCPFinTimeout and IPVSUDPTimeout are the IPVS connection
+	// timeouts IPVS mode sets at startup (ipvsadm --set); 0 leaves one as it is.
+	IPVSTCPTimeout, IPVSTCPFinTimeout, IPVSUDPTimeout time.Duration
+	// IPVSExcludeCIDRs are kube-proxy's ipvs.excludeCIDRs: IPVS mode never removes a
+	// virtual server on an address in them.
+	IPVSExcludeCIDRs []netip.Prefix
 	// Cleanup asks to remove everything switchyard owns on the node and exit.
 	Cleanup bool
 	// InitOnly asks to make the node settings that need full privileges and exit.
@@ -72,19 +81,25 @@ type Config struct {
 // Defaults are kube-proxy's defaults for the same settings.
 func Defaults() Config {
 	return Config{
-		Mode:                "iptables",
-		KubeAPIContentType:  "application/vnd.kubernetes.protobuf",
-		KubeAPIQPS:          5,
-		KubeAPIBurst:        10,
-		MasqueradeBit:       14,
-		SyncPeriod:          30 * time.Second,
-		MinSyncPeriod:       time.Second,
-		ConfigSyncPeriod:    15 * time.Minute,
-		MetricsBindAddress:  "127.0.0.1:10249",
-		HealthzBindAddress:  "0.0.0.0:10256",
-		ConntrackMaxPerCore: 32768,
-		ConntrackMin:        131072,
-		OOMScoreAdj:         -999,
+		Mode:               "iptables",
+		KubeAPIContentType: "application/vnd.kubernetes.protobuf",
+		KubeAPIQPS:         5,
+		KubeAPIBurst:       10,
+		MasqueradeBit:      14,
+		SyncPeriod:         30 * time.Second,
+		MinSyncPeriod:      time.Second,
+		ConfigSyncPeriod:   15 * time.Minute,
+		MetricsBindAddress: "127.0.0.1:10249",
+		HealthzBindAddress: "0.0.0.0:10256",
+		Conntrack: conntrack.Settings{
+			MaxPerCore: 32768,
+			Min:        131072,
+			// kube-proxy sets these two by default (its v1alpha1 defaults.go), and leaves
+			// the UDP timeouts and liberal mode alone.
+			TCPEstablishedTimeout: 24 * time.Hour,
+			TCPCloseWaitTimeout:   time.Hour,
+		},
+		OOMScoreAdj: -999,
 		// As kube-proxy defaults iptables.localhostNodePorts (its v1alpha1 defaults.go).
 		IPTablesLocalhostNodePorts: true,
 		IPVSScheduler:              "rr",
@@ -161,6 +176,10 @@ func Parse(args, modes []string, output io.Writer) (*Parsed, error) {
 		}
 		cfg.NodeName = strings.ToLower(strings.TrimSpace(host))
 	}
+	if cfg.Mode != ipvsMode {
+		// kube-proxy checks its ipvs section in mode ipvs only, the one mode that reads it.
+		errs = slices.DeleteFunc(errs, func(err error) bool { return errors.As(err, new(ipvsSectionError)) })
+	}
 	if cfg.MinSyncPeriod > cfg.SyncPeriod {
 		errs = append(errs, fmt.Errorf("--min-sync-period (%s) must not exceed --sync-period (%s)", cfg.MinSyncPeriod, cfg.SyncPeriod))
 	}
@@ -180,10 +199,11 @@ type flagValues struct {
 	masqAll, version, cleanup, initOnly, strictARP              bool
 	localhostNodePorts                                          bool
 	syncPeriod, minSyncPeriod, configSyncPeriod                 time.Duration
-	masqBit, conntrackMaxPerCore, conntrackMin, oomScoreAdj     int32
-	nodePortAddresses                                           []string
+	ipvsTCPTimeout, ipvsTCPFinTimeout, ipvsUDPTimeout           time.Duration
+	masqBit, oomScoreAdj                                        int32
+	nodePortAddresses, ipvsExcludeCIDRs                         []string
+	conntrack                                                   conntrack.Settings
 	// Accepted for compatibility with kube-proxy command lines, and otherwise unused.
-	conntrackTimeouts         [4]time.Duration
 	bindAddress, featureGates string
 }
 
@@ -211,15 +231,23 @@ func bindFlags(fs *pflag.FlagSet, modes []string) *flagValues {
 	fs.StringVar(&f.metricsAddr, "metrics-bind-address", d.MetricsBindAddress, "The IP address and port for the metrics server to serve on; empty disables it.")
 	fs.StringVar(&f.healthzAddr, "healthz-bind-address", d.HealthzBindAddress, "The IP address and port for the health check server to serve on; empty disables it.")
 	fs.StringVar(&f.proxyName, "service-proxy-name", "", "Serve only Services labelled service.kubernetes.io/service-proxy-name=<this>; by default only Services without the label.")
-	fs.Int32Var(&f.conntrackMaxPerCore, "conntrack-max-per-core", d.ConntrackMaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
-	fs.Int32Var(&f.conntrackMin, "conntrack-min", d.ConntrackMin, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core.")
-	for i, name := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "conntrack-udp-timeout", "conntrack-udp-timeout-stream"} {
-		fs.DurationVar(&f.conntrackTimeouts[i], name, 0, "Accepted for kube-proxy compatibility; switchyard leaves conntrack timeouts to the kernel.")
-	}
+	// The conntrack flags have kube-proxy's help.
+	fs.Int32Var(&f.conntrack.MaxPerCore, "conntrack-max-per-core", d.Conntrack.MaxPerCore, "Maximum number of NAT connections to track per CPU core (0 to leave the limit as-is and ignore conntrack-min).")
+	fs.Int32Var(&f.conntrack.Min, "conntrack-min", d.Conntrack.Min, "Minimum number of conntrack entries to allocate, regardless of conntrack-max-per-core (set conntrack-max-per-core=0 to leave the limit as-is).")
+	fs.DurationVar(&f.conntrack.TCPEstablishedTimeout, "conntrack-tcp-timeout-established", d.Conntrack.TCPEstablishedTimeout, "Idle timeout for established TCP connections (0 to leave as-is)")
+	fs.DurationVar(&f.conntrack.TCPCloseWaitTimeout, "conntrack-tcp-timeout-close-wait", d.Conntrack.TCPCloseWaitTimeout, "NAT timeout for TCP connections in the CLOSE_WAIT state")
+	fs.BoolVar(&f.conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", d.Conntrack.TCPBeLiberal, "Enable liberal mode for tracking TCP packets by setting nf_conntrack_tcp_be_liberal to 1")
+	fs.DurationVar(&f.conntrack.UDPTimeout, "conntrack-udp-timeout", d.Conntrack.UDPTimeout, "Idle timeout for UNREPLIED UDP connections (0 to leave as-is)")
+	fs.DurationVar(&f.conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream", d.Conntrack.UDPStreamTimeout, "Idle timeout for ASSURED UDP connections (0 to leave as-is)")
 	fs.Int32Var(&f.oomScoreAdj, "oom-score-adj", d.OOMScoreAdj, "The oom-score-adj value for the switchyard process, in [-1000, 1000].")
 	fs.StringSliceVar(&f.nodePortAddresses, "nodeport-addresses", nil, "CIDRs or 'primary' selecting the node addresses NodePorts listen on.")
 	fs.StringVar(&f.ipvsScheduler, "ipvs-scheduler", d.IPVSScheduler, "The IPVS scheduler to use when the proxy mode is ipvs.")
 	fs.BoolVar(&f.strictARP, "ipvs-strict-arp", false, "Enable strict ARP by setting arp_ignore to 1 and arp_announce to 2.")
+	// As kube-proxy's, with its help.
+	fs.StringSliceVar(&f.ipvsExcludeCIDRs, "ipvs-exclude-cidrs", nil, "A comma-separated list of CIDRs which the ipvs proxier should not touch when cleaning up IPVS rules.")
+	fs.DurationVar(&f.ipvsTCPTimeout, "ipvs-tcp-timeout", d.IPVSTCPTimeout, "The timeout for idle IPVS TCP connections, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&f.ipvsTCPFinTimeout, "ipvs-tcpfin-timeout", d.IPVSTCPFinTimeout, "The timeout for IPVS TCP connections after receiving a FIN packet, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
+	fs.DurationVar(&f.ipvsUDPTimeout, "ipvs-udp-timeout", d.IPVSUDPTimeout, "The timeout for IPVS UDP packets, 0 to leave as-is. (e.g. '5s', '1m', '2h22m').")
 	fs.StringVar(&f.bindAddress, "bind-address", "", "Accepted for kube-proxy compatibility and ignored (docs/configuration.md).")
 	fs.StringVar(&f.featureGates, "feature-gates", "", "Accepted for kube-proxy compatibility; switchyard has no feature gates.")
 	fs.BoolVar(&f.localhostNodePorts, "iptables-localhost-nodeports", d.IPTablesLocalhostNodePorts, "If false, NodePorts are not served on 127.0.0.1. (iptables mode and IPv4 only: localhost NodePorts are never served in IPVS mode or over IPv6.) When served, net.ipv4.conf.all.route_localnet is set to 1.")
@@ -317,12 +345,34 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 		cfg.ServiceProxyName = f.proxyName
 	}
 	if set("conntrack-max-per-core") {
-		cfg.ConntrackMaxPerCore = f.conntrackMaxPerCore
-		check(inRange(int64(f.conntrackMaxPerCore), 0, 1<<31-1, "--conntrack-max-per-core"))
+		cfg.Conntrack.MaxPerCore = f.conntrack.MaxPerCore
+		check(inRange(int64(f.conntrack.MaxPerCore), 0, 1<<31-1, "--conntrack-max-per-core"))
 	}
 	if set("conntrack-min") {
-		cfg.ConntrackMin = f.conntrackMin
-		check(inRange(int64(f.conntrackMin), 0, 1<<31-1, "--conntrack-min"))
+		cfg.Conntrack.Min = f.conntrack.Min
+		check(inRange(int64(f.conntrack.Min), 0, 1<<31-1, "--conntrack-min"))
+	}
+	for _, t := range []struct {
+		flag  string
+		value time.Duration
+		to    *time.Duration
+		ipvs  bool // checked in mode ipvs only
+	}{
+		{"conntrack-tcp-timeout-established", f.conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout, false},
+		{"conntrack-tcp-timeout-close-wait", f.conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout, false},
+		{"conntrack-udp-timeout", f.conntrack.UDPTimeout, &cfg.Conntrack.UDPTimeout, false},
+		{"conntrack-udp-timeout-stream", f.conntrack.UDPStreamTimeout, &cfg.Conntrack.UDPStreamTimeout, false},
+		{"ipvs-tcp-timeout", f.ipvsTCPTimeout, &cfg.IPVSTCPTimeout, true},
+		{"ipvs-tcpfin-timeout", f.ipvsTCPFinTimeout, &cfg.IPVSTCPFinTimeout, true},
+		{"ipvs-udp-timeout", f.ipvsUDPTimeout, &cfg.IPVSUDPTimeout, true},
+	} {
+		if set(t.flag) {
+			*t.to = t.value
+			check(ipvsSectionIf(t.ipvs, nonNegative(t.value, "--"+t.flag)))
+		}
+	}
+	if set("conntrack-tcp-be-liberal") {
+		cfg.Conntrack.TCPBeLiberal = f.conntrack.TCPBeLiberal
 	}
 	if set("oom-score-adj") {
 		cfg.OOMScoreAdj = f.oomScoreAdj
@@ -341,6 +391,11 @@ func applyFlags(cfg *Config, fs *pflag.FlagSet, f *flagValues, modes []string) [
 	}
 	if set("ipvs-strict-arp") {
 		cfg.IPVSStrictARP = f.strictARP
+	}
+	if set("ipvs-exclude-cidrs") {
+		var err error
+		cfg.IPVSExcludeCIDRs, err = parseExcludeCIDRs(f.ipvsExcludeCIDRs, "--ipvs-exclude-cidrs")
+		check(ipvsSectionIf(true, err))
 	}
 	cfg.Cleanup = f.cleanup
 	cfg.InitOnly = f.initOnly
@@ -443,13 +498,42 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 	if file.IPVS.StrictARP {
 		cfg.IPVSStrictARP = true
 	}
+	if len(file.IPVS.ExcludeCIDRs) > 0 {
+		var err error
+		cfg.IPVSExcludeCIDRs, err = parseExcludeCIDRs(file.IPVS.ExcludeCIDRs, where("ipvs.excludeCIDRs"))
+		check(ipvsSectionIf(true, err))
+	}
 	if v := file.Conntrack.MaxPerCore; v != nil {
-		cfg.ConntrackMaxPerCore = *v
+		cfg.Conntrack.MaxPerCore = *v
 		check(inRange(int64(*v), 0, 1<<31-1, where("conntrack.maxPerCore")))
 	}
 	if v := file.Conntrack.Min; v != nil {
-		cfg.ConntrackMin = *v
+		cfg.Conntrack.Min = *v
 		check(inRange(int64(*v), 0, 1<<31-1, where("conntrack.min")))
+	}
+	for _, t := range []struct {
+		field string
+		value *metav1.Duration // nil when the file does not give it
+		to    *time.Duration
+		ipvs  bool // checked in mode ipvs only
+	}{
+		// The conntrack TCP timeouts are pointers, so that 0 (leave it alone) differs
+		// from unset (kube-proxy's default); the others are not, and their default is 0.
+		{"conntrack.tcpEstablishedTimeout", file.Conntrack.TCPEstablishedTimeout, &cfg.Conntrack.TCPEstablishedTimeout, false},
+		{"conntrack.tcpCloseWaitTimeout", file.Conntrack.TCPCloseWaitTimeout, &cfg.Conntrack.TCPCloseWaitTimeout, false},
+		{"conntrack.udpTimeout", nonZero(file.Conntrack.UDPTimeout), &cfg.Conntrack.UDPTimeout, false},
+		{"conntrack.udpStreamTimeout", nonZero(file.Conntrack.UDPStreamTimeout), &cfg.Conntrack.UDPStreamTimeout, false},
+		{"ipvs.tcpTimeout", nonZero(file.IPVS.TCPTimeout), &cfg.IPVSTCPTimeout, true},
+		{"ipvs.tcpFinTimeout", nonZero(file.IPVS.TCPFinTimeout), &cfg.IPVSTCPFinTimeout, true},
+		{"ipvs.udpTimeout", nonZero(file.IPVS.UDPTimeout), &cfg.IPVSUDPTimeout, true},
+	} {
+		if t.value != nil {
+			*t.to = t.value.Duration
+			check(ipvsSectionIf(t.ipvs, nonNegative(t.value.Duration, where(t.field))))
+		}
+	}
+	if file.Conntrack.TCPBeLiberal {
+		cfg.Conntrack.TCPBeLiberal = true
 	}
 	if v := file.OOMScoreAdj; v != nil {
 		cfg.OOMScoreAdj = *v
@@ -460,6 +544,32 @@ func applyFile(cfg *Config, file *kpv1alpha1.KubeProxyConfiguration, path string
 		check(validateNodePortAddresses(file.NodePortAddresses, where("nodePortAddresses")))
 	}
 	return errs
+}
+
+// ipvsMode is the proxy mode that reads the ipvs section of the configuration.
+const ipvsMode = "ipvs"
+
+// ipvsSectionError is a bad setting of the ipvs section (other than the scheduler), which
+// kube-proxy's validation reports in mode ipvs only.
+type ipvsSectionError struct{ error }
+
+func (e ipvsSectionError) Unwrap() error { return e.error }
+
+// ipvsSectionIf marks err, when there is one, as an ipvsSectionError when inIPVS is set.
+func ipvsSectionIf(inIPVS bool, err error) error {
+	if err == nil || !inIPVS {
+		return err
+	}
+	return ipvsSectionError{err}
+}
+
+// nonZero is a duration of the file that is no pointer, nil when it is 0: a value only
+// the default has.
+func nonZero(d metav1.Duration) *metav1.Duration {
+	if d.Duration == 0 {
+		return nil
+	}
+	return &d
 }
 
 // syncPeriods are the sync periods of one section of a KubeProxyConfiguration.
@@ -534,6 +644,20 @@ func parseCIDRs(s, where string) ([]netip.Prefix, error) {
 		}
 		families[p.Addr().Is4()] = true
 		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// parseExcludeCIDRs reads --ipvs-exclude-cidrs as kube-proxy does (k8s.io/utils/net's
+// sloppy parser, no spaces) and reports the first bad one.
+func parseExcludeCIDRs(values []string, where string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range values {
+		p, ok := kubeaddr.ParsePrefix(v)
+		if !ok {
+			return out, &InvalidValue{Where: where, Value: v, Allowed: "must be CIDRs such as 10.0.0.0/8"}
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }
