@@ -21,7 +21,7 @@ import (
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	rec := &describingRegisterer{names: map[string]bool{}}
-	proxier.NewMetrics(rec, "iptables")
+	proxier.NewMetrics(rec)
 	iptables.NewBackend(noIPTables{}, iptables.RenderConfig{}, rec, klog.Background())
 	ipvs.NewBackend(nil, noIPTables{}, nil, ipvs.Config{}, rec, klog.Background())
 	return rec.names
