@@ -145,7 +145,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			// The health check ports answer with the health of every family, as
 			// kube-proxy's do; healths is complete before any port opens (after the
 			// first sync).
-			ServiceHealth: proxier.NewServiceHealth(logger, family, func() bool { return healths.Healthy() }),
+			ServiceHealth: proxier.NewServiceHealth(logger, family, cfg.NodeName, recorder, func() bool { return healths.Healthy() }),
 			Conntrack:     stale,
 			Clock:         clk,
 			Logger:        logger.WithValues("ipFamily", family.String()),
