@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -203,15 +202,8 @@ func isIdent(e ast.Expr, name string) bool {
 // in dir.
 func stringValue(t *testing.T, fset *token.FileSet, dir string, e ast.Expr) string {
 	t.Helper()
-	switch e := e.(type) {
-	case *ast.BasicLit:
-		if s, err := strconv.Unquote(e.Value); err == nil {
-			return s
-		}
-	case *ast.Ident:
-		if s, ok := packageConstants(t, dir)[e.Name]; ok {
-			return s
-		}
+	if s, ok := upstream.StringValue(e, packageConstants(t, dir)); ok {
+		return s
 	}
 	t.Fatalf("%s: cannot read a flag name from %T", fset.Position(e.Pos()), e)
 	return ""

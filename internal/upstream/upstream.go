@@ -73,3 +73,18 @@ func StringConstants(dir string) (map[string]string, error) {
 	}
 	return consts, nil
 }
+
+// StringValue is the value of a string literal, or of a constant among consts (as
+// StringConstants reads them); false for anything else.
+func StringValue(e ast.Expr, consts map[string]string) (string, bool) {
+	switch e := e.(type) {
+	case *ast.BasicLit:
+		if s, err := strconv.Unquote(e.Value); err == nil && e.Kind == token.STRING {
+			return s, true
+		}
+	case *ast.Ident:
+		s, ok := consts[e.Name]
+		return s, ok
+	}
+	return "", false
+}
