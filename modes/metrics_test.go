@@ -2,14 +2,11 @@ package modes
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
 	"maps"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -21,15 +18,9 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"k8s.io/klog/v2"
-	"k8s.io/utils/clock"
 
+	"github.com/switchyard/switchyard/internal/proxymetrics"
 	"github.com/switchyard/switchyard/internal/upstream"
-	"github.com/switchyard/switchyard/iptables"
-	"github.com/switchyard/switchyard/iptables/iptablestest"
-	"github.com/switchyard/switchyard/ipvs"
-	"github.com/switchyard/switchyard/ipvs/ipvstest"
-	"github.com/switchyard/switchyard/proxier"
 )
 
 // metricShape is what a dashboard's query depends on: a metric's name, type, label
@@ -88,44 +79,11 @@ func TestMetricsAsKubeProxy(t *testing.T) {
 	}
 }
 
-// switchyardMetrics are the metrics the proxy registers in a mode, in both IP families,
-// with every series made (one sync, one request of each health path) so that each
-// metric's labels and buckets show.
+// switchyardMetrics are the shapes of the metrics the proxy registers in a mode.
 func switchyardMetrics(t *testing.T, mode string) map[string]metricShape {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	metrics := proxier.NewMetrics(reg)
-	var healths proxier.Healths
-	for _, family := range []proxier.Family{proxier.IPv4, proxier.IPv6} {
-		metrics.For(family)
-		healths = append(healths, proxier.NewHealth(family, clock.RealClock{}, 0))
-		var backend proxier.Backend
-		switch mode {
-		case IPTables.Name:
-			backend = iptables.NewBackend(iptablestest.NewFake(), iptables.RenderConfig{IPv6: family == proxier.IPv6, MasqueradeMark: "0x4000"}, reg, klog.Background())
-		case IPVS.Name:
-			node := ipvstest.NewNode()
-			backend = ipvs.NewBackendWithKernel(node.IPVS, node.IPTables, node.Device, node.Sets,
-				ipvs.Config{Scheduler: "rr", MasqueradeMark: "0x4000", IPv6: family == proxier.IPv6}, reg, klog.Background())
-		default:
-			t.Fatalf("no fake backend for mode %q: add one here", mode)
-		}
-		state := &proxier.State{Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
-		if err := backend.Sync(context.Background(), state, proxier.Changes{Full: true}); err != nil {
-			t.Fatalf("%s %s: %v", mode, family, err)
-		}
-	}
-	health := proxier.HealthHandler(clock.RealClock{}, healths, &proxier.NodeEligibility{}, metrics)
-	for _, path := range []string{"/healthz", "/livez"} {
-		health.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, path, nil))
-	}
-
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]metricShape{}
-	for _, mf := range families {
+	for _, mf := range proxymetrics.Registered(t, mode).Families {
 		shape := metricShape{Type: strings.ToLower(mf.GetType().String()), Help: mf.GetHelp()}
 		labels := map[string]bool{}
 		for _, m := range mf.GetMetric() {
