@@ -7,16 +7,16 @@ import (
 	"go/parser"
 	"go/token"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
 	kpv1alpha1 "k8s.io/kube-proxy/config/v1alpha1"
+
+	"github.com/switchyard/switchyard/internal/upstream"
 )
 
 // TestReferenceFields checks that Fields lists every field of kube-proxy's
@@ -60,7 +60,10 @@ func walkFields(t reflect.Type, prefix string, out *[]string) {
 // fs.*Var calls of the functions that define them, in the module versions this
 // repository pins.
 func TestReferenceFlags(t *testing.T) {
-	kubernetes := moduleDir(t, "../hack/controlplane", "k8s.io/kubernetes")
+	kubernetes, err := upstream.KubernetesDir("..")
+	if err != nil {
+		t.Fatal(err)
+	}
 	componentBase := moduleDir(t, ".", "k8s.io/component-base")
 	// The file types come from k8s.io/kube-proxy v0.X.Y, the flags from k8s.io/kubernetes
 	// v1.X.Y: they must be the same release.
@@ -142,23 +145,14 @@ func compareNames(t *testing.T, what string, upstream, listed []string) {
 	}
 }
 
-// moduleDir is the directory of module in the module cache, at the version the go.mod in
-// dir requires; it is downloaded when missing.
+// moduleDir is upstream.ModuleDir, failing the test when the module cannot be found.
 func moduleDir(t *testing.T, dir, module string) string {
 	t.Helper()
-	cmd := exec.Command("go", "mod", "download", "-json", module)
-	cmd.Dir = dir
-	// hack/controlplane is a module of its own; a go.work above must not merge it.
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	out, err := cmd.Output()
-	var info struct{ Dir, Error string }
-	if err == nil {
-		err = json.Unmarshal(out, &info)
+	d, err := upstream.ModuleDir(dir, module)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err != nil || info.Dir == "" {
-		t.Fatalf("locating %s's source (go mod download in %s): %v %s", module, dir, err, info.Error)
-	}
-	return info.Dir
+	return d
 }
 
 // flagNames are the names of the flags that function fn of file defines with fs.*Var
@@ -208,15 +202,8 @@ func isIdent(e ast.Expr, name string) bool {
 // in dir.
 func stringValue(t *testing.T, fset *token.FileSet, dir string, e ast.Expr) string {
 	t.Helper()
-	switch e := e.(type) {
-	case *ast.BasicLit:
-		if s, err := strconv.Unquote(e.Value); err == nil {
-			return s
-		}
-	case *ast.Ident:
-		if s, ok := packageConstants(t, dir)[e.Name]; ok {
-			return s
-		}
+	if s, ok := upstream.StringValue(e, packageConstants(t, dir)); ok {
+		return s
 	}
 	t.Fatalf("%s: cannot read a flag name from %T", fset.Position(e.Pos()), e)
 	return ""
@@ -225,33 +212,9 @@ func stringValue(t *testing.T, fset *token.FileSet, dir string, e ast.Expr) stri
 // packageConstants are the string constants of the package in dir.
 func packageConstants(t *testing.T, dir string) map[string]string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	consts, err := upstream.StringConstants(dir)
 	if err != nil {
 		t.Fatal(err)
-	}
-	consts := map[string]string{}
-	for _, path := range files {
-		f, err := parser.ParseFile(token.NewFileSet(), path, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range f.Decls {
-			gd, ok := d.(*ast.GenDecl)
-			if !ok || gd.Tok != token.CONST {
-				continue
-			}
-			for _, spec := range gd.Specs {
-				vs := spec.(*ast.ValueSpec)
-				for i, name := range vs.Names {
-					if i >= len(vs.Values) {
-						continue
-					}
-					if lit, ok := vs.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
-						consts[name.Name], _ = strconv.Unquote(lit.Value)
-					}
-				}
-			}
-		}
 	}
 	return consts
 }

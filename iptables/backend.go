@@ -31,31 +31,35 @@ type Backend struct {
 	ruleCount        map[Table]int
 	lastRestoreLines int
 
-	restoreFailures        prometheus.Counter
+	// partialRestoreFailures counts the partial syncs that failed as a whole, each
+	// retried as a full sync.
 	partialRestoreFailures prometheus.Counter
-	rulesTotal             *prometheus.GaugeVec
+	// rulesTotal is ruleCount, and rulesLast the rules the last sync wrote, per table.
+	rulesTotal, rulesLast *prometheus.GaugeVec
 }
 
-// NewBackend makes an iptables backend and registers its metrics with reg.
+// NewBackend makes an iptables backend and registers its metrics with reg: kube-proxy's
+// of its iptables mode, with the restore failures of both modes (CountRestoreFailures).
 func NewBackend(ipt Interface, cfg RenderConfig, reg prometheus.Registerer, logger klog.Logger) *Backend {
-	family := "IPv4"
+	family := proxier.IPv4
 	if cfg.IPv6 {
-		family = "IPv6"
+		family = proxier.IPv6
 	}
-	labels := prometheus.Labels{"backend": "iptables", "ip_family": family}
+	labels := prometheus.Labels{"ip_family": family.String()}
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Subsystem: "kubeproxy", Name: name, Help: proxier.Alpha(help), ConstLabels: labels}, []string{"table"})
+	}
 	b := &Backend{
-		ipt:     ipt,
+		ipt:     CountRestoreFailures(ipt, family, reg),
 		cfg:     cfg,
-		logger:  logger.WithValues("flavor", ipt.Flavor(), "ipFamily", family),
+		logger:  logger.WithValues("flavor", ipt.Flavor(), "ipFamily", family.String()),
 		written: map[proxier.ServicePortName]*servicePortRules{},
-		restoreFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy",
-			Name: "sync_proxy_rules_iptables_restore_failures_total", Help: "Cumulative proxy iptables restore failures", ConstLabels: labels}),
-		partialRestoreFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kubeproxy",
-			Name: "sync_proxy_rules_iptables_partial_restore_failures_total", Help: "Cumulative proxy iptables partial restore failures", ConstLabels: labels}),
-		rulesTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kubeproxy",
-			Name: "sync_proxy_rules_iptables_total", Help: "Total number of iptables rules owned by the proxy", ConstLabels: labels}, []string{"table"}),
+		partialRestoreFailures: prometheus.NewCounter(prometheus.CounterOpts{Subsystem: "kubeproxy", Name: "sync_proxy_rules_iptables_partial_restore_failures_total",
+			Help: proxier.Alpha("Cumulative proxy iptables partial restore failures"), ConstLabels: labels}),
+		rulesTotal: gauge("sync_proxy_rules_iptables_total", "Total number of iptables rules owned by kube-proxy"),
+		rulesLast:  gauge("sync_proxy_rules_iptables_last", "Number of iptables rules written by kube-proxy in last sync"),
 	}
-	reg.MustRegister(b.restoreFailures, b.partialRestoreFailures, b.rulesTotal)
+	reg.MustRegister(b.partialRestoreFailures, b.rulesTotal, b.rulesLast)
 	if cfg.skipsLoopbackRange() {
 		// kube-proxy logs this on every sync; the configuration cannot change meanwhile.
 		b.logger.Error(nil, "--nodeport-addresses includes localhost, but localhost NodePorts are not served (--iptables-localhost-nodeports=false, or IPv6): NodePorts are left out there", "nodePortAddresses", cfg.NodePortAddresses)
@@ -85,7 +89,6 @@ func (b *Backend) Sync(ctx context.Context, state *proxier.State, changes proxie
 	var err error
 	if changes.Full {
 		if refused, err = b.fullSync(ctx, state); err != nil {
-			b.restoreFailures.Inc()
 			return err
 		}
 	} else if refused, err = b.partialSync(ctx, state, changes.ServicePorts); err != nil {
@@ -117,6 +120,7 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 			b.lastRestoreLines = lines
 			b.written = rendered
 			b.ruleCount = counts
+			b.publishWritten(counts)
 			break
 		}
 		owners := &lineOwners{}
@@ -189,7 +193,7 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 	}
 	refused := proxier.PortErrors{}
 	for {
-		input, lines, delta := b.partialInput(names, next)
+		input, lines, delta, written := b.partialInput(names, next)
 		var err error
 		if lines > 0 {
 			err = b.ipt.Restore(ctx, []byte(input))
@@ -202,6 +206,7 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 			for t, d := range delta {
 				b.ruleCount[t] += d
 			}
+			b.publishWritten(written)
 			break
 		}
 		owners := &lineOwners{}
@@ -230,10 +235,11 @@ func (b *Backend) partialSync(ctx context.Context, state *proxier.State, changed
 }
 
 // partialInput is the restore input that moves the named ports from what was written for
-// them to next, its number of lines, and the change in the number of rules per table.
-func (b *Backend) partialInput(names []proxier.ServicePortName, next map[proxier.ServicePortName]*servicePortRules) (string, int, map[Table]int) {
+// them to next, its number of lines, and per table the change in the number of rules and
+// the rules it writes.
+func (b *Backend) partialInput(names []proxier.ServicePortName, next map[proxier.ServicePortName]*servicePortRules) (input string, lines int, delta, written map[Table]int) {
 	writers := map[Table]*restoreWriter{TableNAT: {}, TableFilter: {}}
-	delta := map[Table]int{}
+	delta, written = map[Table]int{}, map[Table]int{}
 	for _, n := range names {
 		old, cur := b.writtenOrEmpty(n), next[n]
 		for _, c := range sharedChains {
@@ -260,8 +266,11 @@ func (b *Backend) partialInput(names []proxier.ServicePortName, next map[proxier
 		}
 	}
 	var out strings.Builder
-	lines := writers[TableFilter].writeTo(&out, TableFilter) + writers[TableNAT].writeTo(&out, TableNAT)
-	return out.String(), lines, delta
+	lines = writers[TableFilter].writeTo(&out, TableFilter) + writers[TableNAT].writeTo(&out, TableNAT)
+	for t, w := range writers {
+		written[t] = w.additions()
+	}
+	return out.String(), lines, delta, written
 }
 
 // writtenOrEmpty is what the last syncs wrote for a port, empty when nothing.
@@ -402,5 +411,15 @@ func editDispatch(w *restoreWriter, chain string, old, cur []string) int {
 func (b *Backend) publishRuleCount() {
 	for t, n := range b.ruleCount {
 		b.rulesTotal.WithLabelValues(string(t)).Set(float64(n))
+	}
+}
+
+// publishWritten publishes the rules a sync wrote per table: the whole of our chains in
+// a full sync, as kube-proxy's full sync; in a partial one, the rules of the chains it
+// rewrote and those it inserted into the shared chains, where kube-proxy's also counts
+// the shared chains it rewrites whole on every sync.
+func (b *Backend) publishWritten(written map[Table]int) {
+	for _, t := range []Table{TableFilter, TableNAT} {
+		b.rulesLast.WithLabelValues(string(t)).Set(float64(written[t]))
 	}
 }

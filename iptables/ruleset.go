@@ -166,6 +166,17 @@ func (w *restoreWriter) deleteChain(name string) {
 	w.remove = append(w.remove, "-X "+name)
 }
 
+// additions counts the rules the section writes, appended or inserted.
+func (w *restoreWriter) additions() int {
+	n := 0
+	for _, r := range w.rules {
+		if strings.HasPrefix(r, "-A ") || strings.HasPrefix(r, "-I ") {
+			n++
+		}
+	}
+	return n
+}
+
 func (w *restoreWriter) empty() bool {
 	return len(w.declare) == 0 && len(w.rules) == 0 && len(w.remove) == 0
 }

@@ -118,7 +118,8 @@ type Backend struct {
 	operations *prometheus.CounterVec
 }
 
-// NewBackend makes an IPVS backend and registers its metrics with reg. dev is kube-ipvs0,
+// NewBackend makes an IPVS backend and registers its metrics with reg (with kube-proxy's
+// of its IPVS mode that are the backend's: CountRestoreFailures). dev is kube-ipvs0,
 // nil when it does not exist (Explain reports that); the ipsets are the kernel's.
 func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg Config, reg prometheus.Registerer, logger klog.Logger) *Backend {
 	// A nil *dummy.Device must become a nil Device, not one holding a nil pointer, as
@@ -135,13 +136,14 @@ func NewBackend(ipvs Interface, ipt iptables.Interface, dev *dummy.Device, cfg C
 // are the ipsets of cfg's IP family. Unit tests give it the stateful fakes of package
 // ipvstest.
 func NewBackendWithKernel(ipvs Interface, ipt iptables.Interface, dev Device, sets Sets, cfg Config, reg prometheus.Registerer, logger klog.Logger) *Backend {
-	family := "IPv4"
+	family := proxier.IPv4
 	if cfg.IPv6 {
-		family = "IPv6"
+		family = proxier.IPv6
 	}
-	logger = logger.WithValues("ipFamily", family)
+	logger = logger.WithValues("ipFamily", family.String())
 	b := &Backend{
-		ipvs: ipvs, ipt: ipt, dev: dev, sets: sets, cfg: cfg, logger: logger,
+		// kube-proxy's IPVS mode counts the failures of its iptables-restore too.
+		ipvs: ipvs, ipt: iptables.CountRestoreFailures(ipt, family, reg), dev: dev, sets: sets, cfg: cfg, logger: logger,
 		plans:         map[proxier.ServicePortName]*portPlan{},
 		failed:        map[proxier.ServicePortName]bool{},
 		addrUsers:     map[netip.Addr]int{},
@@ -150,7 +152,7 @@ func NewBackendWithKernel(ipvs Interface, ipt iptables.Interface, dev Device, se
 		terminating:   map[Key]map[netip.AddrPort]terminating{},
 		left:          map[Key]*VirtualServer{},
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "ipvs_operations_total",
-			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs", "ip_family": family}}, []string{"operation"}),
+			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"ip_family": family.String()}}, []string{"operation"}),
 	}
 	reg.MustRegister(b.operations)
 	return b

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -237,7 +238,7 @@ func TestFailedServicePorts(t *testing.T) {
 			ctx := context.Background()
 			node := ipvstest.NewNode(behaviour.NodeIP)
 			r := &refusal{}
-			b := backendOn(refusingIPVS{node.IPVS, r}, node.IPTables, refusingDevice{node.Device, r}, refusingSets{node.Sets, r})
+			b := backendOn(refusingIPVS{node.IPVS, r}, node.IPTables, refusingDevice{node.Device, r}, refusingSets{node.Sets, r}, prometheus.NewRegistry())
 			state := &proxier.State{NodeName: "node-a", Services: map[proxier.ServicePortName]*proxier.ServicePort{}, Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{}}
 			for i, step := range tc.steps {
 				if step.mutate != nil {

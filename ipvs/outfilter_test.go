@@ -9,10 +9,12 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/switchyard/switchyard/internal/behaviour"
+	"github.com/switchyard/switchyard/internal/metricstest"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/iptables/iptablestest"
 	"github.com/switchyard/switchyard/ipvs"
@@ -82,7 +84,7 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 	state := behaviour.State()
 	node := ipvstest.NewNode(behaviour.NodeIP)
 	ipt := &countingIPTables{Fake: node.IPTables}
-	b := backendOn(node.IPVS, ipt, node.Device, node.Sets)
+	b := backendOn(node.IPVS, ipt, node.Device, node.Sets, prometheus.NewRegistry())
 	fw, itp := behaviourName("fw"), behaviourName("itp")
 	excluding := state.Services[fw]
 	including := *excluding
@@ -138,7 +140,9 @@ func TestNodeDropsFollowPartialSyncs(t *testing.T) {
 // TestNodeDropsRefused: a kernel that refuses the node drops' rules (one without xt_ipvs)
 // fails the ports that want them, and only them: everything else is programmed, and the
 // drops the kernel took before stay. Once it takes them, the retry of those ports writes
-// them. A refusal of the fixed rules still fails the whole sync.
+// them. A refusal of the fixed rules still fails the whole sync. Each refused restore
+// counts in kubeproxy_sync_proxy_rules_iptables_restore_failures_total, as kube-proxy's
+// IPVS mode counts its failed restores.
 func TestNodeDropsRefused(t *testing.T) {
 	ctx := context.Background()
 	fw, fwEmpty, bothLocal, fw2 := behaviourName("fw"), behaviourName("fwempty"), behaviourName("bothlocal"), behaviourName("fw2")
@@ -159,19 +163,23 @@ func TestNodeDropsRefused(t *testing.T) {
 		changed    []proxier.ServicePortName
 		wantFailed []proxier.ServicePortName
 		wantAddrs  []string
+		// wantRestoreFailures is the count of failed restores after the step.
+		wantRestoreFailures float64
 	}{
 		{name: "no xt_ipvs", refuse: refuseAll, full: true,
-			wantFailed: []proxier.ServicePortName{bothLocal, fw, fwEmpty}, wantAddrs: []string{}},
+			wantFailed: []proxier.ServicePortName{bothLocal, fw, fwEmpty}, wantAddrs: []string{}, wantRestoreFailures: 1},
 		{name: "the kernel takes them", changed: []proxier.ServicePortName{bothLocal, fw, fwEmpty},
-			wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}},
+			wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}, wantRestoreFailures: 1},
 		{name: "a new one refused in a partial sync", refuse: refuseFW2, mutate: addFW2, changed: []proxier.ServicePortName{fw2},
-			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}},
+			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}, wantRestoreFailures: 2},
 		{name: "and in a full sync", refuse: refuseFW2, full: true,
-			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}},
+			wantFailed: []proxier.ServicePortName{fw2}, wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21"}, wantRestoreFailures: 3},
 		{name: "the kernel takes it", changed: []proxier.ServicePortName{fw2},
-			wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21", "198.51.100.30"}},
+			wantAddrs: []string{"198.51.100.12", "198.51.100.14", "198.51.100.21", "198.51.100.30"}, wantRestoreFailures: 3},
 	}
-	b, node := fakeBackend()
+	node := ipvstest.NewNode(behaviour.NodeIP)
+	reg := prometheus.NewRegistry()
+	b := backendOn(node.IPVS, node.IPTables, node.Device, node.Sets, reg)
 	state := behaviour.State()
 	for _, step := range steps {
 		node.IPTables.RejectRules(step.refuse)
@@ -197,6 +205,10 @@ func TestNodeDropsRefused(t *testing.T) {
 		}
 		if diff := cmp.Diff(step.wantAddrs, nodeDropAddrs(t, node.IPTables)); diff != "" {
 			t.Errorf("%s: addresses in %s (-want +got):\n%s", step.name, ipvs.OutFilterChain, diff)
+		}
+		failures := metricstest.Values(t, reg, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total")
+		if diff := cmp.Diff(map[string]float64{"ip_family=IPv4": step.wantRestoreFailures}, failures); diff != "" {
+			t.Errorf("%s: restore failures (-want +got):\n%s", step.name, diff)
 		}
 		// Everything else is in place: a pod reaches a cluster IP, and an off-node client
 		// outside the source ranges is still dropped.

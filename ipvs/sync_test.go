@@ -20,15 +20,15 @@ import (
 // a stateful fake.
 func fakeBackend() (*ipvs.Backend, *ipvstest.Node) {
 	node := ipvstest.NewNode(behaviour.NodeIP)
-	return backendOn(node.IPVS, node.IPTables, node.Device, node.Sets), node
+	return backendOn(node.IPVS, node.IPTables, node.Device, node.Sets, prometheus.NewRegistry()), node
 }
 
 // backendOn is the tests' Backend over the kernel boundaries given, for tests that wrap
-// a fake to make it refuse or count.
-func backendOn(table ipvs.Interface, ipt iptables.Interface, dev ipvs.Device, sets ipvs.Sets) *ipvs.Backend {
+// a fake to make it refuse or count, with its metrics in reg.
+func backendOn(table ipvs.Interface, ipt iptables.Interface, dev ipvs.Device, sets ipvs.Sets, reg prometheus.Registerer) *ipvs.Backend {
 	return ipvs.NewBackendWithKernel(table, ipt, dev, sets,
 		ipvs.Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: behaviour.ClusterCIDR}, MasqueradeMark: "0x4000"},
-		prometheus.NewRegistry(), klog.Background())
+		reg, klog.Background())
 }
 
 // boundAddresses lists the addresses bound on the device, of both families, sorted.

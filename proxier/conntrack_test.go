@@ -18,6 +18,8 @@ import (
 // CleanStaleEntries decides: those to a changed port's addresses that none of its serving
 // endpoints answers, never the flows the endpoints still answer (a restart re-reads every
 // port, and must not cut live flows), and nothing for a port left without an endpoint.
+// Each deletion is observed in kube-proxy's conntrack reconciler metrics: its duration,
+// and the entries it deleted.
 func TestStaleUDPFlows(t *testing.T) {
 	vip := netip.MustParseAddrPort("10.96.0.1:53")
 	nodePort := netip.MustParseAddrPort("192.0.2.1:30053")
@@ -57,33 +59,43 @@ func TestStaleUDPFlows(t *testing.T) {
 		// flows must then stay until the retry that programs it.
 		refused bool
 		want    []conntrack.Entry
+		// wantRuns is how many deletions ran, wantDeleted the entries they deleted.
+		wantRuns    uint64
+		wantDeleted float64
 	}{
 		{
-			name:   "first sync after a restart: only the flows no endpoint answers go",
-			events: []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.1.2")), initialized()},
-			want:   append(append([]conntrack.Entry{}, live...), unrelated...),
+			name:        "first sync after a restart: only the flows no endpoint answers go",
+			events:      []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.1.2")), initialized()},
+			want:        append(append([]conntrack.Entry{}, live...), unrelated...),
+			wantRuns:    1,
+			wantDeleted: 3,
 		},
 		{
-			name:   "an endpoint replaced: the flows to the old one go",
-			before: []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.2.2")), initialized()},
-			events: []proxierEvent{sliceEvent(slice("10.244.1.2"))},
-			want:   append(append([]conntrack.Entry{}, live...), unrelated...),
+			name:        "an endpoint replaced: the flows to the old one go",
+			before:      []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.2.2")), initialized()},
+			events:      []proxierEvent{sliceEvent(slice("10.244.1.2"))},
+			want:        append(append([]conntrack.Entry{}, live...), unrelated...),
+			wantRuns:    2,
+			wantDeleted: 3,
 		},
 		{
 			// Deleted while the old rules still DNAT, a flow would be created again
 			// through them.
-			name:    "an endpoint replaced while the kernel refuses the port: the flows go once the retry programs it",
-			before:  []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.2.2")), initialized()},
-			events:  []proxierEvent{sliceEvent(slice("10.244.1.2"))},
-			refused: true,
-			want:    append(append([]conntrack.Entry{}, live...), unrelated...),
+			name:        "an endpoint replaced while the kernel refuses the port: the flows go once the retry programs it",
+			before:      []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.2.2")), initialized()},
+			events:      []proxierEvent{sliceEvent(slice("10.244.1.2"))},
+			refused:     true,
+			want:        append(append([]conntrack.Entry{}, live...), unrelated...),
+			wantRuns:    2,
+			wantDeleted: 3,
 		},
 		{
 			// kube-proxy leaves the flows of a port without serving endpoints alone.
-			name:   "the last endpoint removed: nothing goes",
-			before: []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.1.2")), initialized()},
-			events: []proxierEvent{sliceEvent(slice())},
-			want:   append(append(append([]conntrack.Entry{}, live...), stale...), unrelated...),
+			name:     "the last endpoint removed: nothing goes",
+			before:   []proxierEvent{svcEvent(dns), sliceEvent(slice("10.244.1.2")), initialized()},
+			events:   []proxierEvent{sliceEvent(slice())},
+			want:     append(append(append([]conntrack.Entry{}, live...), stale...), unrelated...),
+			wantRuns: 1,
 		},
 	}
 	for _, tc := range tests {
@@ -123,6 +135,12 @@ func TestStaleUDPFlows(t *testing.T) {
 			}
 			if diff := cmp.Diff(tc.want, table.Entries(false), sort, cmpopts.EquateComparable(netip.AddrPort{})); diff != "" {
 				t.Errorf("conntrack entries after the sync (-want +got):\n%s", diff)
+			}
+			if runs, _ := histogramSample(t, tp.reg, "kubeproxy_conntrack_reconciler_sync_duration_seconds"); runs != tc.wantRuns {
+				t.Errorf("conntrack reconciler runs = %d, want %d", runs, tc.wantRuns)
+			}
+			if got := counterValue(t, tp.reg, "kubeproxy_conntrack_reconciler_deleted_entries_total"); got != tc.wantDeleted {
+				t.Errorf("conntrack reconciler deleted entries = %v, want %v", got, tc.wantDeleted)
 			}
 		})
 	}

@@ -2,7 +2,9 @@ package proxier
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -145,38 +147,59 @@ func (e *NodeEligibility) Eligible() bool { return e.eligible.Load() }
 
 // HealthHandler serves the healthz address as kube-proxy's ProxyHealthServer does:
 // /livez is the proxy's own health, for a liveness probe; /healthz also fails while the
-// node is not eligible for load-balancer traffic, for the load balancers.
-func HealthHandler(clk clock.PassiveClock, healths Healths, node *NodeEligibility) http.Handler {
+// node is not eligible for load-balancer traffic, for the load balancers. Each answer
+// counts in kubeproxy_proxy_healthz_total or kubeproxy_proxy_livez_total by its status.
+func HealthHandler(clk clock.PassiveClock, healths Healths, node *NodeEligibility, metrics *MetricVecs) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		eligible := node.Eligible()
-		writeHealth(w, clk, healths, &eligible)
+		code := writeHealth(w, clk, healths, &eligible)
+		metrics.healthzTotal.WithLabelValues(strconv.Itoa(code)).Inc()
 	})
-	mux.Handle("/livez", LivezHandler(clk, healths))
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
+		code := writeHealth(w, clk, healths, nil)
+		metrics.livezTotal.WithLabelValues(strconv.Itoa(code)).Inc()
+	})
 	return mux
 }
 
-// LivezHandler answers with the proxy's own health, as kube-proxy's livezHandler.
-func LivezHandler(clk clock.PassiveClock, healths Healths) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { writeHealth(w, clk, healths, nil) })
+// InstallServerHealthz answers /healthz on mux as kube-proxy answers it on its metrics
+// address, where component-base's healthz handler has its one check, ping: "ok" for as
+// long as the server answers at all, listed by check with ?verbose, and /healthz/ping.
+// The proxy's own health is on the healthz address; a probe of this one that turned red
+// with it would restart a proxy that kube-proxy's would have left running.
+func InstallServerHealthz(mux *http.ServeMux) {
+	ok := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		if _, verbose := r.URL.Query()["verbose"]; verbose && r.URL.Path == "/healthz" {
+			fmt.Fprint(w, "[+]ping ok\nhealthz check passed\n")
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}
+	mux.HandleFunc("/healthz", ok)
+	mux.HandleFunc("/healthz/ping", ok)
 }
 
 // writeHealth writes kube-proxy's answer (healthzHandler and livezHandler): 200 or 503
-// with proxyHealth as compact JSON without a final newline. A nil nodeEligible is /livez's
-// answer, which leaves the key out.
-func writeHealth(w http.ResponseWriter, clk clock.PassiveClock, healths Healths, nodeEligible *bool) {
+// with proxyHealth as compact JSON without a final newline, and returns the status. A nil
+// nodeEligible is /livez's answer, which leaves the key out.
+func writeHealth(w http.ResponseWriter, clk clock.PassiveClock, healths Healths, nodeEligible *bool) int {
 	health := healths.report()
 	health.CurrentTime = clk.Now()
 	health.NodeEligible = nodeEligible
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	code := http.StatusOK
 	if !health.Healthy || (nodeEligible != nil && !*nodeEligible) {
-		w.WriteHeader(http.StatusServiceUnavailable)
+		code = http.StatusServiceUnavailable
 	} else {
-		w.WriteHeader(http.StatusOK)
 		health.LastUpdated = health.CurrentTime
 	}
+	w.WriteHeader(code)
 	// Only times, bools and strings: marshalling cannot fail.
 	body, _ := json.Marshal(health)
 	_, _ = w.Write(body)
+	return code
 }

@@ -1,14 +1,19 @@
 package proxier
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/switchyard/switchyard/internal/metricstest"
 )
 
 // TestHealth follows kube-proxy's ProxyHealthServer.QueuedUpdate, Updated and Health for
@@ -132,7 +137,9 @@ func TestHealth(t *testing.T) {
 // (healthcheck_test.go): healthzHandler.ServeHTTP fails while ProxyHealthServer.NodeEligible
 // is false and says so in nodeEligible, livezHandler.ServeHTTP reports the proxy's own
 // health only, and both report each family (ProxyHealthServer.Health). The bodies are
-// json.Marshal's of kube-proxy's ProxyHealth for the same state.
+// json.Marshal's of kube-proxy's ProxyHealth for the same state. Each answer counts in its
+// path's counter by status, as kube-proxy's kubeproxy_proxy_healthz_total and
+// kubeproxy_proxy_livez_total.
 func TestHealthHandler(t *testing.T) {
 	const timeout = 30 * time.Second
 	node := func(tweak func(*v1.Node)) *v1.Node {
@@ -284,7 +291,17 @@ func TestHealthHandler(t *testing.T) {
 			}
 
 			rec := httptest.NewRecorder()
-			HealthHandler(clk, Healths{v4, v6}, &eligibility).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+			reg := prometheus.NewRegistry()
+			HealthHandler(clk, Healths{v4, v6}, &eligibility, NewMetrics(reg)).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+			counted := map[string]map[string]float64{}
+			for _, path := range []string{"healthz", "livez"} {
+				if values := metricstest.Values(t, reg, "kubeproxy_proxy_"+path+"_total"); values != nil {
+					counted["/"+path] = values
+				}
+			}
+			if diff := cmp.Diff(map[string]map[string]float64{tc.path: {fmt.Sprintf("code=%d", tc.wantCode): 1}}, counted); diff != "" {
+				t.Errorf("answers counted (-want +got):\n%s", diff)
+			}
 			if rec.Code != tc.wantCode {
 				t.Errorf("status = %d, want %d", rec.Code, tc.wantCode)
 			}
@@ -297,5 +314,26 @@ func TestHealthHandler(t *testing.T) {
 				t.Errorf("body:\n got %s\nwant %s", got, tc.wantBody)
 			}
 		})
+	}
+}
+
+// TestServerHealthz: /healthz on the metrics address answers as kube-proxy's there
+// (component-base's healthz with its ping check), whatever the proxy's health.
+func TestServerHealthz(t *testing.T) {
+	mux := http.NewServeMux()
+	InstallServerHealthz(mux)
+	for _, tc := range []struct{ path, want string }{
+		{"/healthz", "ok"},
+		{"/healthz?verbose", "[+]ping ok\nhealthz check passed\n"},
+		{"/healthz/ping", "ok"},
+	} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, tc.path, nil))
+		if rec.Code != http.StatusOK || rec.Body.String() != tc.want {
+			t.Errorf("GET %s = %d %q, want 200 %q", tc.path, rec.Code, rec.Body.String(), tc.want)
+		}
+		if got := rec.Header().Get("Content-Type"); got != "text/plain; charset=utf-8" {
+			t.Errorf("GET %s: Content-Type %q", tc.path, got)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -68,25 +69,39 @@ func Watch(ctx context.Context, client kubernetes.Interface, serviceProxyName st
 			p.Changed()
 		}
 	}
+	// The change counters are the process's, the same in every family's Metrics: an event
+	// counts once, however many families it goes to.
+	changes := proxiers[0].opts.Metrics
 	svcInformer := objects.Core().V1().Services().Informer()
 	svcHandler, err := svcInformer.AddEventHandler(handler(
 		func(s *v1.Service) {
-			each(func(p *Proxier) { p.tracker.OnServiceUpdate(s); p.opts.Metrics.ServiceChangesTotal.Inc() })
+			changes.ServiceChangesTotal.Inc()
+			each(func(p *Proxier) { p.tracker.OnServiceUpdate(s) })
 		},
 		func(s *v1.Service) {
-			each(func(p *Proxier) { p.tracker.OnServiceDelete(s); p.opts.Metrics.ServiceChangesTotal.Inc() })
+			changes.ServiceChangesTotal.Inc()
+			each(func(p *Proxier) { p.tracker.OnServiceDelete(s) })
 		},
 	))
 	if err != nil {
 		return fmt.Errorf("watching Services: %w", err)
 	}
 	sliceInformer := objects.Discovery().V1().EndpointSlices().Informer()
+	// As kube-proxy's endpoint change trackers, a slice counts when a proxier takes its
+	// address type: not an FQDN slice, nor one of a family without a proxier.
+	countSlice := func(s *discovery.EndpointSlice) {
+		if slices.ContainsFunc(proxiers, func(p *Proxier) bool { return p.opts.Family.addressType() == s.AddressType }) {
+			changes.EndpointChangesTotal.Inc()
+		}
+	}
 	sliceHandler, err := sliceInformer.AddEventHandler(handler(
 		func(s *discovery.EndpointSlice) {
-			each(func(p *Proxier) { p.tracker.OnEndpointSliceUpdate(s); p.opts.Metrics.EndpointChangesTotal.Inc() })
+			countSlice(s)
+			each(func(p *Proxier) { p.tracker.OnEndpointSliceUpdate(s) })
 		},
 		func(s *discovery.EndpointSlice) {
-			each(func(p *Proxier) { p.tracker.OnEndpointSliceDelete(s); p.opts.Metrics.EndpointChangesTotal.Inc() })
+			countSlice(s)
+			each(func(p *Proxier) { p.tracker.OnEndpointSliceDelete(s) })
 		},
 	))
 	if err != nil {

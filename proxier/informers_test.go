@@ -2,14 +2,19 @@ package proxier
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+	testingclock "k8s.io/utils/clock/testing"
 )
 
 func testNode(taints ...string) *v1.Node {
@@ -102,5 +107,49 @@ func TestWatchFeedsNodeEligibility(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Eligible() with taints %v: not %v: %v", n.Spec.Taints, step.want, err)
 		}
+	}
+}
+
+// TestWatchCountsChanges: each Service event counts once in
+// kubeproxy_sync_proxy_rules_service_changes_total however many families' proxiers it
+// goes to, and an EndpointSlice event counts when a proxier takes its address type, as
+// kube-proxy's change trackers count them.
+func TestWatchCountsChanges(t *testing.T) {
+	slice := func(name string, addressType discovery.AddressType) *discovery.EndpointSlice {
+		return makeSlice("a", name, nil, func(s *discovery.EndpointSlice) { s.AddressType = addressType })
+	}
+	objects := []runtime.Object{
+		makeService("a", nil), makeService("b", nil),
+		slice("a-v4", discovery.AddressTypeIPv4), slice("a-v6", discovery.AddressTypeIPv6), slice("a-fqdn", discovery.AddressTypeFQDN),
+	}
+	for _, tc := range []struct {
+		families                 []Family
+		wantServices, wantSlices float64
+	}{
+		{families: []Family{IPv4}, wantServices: 2, wantSlices: 1},
+		{families: []Family{IPv6}, wantServices: 2, wantSlices: 1},
+		{families: []Family{IPv4, IPv6}, wantServices: 2, wantSlices: 2},
+	} {
+		t.Run(fmt.Sprint(tc.families), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			reg := prometheus.NewRegistry()
+			metrics := NewMetrics(reg)
+			clk := testingclock.NewFakeClock(testTime)
+			var proxiers []*Proxier
+			for _, family := range tc.families {
+				proxiers = append(proxiers, New(Options{Backend: &fakeBackend{}, Family: family, NodeName: "node-a", SyncPeriod: testSyncPeriod,
+					Metrics: metrics.For(family), Health: NewHealth(family, clk, testHealthTimeout), Clock: clk}))
+			}
+			if err := Watch(ctx, fake.NewClientset(objects...), "", 0, &NodeEligibility{}, proxiers...); err != nil {
+				t.Fatal(err)
+			}
+			if got := counterValue(t, reg, "kubeproxy_sync_proxy_rules_service_changes_total"); got != tc.wantServices {
+				t.Errorf("service changes = %v, want %v", got, tc.wantServices)
+			}
+			if got := counterValue(t, reg, "kubeproxy_sync_proxy_rules_endpoint_changes_total"); got != tc.wantSlices {
+				t.Errorf("endpoint changes = %v, want %v", got, tc.wantSlices)
+			}
+		})
 	}
 }

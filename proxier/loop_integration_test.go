@@ -92,7 +92,7 @@ func TestLoopAgainstAPIServer(t *testing.T) {
 		NodeName:      "node-a",
 		MinSyncPeriod: 500 * time.Millisecond,
 		SyncPeriod:    time.Hour, // no periodic resync during the test
-		Metrics:       proxier.NewMetrics(prometheus.NewRegistry(), "recorder").For(proxier.IPv4),
+		Metrics:       proxier.NewMetrics(prometheus.NewRegistry()).For(proxier.IPv4),
 		Health:        proxier.NewHealth(proxier.IPv4, clock.RealClock{}, time.Hour),
 		Clock:         clock.RealClock{},
 		Logger:        klog.Background(),
@@ -186,7 +186,7 @@ func TestFirstSyncHoldsEveryService(t *testing.T) {
 	rec := &stateRecorder{}
 	p := proxier.New(proxier.Options{
 		Backend: rec, Family: proxier.IPv4, NodeName: "node-a", SyncPeriod: time.Hour,
-		Metrics: proxier.NewMetrics(prometheus.NewRegistry(), "recorder").For(proxier.IPv4),
+		Metrics: proxier.NewMetrics(prometheus.NewRegistry()).For(proxier.IPv4),
 		Health:  proxier.NewHealth(proxier.IPv4, clock.RealClock{}, time.Hour), Clock: clock.RealClock{}, Logger: klog.Background(),
 	})
 	go p.Run(ctx)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -82,6 +83,8 @@ type Proxier struct {
 	// failing are the ServicePorts whose rules the backend could not apply in the last
 	// sync that reached it; every sync retries them until they go in.
 	failing PortErrors
+	// noLocal are the ports kubeproxy_sync_proxy_rules_no_local_endpoints_total counts.
+	noLocal noLocalEndpoints
 }
 
 // retryMin is the first retry delay after a failed sync; it doubles up to SyncPeriod.
@@ -90,13 +93,14 @@ const retryMin = time.Second
 // New makes a Proxier. Call Run to start it and feed it events with the On* methods (or
 // Watch, which wires informers).
 func New(opts Options) *Proxier {
-	p := &Proxier{opts: opts, needFull: true, logger: opts.Logger.WithValues("backend", opts.Backend.Name())}
+	p := &Proxier{opts: opts, needFull: true, noLocal: noLocalEndpoints{}, logger: opts.Logger.WithValues("backend", opts.Backend.Name())}
 	p.tracker = NewTracker(opts.Family, opts.NodeName, opts.Clock.Now(), func(e FieldError) {
 		opts.Metrics.InvalidObjectFieldsTotal.Inc()
 		p.logger.Error(nil, "Skipping unusable field", "object", e.ObjectName(), "field", e.Field, "value", e.Value, "reason", e.Reason)
 		p.warn(&e.Object, InvalidFieldReason, e.Message())
 	})
 	p.runner = NewRunner(p.sync, opts.MinSyncPeriod, opts.SyncPeriod, retryMin, opts.Clock)
+	opts.Metrics.pending.add(p.tracker)
 	return p
 }
 
@@ -107,9 +111,6 @@ func (p *Proxier) Tracker() *Tracker { return p.tracker }
 func (p *Proxier) Changed() {
 	p.opts.Health.QueuedUpdate()
 	p.opts.Metrics.LastQueuedTimestamp.SetToCurrentTime()
-	svc, eps := p.tracker.Pending()
-	p.opts.Metrics.ServiceChangesPending.Set(float64(svc))
-	p.opts.Metrics.EndpointChangesPending.Set(float64(eps))
 	if p.initialized.Load() {
 		p.runner.Run()
 	}
@@ -137,10 +138,12 @@ func (p *Proxier) Run(ctx context.Context) {
 // start readies the loop. Like kube-proxy's SyncLoop, it counts as an update: a family
 // that has never updated is healthy (starting up), so without it a proxier whose syncs
 // never succeed would never turn /healthz red; and the family is in /healthz's status
-// from now on.
+// from now on. Also like SyncLoop, it sets the last queued time, for the informers'
+// initial lists that are on their way.
 func (p *Proxier) start(ctx context.Context) {
 	p.ctx = ctx
 	p.opts.Health.Updated()
+	p.opts.Metrics.LastQueuedTimestamp.SetToCurrentTime()
 }
 
 func (p *Proxier) sync() error {
@@ -152,8 +155,6 @@ func (p *Proxier) sync() error {
 	p.opts.Health.QueuedUpdate()
 	start := p.opts.Clock.Now()
 	flushed := p.tracker.Flush()
-	p.opts.Metrics.ServiceChangesPending.Set(0)
-	p.opts.Metrics.EndpointChangesPending.Set(0)
 	p.pendingTriggers = append(p.pendingTriggers, flushed.TriggerTimes...)
 	p.pendingStale = append(p.pendingStale, flushed.Stale...)
 	// The ports the kernel refused last time go again, as changed, whatever else changed.
@@ -163,11 +164,13 @@ func (p *Proxier) sync() error {
 	}
 
 	full := p.fullRequested.Swap(false) || p.needFull || flushed.NodeChanged || p.opts.Clock.Since(p.lastFull) >= p.fullSyncPeriod()
-	if !full && len(changed) == 0 {
-		p.succeeded()
-		return nil
+	var err error
+	// A sync with nothing to apply leaves the backend alone, but it is a sync all the
+	// same, observed as kube-proxy observes its periodic ones: a partial sync that took
+	// next to nothing.
+	if full || len(changed) > 0 {
+		err = p.opts.Backend.Sync(p.ctx, flushed.State, Changes{Full: full, ServicePorts: changed})
 	}
-	err := p.opts.Backend.Sync(p.ctx, flushed.State, Changes{Full: full, ServicePorts: changed})
 	elapsed := p.opts.Clock.Since(start).Seconds()
 	p.opts.Metrics.SyncDuration.Observe(elapsed)
 	if full {
@@ -199,6 +202,13 @@ func (p *Proxier) sync() error {
 	if p.opts.ServiceHealth != nil {
 		p.updateServiceHealth(flushed.State, full, changed)
 	}
+	if full {
+		clear(p.noLocal)
+		p.noLocal.update(flushed.State, maps.Keys(flushed.State.Services))
+	} else {
+		p.noLocal.update(flushed.State, maps.Keys(changed))
+	}
+	p.noLocal.publish(p.opts.Metrics)
 	p.reportFailing(failed)
 	// Only now that the new rules are in place: deleted earlier, a flow could be
 	// recreated through the old rules.
@@ -336,7 +346,12 @@ func (p *Proxier) clearStaleFlows() {
 	if len(filters) == 0 {
 		return
 	}
+	start := p.opts.Clock.Now()
 	n, err := p.opts.Conntrack.Clear(p.opts.Family == IPv6, filters...)
+	// Observed whether or not the deletion failed, as kube-proxy's CleanStaleEntries
+	// observes it once the table could be listed; n is what was deleted before.
+	p.opts.Metrics.ConntrackReconcileDuration.Observe(p.opts.Clock.Since(start).Seconds())
+	p.opts.Metrics.ConntrackDeletedEntries.Add(float64(n))
 	if err != nil {
 		// Not worth failing the sync: the entries expire by themselves, later.
 		p.logger.Error(err, "Deleting stale conntrack entries", "filters", len(filters))

@@ -63,6 +63,7 @@ const (
 )
 
 type testProxier struct {
+	t       *testing.T
 	p       *Proxier
 	backend *fakeBackend
 	reg     *prometheus.Registry
@@ -73,6 +74,7 @@ type testProxier struct {
 func newTestProxier(t *testing.T) *testProxier {
 	t.Helper()
 	tp := &testProxier{
+		t:       t,
 		backend: &fakeBackend{},
 		reg:     prometheus.NewRegistry(),
 		clk:     testingclock.NewFakeClock(testTime),
@@ -84,7 +86,7 @@ func newTestProxier(t *testing.T) *testProxier {
 		NodeName:      "node-a",
 		MinSyncPeriod: time.Second,
 		SyncPeriod:    testSyncPeriod,
-		Metrics:       NewMetrics(tp.reg, "fake").For(IPv4),
+		Metrics:       NewMetrics(tp.reg).For(IPv4),
 		Health:        tp.health,
 		Clock:         tp.clk,
 	})
@@ -209,7 +211,7 @@ func TestProxierSync(t *testing.T) {
 			},
 		},
 		{
-			name: "nothing changed: no backend call",
+			name: "nothing changed: no backend call, but a partial sync all the same, as kube-proxy counts its periodic syncs",
 			steps: []proxierStep{
 				{
 					events:        []proxierEvent{svcEvent(a), initialized()},
@@ -218,17 +220,19 @@ func TestProxierSync(t *testing.T) {
 					wantHealthy:   true,
 				},
 				{
-					events:        []proxierEvent{clockStep(time.Minute)},
-					wantFullSyncs: 1,
-					wantHealthy:   true,
+					events:           []proxierEvent{clockStep(time.Minute)},
+					wantFullSyncs:    1,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
 				},
 				{
 					events: []proxierEvent{clockStep(time.Minute), svcEvent(makeService("a", func(s *v1.Service) {
 						s.ResourceVersion = "2"
 						s.Annotations = map[string]string{"example.com/touched": "yes"}
 					}))},
-					wantFullSyncs: 1,
-					wantHealthy:   true,
+					wantFullSyncs:    1,
+					wantPartialSyncs: 2,
+					wantHealthy:      true,
 				},
 			},
 		},
@@ -242,15 +246,17 @@ func TestProxierSync(t *testing.T) {
 					wantHealthy:   true,
 				},
 				{
-					events:        []proxierEvent{clockStep(testSyncPeriod - time.Second)},
-					wantFullSyncs: 1,
-					wantHealthy:   true,
+					events:           []proxierEvent{clockStep(testSyncPeriod - time.Second)},
+					wantFullSyncs:    1,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
 				},
 				{
-					events:        []proxierEvent{clockStep(time.Second)},
-					wantCall:      &fakeSyncCall{full: true, services: []ServicePortName{aHTTP}},
-					wantFullSyncs: 2,
-					wantHealthy:   true,
+					events:           []proxierEvent{clockStep(time.Second)},
+					wantCall:         &fakeSyncCall{full: true, services: []ServicePortName{aHTTP}},
+					wantFullSyncs:    2,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
 				},
 			},
 		},
@@ -267,22 +273,23 @@ func TestProxierSync(t *testing.T) {
 					wantHealthy:   true,
 				},
 				{
-					events:        []proxierEvent{clockStep(testSyncPeriod)},
-					wantFullSyncs: 1,
-					wantHealthy:   true,
+					events:           []proxierEvent{clockStep(testSyncPeriod)},
+					wantFullSyncs:    1,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
 				},
 				{
 					events:           []proxierEvent{clockStep(testSyncPeriod), svcEvent(b)},
 					wantCall:         &fakeSyncCall{full: false, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
 					wantFullSyncs:    1,
-					wantPartialSyncs: 1,
+					wantPartialSyncs: 2,
 					wantHealthy:      true,
 				},
 				{
 					events:           []proxierEvent{clockStep(testSyncPeriod)},
 					wantCall:         &fakeSyncCall{full: true, services: []ServicePortName{aHTTP, bHTTP}},
 					wantFullSyncs:    2,
-					wantPartialSyncs: 1,
+					wantPartialSyncs: 2,
 					wantHealthy:      true,
 				},
 			},
@@ -438,7 +445,7 @@ func TestProxierSync(t *testing.T) {
 					// Observed once only: neither an idle sync nor the next real one repeats it.
 					events:           []proxierEvent{clockStep(time.Second)},
 					wantFullSyncs:    1,
-					wantPartialSyncs: 1,
+					wantPartialSyncs: 2,
 					wantProgramming:  1,
 					wantProgrammingS: 3,
 					wantHealthy:      true,
@@ -447,7 +454,7 @@ func TestProxierSync(t *testing.T) {
 					events:           []proxierEvent{clockStep(time.Second), svcEvent(b)},
 					wantCall:         &fakeSyncCall{full: false, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
 					wantFullSyncs:    1,
-					wantPartialSyncs: 2,
+					wantPartialSyncs: 3,
 					wantProgramming:  1,
 					wantProgrammingS: 3,
 					wantHealthy:      true,
@@ -503,14 +510,15 @@ func TestProxierSync(t *testing.T) {
 					events: []proxierEvent{sliceEvent(sliceWithTrigger("a", "a-v6", "fd00::1", testTime, func(s *discovery.EndpointSlice) {
 						s.AddressType = discovery.AddressTypeIPv6
 					}))},
-					wantFullSyncs: 1,
-					wantHealthy:   true,
+					wantFullSyncs:    1,
+					wantPartialSyncs: 1,
+					wantHealthy:      true,
 				},
 				{
 					events:           []proxierEvent{clockStep(10 * time.Minute), svcEvent(bMoved)},
 					wantCall:         &fakeSyncCall{full: false, changed: []ServicePortName{bHTTP}, services: []ServicePortName{aHTTP, bHTTP}},
 					wantFullSyncs:    1,
-					wantPartialSyncs: 1,
+					wantPartialSyncs: 2,
 					wantProgramming:  0,
 					wantProgrammingS: 0,
 					wantHealthy:      true,
@@ -597,55 +605,6 @@ func TestProxierSync(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// Changed publishes the pending-change gauges, so that a stuck loop is visible.
-func TestProxierChangedPendingGauges(t *testing.T) {
-	tp := newTestProxier(t)
-	svcEvent(makeService("a", nil))(tp)
-	svcEvent(makeService("b", nil))(tp)
-	sliceEvent(makeSlice("a", "a-1", nil, nil))(tp)
-	if got := counterValue(t, tp.reg, "kubeproxy_sync_proxy_rules_service_changes_pending"); got != 2 {
-		t.Errorf("service changes pending = %v, want 2", got)
-	}
-	if got := counterValue(t, tp.reg, "kubeproxy_sync_proxy_rules_endpoint_changes_pending"); got != 1 {
-		t.Errorf("endpoint changes pending = %v, want 1", got)
-	}
-	if got := counterValue(t, tp.reg, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds"); got == 0 {
-		t.Error("last queued timestamp not set")
-	}
-}
-
-// Every series carries the backend label, so the two modes can be compared side by side,
-// and each family's proxier has its own series (ip_family), as in kube-proxy.
-func TestMetricsLabels(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg, "ipvs")
-	m.For(IPv4).SyncDuration.Observe(0.1)
-	m.For(IPv6) // every series of a family exists once its proxier has its metrics
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("Gather: %v", err)
-	}
-	if len(mfs) != 12 {
-		t.Errorf("gathered %d metric families, want 12", len(mfs))
-	}
-	for _, mf := range mfs {
-		families := map[string]bool{}
-		for _, metric := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range metric.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["backend"] != "ipvs" {
-				t.Errorf("%s has no backend=\"ipvs\" label", mf.GetName())
-			}
-			families[labels["ip_family"]] = true
-		}
-		if !families["IPv4"] || !families["IPv6"] || len(families) != 2 {
-			t.Errorf("%s has series for the families %v, want IPv4 and IPv6", mf.GetName(), families)
-		}
 	}
 }
 

@@ -85,6 +85,14 @@ func (f Family) matches(a netip.Addr) bool {
 	return a.IsValid() && (a.Is4() == (f == IPv4)) && !a.Is4In6()
 }
 
+// addressType is the EndpointSlice address type of the family's endpoints.
+func (f Family) addressType() discovery.AddressType {
+	if f == IPv6 {
+		return discovery.AddressTypeIPv6
+	}
+	return discovery.AddressTypeIPv4
+}
+
 // ServicePorts translates a Service into the ServicePorts this proxy serves for one IP
 // family. It returns nothing for Services that are not proxied (headless, ExternalName,
 // no ports, no cluster IP of this family) and reports every unusable field it skipped.
@@ -234,10 +242,7 @@ func parseAddrs(values []string, family Family, field string, bad func(field, va
 // where kube-proxy's pick follows its map order (random), a ready copy wins, else the
 // first in slice-name order.
 func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*discovery.EndpointSlice, family Family, nodeName string) (map[ServicePortName][]Endpoint, []FieldError) {
-	wantType := discovery.AddressTypeIPv4
-	if family == IPv6 {
-		wantType = discovery.AddressTypeIPv6
-	}
+	wantType := family.addressType()
 	names := make([]string, 0, len(slicesByName))
 	for n := range slicesByName {
 		names = append(names, n)

@@ -116,7 +116,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := proxier.NewMetrics(reg, cfg.Mode)
+	metrics := proxier.NewMetrics(reg)
 	clk := clock.RealClock{}
 	// One proxier per IP family, like kube-proxy: each programs its family's addresses of
 	// every Service, and a dual-stack Service gets both.
@@ -146,7 +146,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			// The health check ports answer with the health of every family, as
 			// kube-proxy's do; healths is complete before any port opens (after the
 			// first sync).
-			ServiceHealth: proxier.NewServiceHealth(logger, family, func() bool { return healths.Healthy() }),
+			ServiceHealth: proxier.NewServiceHealth(logger, family, cfg.NodeName, recorder, func() bool { return healths.Healthy() }),
 			Conntrack:     stale,
 			Clock:         clk,
 			Logger:        logger.WithValues("ipFamily", family.String()),
@@ -160,12 +160,10 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	eligibility := new(proxier.NodeEligibility)
 	metricsMux := http.NewServeMux()
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	// The proxy's own health: the node's eligibility is for load balancers, on the
-	// healthz address.
-	metricsMux.Handle("/healthz", proxier.LivezHandler(clk, healths))
+	proxier.InstallServerHealthz(metricsMux)
 	metricsMux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, cfg.Mode) })
 	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
-	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility), logger)
+	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility, metrics), logger)
 
 	for _, p := range proxiers {
 		go p.Run(ctx)

@@ -530,40 +530,51 @@ func checkIPVSForgot(ctx context.Context, l *lab.Lab, clusterIP string) error {
 	return nil
 }
 
-// checkMetricsAndHealth reads the proxy's metrics and health endpoints on the node.
+// checkMetricsAndHealth reads the proxy's metrics and health endpoints on the node: the
+// series carry kube-proxy's names and labels (its queries select them as they select
+// kube-proxy's), and each health answer is counted as kube-proxy counts it.
 func checkMetricsAndHealth(ctx context.Context, t *testing.T, l *lab.Lab, mode proxyMode) {
 	t.Helper()
-	backend := fmt.Sprintf(`{backend=%q`, mode.flag)
-	checks := []struct{ url, want string }{
-		{"http://127.0.0.1:10256/livez", `"healthy":true`},
-		{"http://127.0.0.1:10249/proxyMode", mode.flag},
-		{"http://127.0.0.1:10249/metrics", "kubeproxy_sync_proxy_rules_duration_seconds_count" + backend},
-		{"http://127.0.0.1:10249/metrics", "kubeproxy_network_programming_duration_seconds_count" + backend},
-	}
-	if mode.flag == "ipvs" {
-		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `switchyard_ipvs_operations_total{backend="ipvs",ip_family="IPv4",operation="add_virtual_server"}`})
-	} else {
-		checks = append(checks, struct{ url, want string }{"http://127.0.0.1:10249/metrics", `kubeproxy_sync_proxy_rules_iptables_total{backend="iptables",ip_family="IPv4",table="nat"}`})
-	}
-	for _, c := range checks {
-		out, err := l.NodeOutput(ctx, "curl", "-sf", c.url)
+	get := func(url string, wants ...string) {
+		t.Helper()
+		out, err := l.NodeOutput(ctx, "curl", "-s", "-w", " %{http_code}", url)
 		if err != nil {
-			t.Errorf("GET %s: %v", c.url, err)
-			continue
+			t.Errorf("GET %s: %v", url, err)
+			return
 		}
-		if !strings.Contains(out, c.want) {
-			t.Errorf("GET %s lacks %q:\n%s", c.url, c.want, tail(out, 20))
+		for _, want := range wants {
+			if !strings.Contains(out, want) {
+				t.Errorf("GET %s lacks %q:\n%s", url, want, tail(out, 20))
+			}
 		}
 	}
+	get("http://127.0.0.1:10256/livez", `"healthy":true`, " 200")
 	// This lab registers no Node: like kube-proxy's, /healthz fails until the proxy has
 	// seen its Node, so that load balancers send nothing to a node they cannot judge.
-	const healthz = "http://127.0.0.1:10256/healthz"
-	out, err := l.NodeOutput(ctx, "curl", "-s", "-w", " %{http_code}", healthz)
-	if err != nil {
-		t.Errorf("GET %s: %v", healthz, err)
-	} else if !strings.Contains(out, `"nodeEligible":false,"healthy":true`) || !strings.HasSuffix(out, " 503") {
-		t.Errorf("GET %s: want 503 with nodeEligible false and healthy true, got %s", healthz, out)
+	get("http://127.0.0.1:10256/healthz", `"nodeEligible":false,"healthy":true`, " 503")
+	// The metrics address's /healthz is kube-proxy's there: the server answers.
+	get("http://127.0.0.1:10249/healthz", "ok 200")
+	get("http://127.0.0.1:10249/proxyMode", mode.flag+" 200")
+	metrics := []string{
+		`kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"} `,
+		`kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"} `,
+		`kubeproxy_network_programming_duration_seconds_bucket{ip_family="IPv4",le="0"} `,
+		`kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} `,
+		`kubeproxy_sync_proxy_rules_service_changes_total `,
+		`kubeproxy_sync_proxy_rules_endpoint_changes_pending `,
+		`kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"} `,
+		`kubeproxy_proxy_livez_total{code="200"} `,
+		`kubeproxy_proxy_healthz_total{code="503"} `,
 	}
+	if mode.flag == "ipvs" {
+		metrics = append(metrics, `switchyard_ipvs_operations_total{ip_family="IPv4",operation="add_virtual_server"} `)
+	} else {
+		metrics = append(metrics,
+			`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"} `,
+			`kubeproxy_sync_proxy_rules_iptables_last{ip_family="IPv4",table="nat"} `,
+			`kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family="IPv4"} `)
+	}
+	get("http://127.0.0.1:10249/metrics", metrics...)
 }
 
 // runInKernelLab runs the test named by pattern inside the kernel lab's guest (a UML

@@ -81,13 +81,13 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	}
 	// The load balancer's health check asks the node whether it has endpoints.
 	healthURL := fmt.Sprintf("http://%s:%d/", lab.NodeIP, svc.Spec.HealthCheckNodePort)
-	expectHealthCheck(ctx, t, l, healthURL, "200", `"localEndpoints": 1`)
+	expectHealthCheck(ctx, t, l.ClientOutput, healthURL, "200", `"localEndpoints": 1`)
 
 	// No endpoint on this node: external clients are dropped (the load balancer's health
 	// check steers them away), while a pod on this node still reaches the Service through
 	// its external addresses (short-circuit to any endpoint).
 	writeEndpoints(ctx, t, l, "ext", remote)
-	expectHealthCheck(ctx, t, l, healthURL, "503", `"localEndpoints": 0`)
+	expectHealthCheck(ctx, t, l.ClientOutput, healthURL, "503", `"localEndpoints": 0`)
 	expectFlow(ctx, t, "Local policy without a local endpoint, nodePort", fromClientOnce(entryPoints["nodePort"]), nil, "", "timeout")
 	expectFlow(ctx, t, "Local policy without a local endpoint, load-balancer IP", fromClientOnce(entryPoints["load-balancer IP"]), nil, "", "timeout")
 	// Both modes: iptables mode short-circuits pods to any endpoint; in IPVS mode the
@@ -107,12 +107,12 @@ func testExternalEntryPoints(t *testing.T, mode proxyMode) {
 	expectFlow(ctx, t, "outside loadBalancerSourceRanges, nodePort", fromClient(entryPoints["nodePort"]), remote, lab.PodGatewayIP, "")
 }
 
-// expectHealthCheck waits until the healthCheckNodePort answers the client with the status
-// and a body containing want.
-func expectHealthCheck(ctx context.Context, t *testing.T, l *lab.Lab, url, status, want string) {
+// expectHealthCheck waits until the healthCheckNodePort answers a curl run by run (the
+// lab's client or its node) with the status and a body containing want.
+func expectHealthCheck(ctx context.Context, t *testing.T, run func(context.Context, string, ...string) (string, error), url, status, want string) {
 	t.Helper()
 	err := lab.Eventually(ctx, 30*time.Second, 250*time.Millisecond, func() error {
-		out, err := l.ClientOutput(ctx, "curl", "-s", "--max-time", "2", "-w", " %{http_code}", url)
+		out, err := run(ctx, "curl", "-g", "-s", "--max-time", "2", "-w", " %{http_code}", url)
 		if err != nil {
 			return err
 		}
