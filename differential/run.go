@@ -124,7 +124,8 @@ func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 	errs := make([]error, len(Proxies))
 	runProxy := func(i int) {
 		if o.Mode == benchmarks.ModeIPVS {
-			services[i], runs[i], errs[i] = runInKernelLab(ctx, o, Proxies[i], i)
+			// Slot 0 is the one the tests and the demo use.
+			services[i], runs[i], errs[i] = runInKernelLab(ctx, o, Proxies[i], 1+i)
 		} else {
 			services[i], runs[i], errs[i] = runNatively(ctx, o, Proxies[i])
 		}
