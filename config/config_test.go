@@ -53,6 +53,14 @@ clientConnection:
   qps: 20
   burst: 30
 `)
+	// fromFile is what file sets.
+	fromFile := func(c *Config) {
+		c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
+		c.MetricsBindAddress = "0.0.0.0:9999"
+		c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
+		c.MasqueradeAll = true
+		c.ConntrackMaxPerCore = 0
+	}
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
 	tests := []struct {
@@ -81,11 +89,7 @@ clientConnection:
 		}},
 		{name: "file is the base", args: []string{"--config=" + file}, want: func(c *Config) {
 			c.NodeName = "from-file"
-			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
-			c.MetricsBindAddress = "0.0.0.0:9999"
-			c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
-			c.MasqueradeAll = true
-			c.ConntrackMaxPerCore = 0
+			fromFile(c)
 		}},
 		{name: "apiserver client by flag", args: []string{"--hostname-override=node-a", "--kube-api-content-type=application/json", "--kube-api-qps=50.5", "--kube-api-burst=100"}, want: func(c *Config) {
 			c.KubeAPIContentType, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", 50.5, 100
@@ -93,8 +97,8 @@ clientConnection:
 		{name: "apiserver client in the file", args: []string{"--config=" + clientConnection, "--hostname-override=node-a"}, want: func(c *Config) {
 			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 20, 30
 		}},
-		{name: "the flag overrides the file's QPS", args: []string{"--config=" + clientConnection, "--hostname-override=node-a", "--kube-api-qps=7"}, want: func(c *Config) {
-			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 7, 30
+		{name: "the flag does not override the file's QPS", args: []string{"--config=" + clientConnection, "--hostname-override=node-a", "--kube-api-qps=7"}, want: func(c *Config) {
+			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 20, 30
 		}},
 		{name: "localhost NodePorts off by flag", args: []string{"--hostname-override=node-a", "--iptables-localhost-nodeports=false"}, want: func(c *Config) {
 			c.IPTablesLocalhostNodePorts = false
@@ -102,13 +106,21 @@ clientConnection:
 		{name: "localhost NodePorts off in the file", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a"}, want: func(c *Config) {
 			c.IPTablesLocalhostNodePorts = false
 		}},
-		{name: "the flag overrides the file's localhost NodePorts", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a", "--iptables-localhost-nodeports"}, want: func(*Config) {}},
-		{name: "explicit flags override the file", args: []string{"--config=" + file, "--hostname-override=node-a", "--sync-period=50s", "--metrics-bind-address="}, want: func(c *Config) {
-			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
-			c.MetricsBindAddress = ""
-			c.SyncPeriod, c.MinSyncPeriod = 50*time.Second, 2*time.Second
-			c.MasqueradeAll = true
-			c.ConntrackMaxPerCore = 0
+		{name: "the flag does not override the file's localhost NodePorts", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a", "--iptables-localhost-nodeports"}, want: func(c *Config) {
+			c.IPTablesLocalhostNodePorts = false
+		}},
+		{name: "with --config, the file is the configuration and other flags are ignored", args: []string{
+			"--config=" + file, "--sync-period=50s", "--iptables-sync-period=50s", "--metrics-bind-address=1.2.3.4:5", "--proxy-mode=ipvs",
+			"--kubeconfig=/ignored", "--cluster-cidr=10.0.0.0/8", "--masquerade-all=false", "--conntrack-max-per-core=5",
+		}, want: func(c *Config) {
+			c.NodeName = "from-file"
+			fromFile(c)
+		}},
+		{name: "with --config, --hostname-override, --master and --service-proxy-name still apply", args: []string{
+			"--config=" + file, "--hostname-override=Node-A", "--master=https://apiserver:6443", "--service-proxy-name=mine",
+		}, want: func(c *Config) {
+			c.Master, c.ServiceProxyName = "https://apiserver:6443", "mine"
+			fromFile(c)
 		}},
 	}
 	for _, tc := range tests {
@@ -176,9 +188,10 @@ func TestLocalhostNodePorts(t *testing.T) {
 }
 
 func TestParseInvalid(t *testing.T) {
-	badField := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmodee: ipvs\n")
 	badKind := writeFile(t, "apiVersion: v1\nkind: ConfigMap\n")
+	notYAML := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: [\n")
 	badValue := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nclusterCIDR: nope\n")
+	badAddress := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhealthzBindAddress: localhost:10256\n")
 	badBurst := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection:\n  burst: -1\n")
 	tests := []struct {
 		name string
@@ -189,8 +202,13 @@ func TestParseInvalid(t *testing.T) {
 		{"unknown mode", []string{"--proxy-mode=bogus"}, []string{`"bogus"`, "--proxy-mode", "iptables, ipvs"}},
 		{"bad cluster CIDR", []string{"--cluster-cidr=10.0.0.0/33"}, []string{"--cluster-cidr", "10.0.0.0/33", "CIDRs"}},
 		{"two CIDRs of one family", []string{"--cluster-cidr=10.0.0.0/8,11.0.0.0/8"}, []string{"--cluster-cidr", "one CIDR per IP family"}},
-		{"bad bind address", []string{"--healthz-bind-address=localhost"}, []string{"--healthz-bind-address", `"localhost"`, "IP:port"}},
-		{"port out of range", []string{"--metrics-bind-address=127.0.0.1:70000"}, []string{"--metrics-bind-address", "IP:port"}},
+		{"bad bind address", []string{"--healthz-bind-address=localhost"}, []string{"--healthz-bind-address", `"localhost"`, "ip or ip:port"}},
+		{"port out of range", []string{"--metrics-bind-address=127.0.0.1:70000"}, []string{"--metrics-bind-address", `"70000" is not a valid number`}},
+		{"port 0", []string{"--metrics-bind-address=127.0.0.1:0"}, []string{"--metrics-bind-address", `"127.0.0.1:0"`, "port from 1 to 65535"}},
+		{"no host", []string{"--healthz-bind-address=:10256"}, []string{"--healthz-bind-address", `"" is not a valid IP address`}},
+		{"metrics cannot be disabled", []string{"--metrics-port=0"}, []string{"--metrics-port", "cannot be disabled"}},
+		{"a bare IP with --write-config-to", []string{"--healthz-bind-address=127.0.0.1", "--write-config-to=/dev/null"}, []string{"--healthz-bind-address", `"127.0.0.1"`, "IP:port"}},
+		{"bad address in file", []string{"--config=" + badAddress}, []string{"healthzBindAddress (in " + badAddress + ")", `"localhost:10256"`}},
 		{"zero sync period", []string{"--sync-period=0s"}, []string{"--sync-period", "greater than 0"}},
 		{"min above max", []string{"--sync-period=1s", "--min-sync-period=2s"}, []string{"--min-sync-period", "must not exceed"}},
 		{"masquerade bit", []string{"--iptables-masquerade-bit=32"}, []string{"--iptables-masquerade-bit", "between 0 and 31"}},
@@ -203,8 +221,8 @@ func TestParseInvalid(t *testing.T) {
 		{"positional argument", []string{"iptables"}, []string{"unexpected arguments"}},
 		{"blank hostname", []string{"--hostname-override= "}, []string{"--hostname-override", "blank"}},
 		{"missing file", []string{"--config=/nonexistent/config.yaml"}, []string{"--config", "/nonexistent/config.yaml"}},
-		{"unknown field in file", []string{"--config=" + badField}, []string{badField, `unknown field "modee"`}},
-		{"wrong kind", []string{"--config=" + badKind}, []string{badKind, "KubeProxyConfiguration"}},
+		{"wrong kind", []string{"--config=" + badKind}, []string{"--config", badKind, `no kind "ConfigMap" is registered for version "v1"`}},
+		{"not YAML", []string{"--config=" + notYAML}, []string{"--config", notYAML}},
 		{"bad values in file, all reported", []string{"--config=" + badValue}, []string{"mode (in " + badValue + ")", `"userspace"`, "clusterCIDR (in " + badValue + ")"}},
 	}
 	for _, tc := range tests {

@@ -46,7 +46,7 @@ func run(args []string) int {
 	if len(args) > 0 && args[0] == "explain" {
 		return explain(args[1:], os.Stdout)
 	}
-	parsed, code := parseConfig(args)
+	parsed, code := parseConfig(args, usage)
 	if parsed == nil {
 		return code
 	}
@@ -54,9 +54,20 @@ func run(args []string) int {
 		fmt.Println("switchyard", version)
 		return 0
 	}
+	if !apply(parsed) {
+		return 1
+	}
+	logger := klog.Background()
+	if parsed.WriteConfigTo != "" {
+		if err := parsed.WriteConfig(); err != nil {
+			logger.Error(err, "Could not write the configuration")
+			return 1
+		}
+		logger.Info("Wrote configuration", "file", parsed.WriteConfigTo)
+		return 0
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger := klog.Background()
 	if err := serve(ctx, parsed.Config, logger); err != nil {
 		logger.Error(err, "switchyard failed")
 		return 1
@@ -64,15 +75,32 @@ func run(args []string) int {
 	return 0
 }
 
+// usage is switchyard's --help.
+const usage = `Usage:
+  switchyard [flags]
+  switchyard explain [flags] NAMESPACE/NAME
+
+switchyard watches Services and EndpointSlices and programs this node's kernel (iptables
+or IPVS) so that traffic to a Service reaches its endpoints, as kube-proxy does, from
+kube-proxy's flags or KubeProxyConfiguration file (docs/configuration.md).
+
+switchyard explain prints what this node should program for one Service next to what the
+kernel holds (switchyard explain --help).
+
+Flags:
+`
+
 // parseConfig parses the command line; when it returns nil, the process exits with the
-// returned status (0 after --help, 2 after a usage error, which it has printed).
-func parseConfig(args []string) (*config.Parsed, int) {
+// returned status (0 after --help, which prints help and the flags, 2 after a usage
+// error, which it has printed).
+func parseConfig(args []string, help string) (*config.Parsed, int) {
 	parsed, err := config.Parse(args, modes.All.Names(), os.Stderr)
-	var usage *config.UsageError
+	var usageErr *config.UsageError
 	switch {
 	case errors.Is(err, pflag.ErrHelp):
+		fmt.Print(help + config.FlagUsages(modes.All.Names()))
 		return nil, 0
-	case errors.As(err, &usage):
+	case errors.As(err, &usageErr):
 		fmt.Fprintf(os.Stderr, "switchyard: %v\nRun 'switchyard --help' for usage.\n", err)
 		return nil, 2
 	case err != nil:
@@ -80,6 +108,16 @@ func parseConfig(args []string) (*config.Parsed, int) {
 		return nil, 2
 	}
 	return parsed, 0
+}
+
+// apply makes the configuration's logging and feature gates take effect, as kube-proxy
+// does before it does anything else; false means the process must exit (1).
+func apply(parsed *config.Parsed) bool {
+	if err := parsed.Apply(); err != nil {
+		fmt.Fprintf(os.Stderr, "switchyard: %v\n", err)
+		return false
+	}
+	return true
 }
 
 func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
