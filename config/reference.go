@@ -58,7 +58,7 @@ const (
 	hardFailKP        = "If true, a healthz or metrics server that fails to bind or serve stops kube-proxy, after a Warning Event on the Node (`FailedToStartProxierHealthcheck`, `FailedToStartMetricServer`); if false (default), it logs and retries every 5s."
 	hardFailSY        = "Parsed (`Config.BindAddressHardFail`), and not acted on yet: switchyard always logs and retries (`listen` in cmd/switchyard/main.go), kube-proxy's default."
 	profilingKP       = "If true, serves `/debug/pprof/` (and `/debug/flags/v`, to set the log verbosity with a PUT) on the metrics server. Default false."
-	profilingSY       = "Parsed (`Config.EnableProfiling`), and not acted on yet: switchyard serves no `/debug/pprof`."
+	profilingSY       = "`installProfiling` (cmd/switchyard/debug.go): the same paths and handlers."
 	hiddenMetricsKP   = "Re-enables the metrics hidden since the given previous minor version; any other value than the one before kube-proxy's own (`1.34`) is refused. Default empty."
 	hiddenMetricsSY   = "`validateShowHiddenMetricsVersion` (config/featuregates.go) checks it as kube-proxy; switchyard hides none of its metrics, so there is nothing more to show."
 	featureGatesKP    = "Enables or disables kube-proxy's feature gates (`Name=true,...`); an unknown gate, a gate locked to the other value or a gate whose dependencies are off stops it."
@@ -150,7 +150,7 @@ var Flags = []Setting{
 	{"healthz-bind-address", Implemented, healthzAddrKP + " Without a port, the port of `--healthz-port`. An empty value changes nothing.", addrSY},
 	{"metrics-bind-address", Implemented, metricsAddrKP + " Without a port, the port of `--metrics-port`. An empty value changes nothing: the metrics server cannot be disabled.", addrSY},
 	{"bind-address-hard-fail", Ignored, hardFailKP, hardFailSY},
-	{"profiling", Ignored, profilingKP, profilingSY},
+	{"profiling", Implemented, profilingKP, profilingSY},
 	{"show-hidden-metrics-for-version", Implemented, hiddenMetricsKP, hiddenMetricsSY},
 	{"init-only", Implemented, "Makes the node settings that need full privileges, and exits.", "`initNode` (cmd/switchyard/main.go)."},
 	{"proxy-mode", Implemented, modeKP + " Ignored with `--config`.", modeSY},
@@ -228,7 +228,7 @@ var Fields = []Setting{
 	{"healthzBindAddress", Implemented, healthzAddrKP + " Empty is the default.", addrSY},
 	{"metricsBindAddress", Implemented, metricsAddrKP + " Empty is the default.", addrSY},
 	{"bindAddressHardFail", Ignored, hardFailKP, hardFailSY},
-	{"enableProfiling", Ignored, profilingKP, profilingSY},
+	{"enableProfiling", Implemented, profilingKP, profilingSY},
 	{"showHiddenMetricsForVersion", Implemented, hiddenMetricsKP, hiddenMetricsSY},
 	{"mode", Implemented, modeKP, modeSY},
 	{"iptables.masqueradeBit", Implemented, masqBitKP, masqBitSY},

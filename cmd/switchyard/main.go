@@ -201,6 +201,9 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	// healthz address.
 	metricsMux.Handle("/healthz", proxier.LivezHandler(clk, healths))
 	metricsMux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, cfg.Mode) })
+	if cfg.EnableProfiling {
+		installProfiling(metricsMux)
+	}
 	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
 	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility), logger)
 

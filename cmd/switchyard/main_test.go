@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,6 +129,35 @@ func TestLoggingFormat(t *testing.T) {
 				t.Errorf("logged %q, want klog's text with the file", last)
 			}
 		})
+	}
+}
+
+// TestProfiling: the paths kube-proxy's --profiling serves on its metrics server.
+func TestProfiling(t *testing.T) {
+	mux := http.NewServeMux()
+	installProfiling(mux)
+	tests := []struct {
+		method, path, body string
+		status             int
+		// want is in the response: its body, or its Location.
+		want string
+	}{
+		{method: "GET", path: "/debug/pprof", status: http.StatusFound, want: "/debug/pprof/"},
+		{method: "GET", path: "/debug/pprof/", status: http.StatusOK, want: "goroutine"},
+		{method: "GET", path: "/debug/pprof/goroutine?debug=1", status: http.StatusOK, want: "goroutine profile"},
+		{method: "GET", path: "/debug/pprof/symbol", status: http.StatusOK, want: "num_symbols"},
+		{method: "GET", path: "/debug/flags/", status: http.StatusOK, want: "<tr>v<br>"},
+		{method: "GET", path: "/debug/flags/v", status: http.StatusNotAcceptable, want: "unsupported http method"},
+		{method: "PUT", path: "/debug/flags/v", body: "many", status: http.StatusBadRequest},
+		{method: "PUT", path: "/debug/flags/v", body: "0", status: http.StatusOK, want: "successfully set klog.logging.verbosity to 0"},
+	}
+	for _, tc := range tests {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body)))
+		got := rec.Body.String() + rec.Header().Get("Location")
+		if rec.Code != tc.status || !strings.Contains(got, tc.want) {
+			t.Errorf("%s %s: %d %q, want %d with %q", tc.method, tc.path, rec.Code, got, tc.status, tc.want)
+		}
 	}
 }
 
