@@ -56,7 +56,7 @@ const (
 	bindAddressKP     = "Overrides kube-proxy's idea of the node's primary IP (otherwise taken from the Node object): the primary IP family, and the node IP of `nodePortAddresses: primary` and of local-traffic detection; an IPv6 one also makes the default healthz and metrics addresses `[::]:10256` and `[::1]:10249`. Default `0.0.0.0`."
 	bindAddressSY     = "Parsed as kube-proxy's (an IP, `ipVar`), written by `--write-config-to`, and in the file it makes the default addresses IPv6 as kube-proxy's defaulting does (`setDefaults`); otherwise never read: the node's primary IP comes from the Node object."
 	hardFailKP        = "If true, a healthz or metrics server that fails to bind or serve stops kube-proxy, after a Warning Event on the Node (`FailedToStartProxierHealthcheck`, `FailedToStartMetricServer`); if false (default), it logs and retries every 5s."
-	hardFailSY        = "Parsed (`Config.BindAddressHardFail`), and not acted on yet: switchyard always logs and retries (`listen` in cmd/switchyard/main.go), kube-proxy's default."
+	hardFailSY        = "`listen` and `serve` (cmd/switchyard/main.go), as kube-proxy: the Event, then exit 1."
 	profilingKP       = "If true, serves `/debug/pprof/` (and `/debug/flags/v`, to set the log verbosity with a PUT) on the metrics server. Default false."
 	profilingSY       = "`installProfiling` (cmd/switchyard/debug.go): the same paths and handlers."
 	hiddenMetricsKP   = "Re-enables the metrics hidden since the given previous minor version; any other value than the one before kube-proxy's own (`1.34`) is refused. Default empty."
@@ -149,7 +149,7 @@ var Flags = []Setting{
 	{"bind-address", Ignored, bindAddressKP + " Ignored with `--config`.", bindAddressSY},
 	{"healthz-bind-address", Implemented, healthzAddrKP + " Without a port, the port of `--healthz-port`. An empty value changes nothing.", addrSY},
 	{"metrics-bind-address", Implemented, metricsAddrKP + " Without a port, the port of `--metrics-port`. An empty value changes nothing: the metrics server cannot be disabled.", addrSY},
-	{"bind-address-hard-fail", Ignored, hardFailKP, hardFailSY},
+	{"bind-address-hard-fail", Implemented, hardFailKP, hardFailSY},
 	{"profiling", Implemented, profilingKP, profilingSY},
 	{"show-hidden-metrics-for-version", Implemented, hiddenMetricsKP, hiddenMetricsSY},
 	{"init-only", Implemented, "Makes the node settings that need full privileges, and exits.", "`initNode` (cmd/switchyard/main.go)."},
@@ -227,7 +227,7 @@ var Fields = []Setting{
 	{"bindAddress", Ignored, bindAddressKP, bindAddressSY},
 	{"healthzBindAddress", Implemented, healthzAddrKP + " Empty is the default.", addrSY},
 	{"metricsBindAddress", Implemented, metricsAddrKP + " Empty is the default.", addrSY},
-	{"bindAddressHardFail", Ignored, hardFailKP, hardFailSY},
+	{"bindAddressHardFail", Implemented, hardFailKP, hardFailSY},
 	{"enableProfiling", Implemented, profilingKP, profilingSY},
 	{"showHiddenMetricsForVersion", Implemented, hiddenMetricsKP, hiddenMetricsSY},
 	{"mode", Implemented, modeKP, modeSY},

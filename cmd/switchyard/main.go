@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -137,6 +138,10 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		return nil
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
+	// stop ends serving early with an error: a server that failed under
+	// --bind-address-hard-fail.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	tuneNode(cfg, logger)
 
 	client, err := newClient(cfg)
@@ -204,19 +209,34 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	if cfg.EnableProfiling {
 		installProfiling(metricsMux)
 	}
-	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
-	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility), logger)
+	// With --bind-address-hard-fail, a server that fails stops switchyard, after a Warning
+	// Event on the Node with kube-proxy's reason and action.
+	failWith := func(reason string) func(error) {
+		if !cfg.BindAddressHardFail {
+			return nil
+		}
+		node := &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: cfg.NodeName}
+		return func(err error) {
+			recorder.Eventf(node, nil, v1.EventTypeWarning, reason, "StartKubeProxy", err.Error())
+			stop(err)
+		}
+	}
+	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, failWith("FailedToStartMetricServer"), logger)
+	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility), failWith("FailedToStartProxierHealthcheck"), logger)
 
 	for _, p := range proxiers {
 		go p.Run(ctx)
 	}
 	if err := proxier.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod, eligibility, proxiers...); err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return stopped(ctx)
 		}
 		return err
 	}
 	<-ctx.Done()
+	if err := stopped(ctx); err != nil {
+		return err
+	}
 	// Rules stay in place on shutdown: traffic keeps flowing while switchyard restarts or
 	// is upgraded, and the next instance adopts them.
 	logger.Info("Shutting down; rules are left in place")
@@ -349,9 +369,28 @@ func cleanup(ctx context.Context, flavor iptables.Flavor, logger klog.Logger) er
 	return nil
 }
 
+// serverError is a server's failure that stopped switchyard (--bind-address-hard-fail).
+type serverError struct {
+	server string
+	err    error
+}
+
+func (e *serverError) Error() string { return fmt.Sprintf("%s server failed: %v", e.server, e.err) }
+func (e *serverError) Unwrap() error { return e.err }
+
+// stopped is the error that ended serving, or nil when a signal did.
+func stopped(ctx context.Context) error {
+	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
 // listen serves handler on addr until ctx ends. Like kube-proxy, a server that cannot bind
-// is logged and retried rather than stopping the proxy: traffic matters more than metrics.
-func listen(ctx context.Context, name, addr string, handler http.Handler, logger klog.Logger) {
+// or stops serving is logged and retried every 5s, rather than stopping the proxy:
+// traffic matters more than metrics. With fail (--bind-address-hard-fail), it is given
+// the error instead, and the server stays down.
+func listen(ctx context.Context, name, addr string, handler http.Handler, fail func(error), logger klog.Logger) {
 	if addr == "" {
 		return
 	}
@@ -368,6 +407,11 @@ func listen(ctx context.Context, name, addr string, handler http.Handler, logger
 				err = srv.Serve(ln)
 			}
 			if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
+				return
+			}
+			if fail != nil {
+				logger.Error(err, "Server failed", "server", name, "address", addr)
+				fail(&serverError{server: name, err: err})
 				return
 			}
 			logger.Error(err, "Server failed; retrying in 5s", "server", name, "address", addr)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,8 +13,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/config"
 )
@@ -158,6 +162,28 @@ func TestProfiling(t *testing.T) {
 		if rec.Code != tc.status || !strings.Contains(got, tc.want) {
 			t.Errorf("%s %s: %d %q, want %d with %q", tc.method, tc.path, rec.Code, got, tc.status, tc.want)
 		}
+	}
+}
+
+// TestListenHardFail: with --bind-address-hard-fail, a server that cannot bind reports it
+// (and switchyard stops) instead of retrying.
+func TestListenHardFail(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	failed := make(chan error, 1)
+	listen(ctx, "metrics", taken.Addr().String(), http.NotFoundHandler(), func(err error) { failed <- err }, klog.Background())
+	select {
+	case err := <-failed:
+		if !strings.Contains(err.Error(), "metrics server failed") || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("failed with %v, want the metrics server's bind error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server's failure was not reported")
 	}
 }
 
