@@ -70,6 +70,9 @@ type Config struct {
 	IPTablesLocalhostNodePorts bool
 	IPVSScheduler              string
 	IPVSStrictARP              bool
+	// ConfigFile is the --config file, which switchyard watches as kube-proxy does: it
+	// exits when the file is written.
+	ConfigFile string
 	// Cleanup asks to remove everything switchyard owns on the node and exit.
 	Cleanup bool
 	// InitOnly asks to make the node settings that need full privileges and exit.
@@ -129,6 +132,7 @@ func (o *options) resolve() (Config, error) {
 	}
 	cfg.NodeName = name
 	cfg.Master = o.master
+	cfg.ConfigFile = o.configFile
 	cfg.ServiceProxyName = o.serviceProxyName
 	cfg.Cleanup = o.cleanup
 	cfg.InitOnly = o.initOnly

@@ -130,6 +130,11 @@ clientConnection:
 				t.Fatalf("Parse: %v", err)
 			}
 			want := defaults
+			for _, a := range tc.args {
+				if path, ok := strings.CutPrefix(a, "--config="); ok {
+					want.ConfigFile = path
+				}
+			}
 			tc.want(&want)
 			if diff := cmp.Diff(want, got.Config, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 				t.Errorf("config (-want +got):\n%s", diff)

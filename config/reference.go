@@ -135,7 +135,7 @@ const (
 // k8s.io/component-base/logs/api/v1, then those the command gets elsewhere).
 var Flags = []Setting{
 	{"config", Implemented, "Path of a KubeProxyConfiguration file (YAML or JSON). When given, the file is the configuration: kube-proxy ignores every other flag except `--hostname-override`, `--master`, `--cleanup`, `--init-only`, `--write-config-to` and the logging flags, which win over the file's logging section.",
-		"`loadFile` (config/kubeproxy.go), `options.complete` (config/config.go), as kube-proxy; of switchyard's own flags, `--service-proxy-name` applies too, `--sync-period` and `--min-sync-period` do not. See Reading the file."},
+		"`loadFile` (config/kubeproxy.go), `options.complete` (config/config.go), as kube-proxy; of switchyard's own flags, `--service-proxy-name` applies too, `--sync-period` and `--min-sync-period` do not. See Reading the file. As kube-proxy, switchyard exits (1) when the file is written (`watchConfigFile`, cmd/switchyard/main.go)."},
 	{"write-config-to", Implemented, "Writes the configuration (the defaults with the flags, or the `--config` file's) as a KubeProxyConfiguration in YAML to this path and exits, after validating it; the deprecated port flags are not applied.",
 		"`Parsed.WriteConfig` (config/config.go): byte for byte kube-proxy's YAML (`TestWriteConfigIsKubeProxys` compares with kube-proxy v1.35.4's own output), after the same validation and switchyard's (mode `nftables` is refused)."},
 	{"cleanup", Implemented, "Removes the rules of every proxy mode and exits.", "`cleanup` (cmd/switchyard/main.go)."},
@@ -279,6 +279,7 @@ var FileBehaviour = []string{
 	"Only the first YAML document is read; the others are ignored without a word.",
 	"A field left out gets kube-proxy's default, and so does a zero value, which cannot be told from a missing one: `iptables.minSyncPeriod: 0s` is 1s, an empty `healthzBindAddress` the default address. An address without a port gets the default port.",
 	"The sync periods and `masqueradeAll` are read from the section of the file's mode only: `ipvs` in IPVS mode, `nftables` in nftables mode, `iptables` otherwise, also when the file gives no mode. `ipvs.minSyncPeriod` has no default: 0 syncs on every change.",
+	"The file is watched while the proxy runs: when it is written or renamed, the process exits (1), to be restarted with the new content. The watch is on the file, through a symlink on its target, and other changes go unnoticed: a ConfigMap update, which swaps a symlink and removes the old file, does not restart kube-proxy either.",
 }
 
 // WriteReference writes docs/configuration.md: the reference tables, generated from

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -139,9 +140,14 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
 	// stop ends serving early with an error: a server that failed under
-	// --bind-address-hard-fail.
+	// --bind-address-hard-fail, or the --config file written.
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
+	if cfg.ConfigFile != "" {
+		if err := watchConfigFile(ctx, cfg.ConfigFile, stop); err != nil {
+			return err
+		}
+	}
 	tuneNode(cfg, logger)
 
 	client, err := newClient(cfg)
@@ -383,6 +389,43 @@ func stopped(ctx context.Context) error {
 	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
 		return err
 	}
+	return nil
+}
+
+// watchConfigFile stops switchyard when the --config file is written or renamed, as
+// kube-proxy does, so that it is restarted with the new content; so does an error of the
+// watch. Like kube-proxy's, the watch is on the file (through a symlink, on its target)
+// and other events change nothing: a ConfigMap update, which swaps the symlink and
+// removes the old file, goes unnoticed by both.
+func watchConfigFile(ctx context.Context, path string, stop context.CancelCauseFunc) error {
+	w, err := fsnotify.NewWatcher()
+	if err == nil {
+		if err = w.Add(path); err != nil {
+			w.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("watching --config %s: %w", path, err)
+	}
+	go func() {
+		defer w.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Events:
+				if ok && (e.Has(fsnotify.Write) || e.Has(fsnotify.Rename)) {
+					stop(fmt.Errorf("content of the configuration file %s (--config) was updated", path))
+					return
+				}
+			case err, ok := <-w.Errors:
+				if ok {
+					stop(fmt.Errorf("watching --config %s: %w", path, err))
+					return
+				}
+			}
+		}
+	}()
 	return nil
 }
 

@@ -187,6 +187,48 @@ func TestListenHardFail(t *testing.T) {
 	}
 }
 
+// TestWatchConfigFile: as kube-proxy, switchyard stops when the --config file is written
+// or renamed, and not for other changes.
+func TestWatchConfigFile(t *testing.T) {
+	tests := []struct {
+		name   string
+		change func(path string) error
+		stops  bool
+	}{
+		{name: "written", change: func(path string) error { return os.WriteFile(path, []byte("mode: ipvs\n"), 0o644) }, stops: true},
+		{name: "renamed", change: func(path string) error { return os.Rename(path, path+".old") }, stops: true},
+		{name: "its mode changed", change: func(path string) error { return os.Chmod(path, 0o600) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.conf")
+			if err := os.WriteFile(path, []byte("mode: iptables\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			ctx, stop := context.WithCancelCause(context.Background())
+			defer stop(nil)
+			if err := watchConfigFile(ctx, path, stop); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.change(path); err != nil {
+				t.Fatal(err)
+			}
+			wait := time.Second
+			if tc.stops {
+				wait = 5 * time.Second
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			err := stopped(ctx)
+			if stopped := err != nil; stopped != tc.stops || (stopped && !strings.Contains(err.Error(), path)) {
+				t.Errorf("stopped with %v; want stopped %t, naming the file", err, tc.stops)
+			}
+		})
+	}
+}
+
 // TestClientConfig: kube-proxy's clientConnection settings replace the kubeconfig's in
 // the client's rest.Config, with kube-proxy's defaults when none is given.
 func TestClientConfig(t *testing.T) {
