@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard/switchyard/dummy"
+	"github.com/switchyard/switchyard/internal/sysctl"
 	"github.com/switchyard/switchyard/iptables"
 	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/modes"
@@ -254,7 +255,7 @@ func newIPVSUnderTest(floorNetns string) (*underTest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := ipvs.PrepareNode(false, false); err != nil {
+	if err := ipvs.PrepareNode(sysctl.New(), handle, ipvs.NodeConfig{}, logr.Discard()); err != nil {
 		return nil, err
 	}
 	dev, err := dummy.Ensure(dummy.DefaultName)

@@ -21,6 +21,8 @@ import (
 	"k8s.io/component-base/logs"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/conntrack"
 )
 
 // IPVSSchedulers are the IPVS schedulers of Linux 6.1 (net/netfilter/ipvs/ip_vs_*.c);
@@ -58,18 +60,23 @@ type Config struct {
 	// EnableProfiling serves /debug/pprof and /debug/flags/v on the metrics server.
 	EnableProfiling  bool
 	ServiceProxyName string
-	// ConntrackMaxPerCore and ConntrackMin size nf_conntrack_max; a per-core value of 0
-	// leaves the kernel's limit alone.
-	ConntrackMaxPerCore int32
-	ConntrackMin        int32
-	OOMScoreAdj         int32
-	NodePortAddresses   []string
+	// Conntrack is kube-proxy's conntrack section (--conntrack-*), which
+	// conntrack.Configure applies at startup.
+	Conntrack         conntrack.Settings
+	OOMScoreAdj       int32
+	NodePortAddresses []string
 	// IPTablesLocalhostNodePorts is kube-proxy's iptables.localhostNodePorts: in
 	// iptables mode, NodePorts also answer on 127.0.0.1 when the IPv4 node-port
 	// addresses include loopback (see LocalhostNodePorts).
 	IPTablesLocalhostNodePorts bool
 	IPVSScheduler              string
 	IPVSStrictARP              bool
+	// IPVSTCPTimeout, IPVSTCPFinTimeout and IPVSUDPTimeout are the IPVS connection
+	// timeouts IPVS mode sets at startup (ipvsadm --set); 0 leaves one as it is.
+	IPVSTCPTimeout, IPVSTCPFinTimeout, IPVSUDPTimeout time.Duration
+	// IPVSExcludeCIDRs are kube-proxy's ipvs.excludeCIDRs: IPVS mode never removes a
+	// virtual server on an address in them.
+	IPVSExcludeCIDRs []netip.Prefix
 	// ConfigFile is the --config file, which switchyard watches as kube-proxy does: it
 	// exits when the file is written.
 	ConfigFile string
@@ -96,30 +103,46 @@ func (c *kubeProxyConfig) switchyardConfig() Config {
 		// kube-proxy's IPVS proxier schedules with round robin when none is given.
 		scheduler = "rr"
 	}
+	// validate checks them in mode ipvs only, as kube-proxy does; outside it, where no
+	// mode reads them, Config holds those before the first bad one.
+	excludeCIDRs, _ := parseExcludeCIDRs(c.IPVS.ExcludeCIDRs, "ipvs.excludeCIDRs")
 	return Config{
-		Mode:                       string(c.Mode),
-		Kubeconfig:                 c.ClientConnection.Kubeconfig,
-		KubeAPIContentType:         c.ClientConnection.ContentType,
-		KubeAPIAcceptContentTypes:  c.ClientConnection.AcceptContentTypes,
-		KubeAPIQPS:                 c.ClientConnection.QPS,
-		KubeAPIBurst:               c.ClientConnection.Burst,
-		ClusterCIDRs:               clusterCIDRs,
-		MasqueradeAll:              c.masqueradeAll,
-		MasqueradeBit:              *c.IPTables.MasqueradeBit,
-		SyncPeriod:                 c.syncPeriod,
-		MinSyncPeriod:              c.minSyncPeriod,
-		ConfigSyncPeriod:           c.ConfigSyncPeriod.Duration,
-		MetricsBindAddress:         c.MetricsBindAddress,
-		HealthzBindAddress:         c.HealthzBindAddress,
-		BindAddressHardFail:        c.BindAddressHardFail,
-		EnableProfiling:            c.EnableProfiling,
-		ConntrackMaxPerCore:        *c.Conntrack.MaxPerCore,
-		ConntrackMin:               *c.Conntrack.Min,
+		Mode:                      string(c.Mode),
+		Kubeconfig:                c.ClientConnection.Kubeconfig,
+		KubeAPIContentType:        c.ClientConnection.ContentType,
+		KubeAPIAcceptContentTypes: c.ClientConnection.AcceptContentTypes,
+		KubeAPIQPS:                c.ClientConnection.QPS,
+		KubeAPIBurst:              c.ClientConnection.Burst,
+		ClusterCIDRs:              clusterCIDRs,
+		MasqueradeAll:             c.masqueradeAll,
+		MasqueradeBit:             *c.IPTables.MasqueradeBit,
+		SyncPeriod:                c.syncPeriod,
+		MinSyncPeriod:             c.minSyncPeriod,
+		ConfigSyncPeriod:          c.ConfigSyncPeriod.Duration,
+		MetricsBindAddress:        c.MetricsBindAddress,
+		HealthzBindAddress:        c.HealthzBindAddress,
+		BindAddressHardFail:       c.BindAddressHardFail,
+		EnableProfiling:           c.EnableProfiling,
+		Conntrack: conntrack.Settings{
+			MaxPerCore: *c.Conntrack.MaxPerCore,
+			Min:        *c.Conntrack.Min,
+			// Never nil: defaulted, as kube-proxy defaults them (24h and 1h), when the
+			// file leaves them out; a 0 given leaves the sysctl alone.
+			TCPEstablishedTimeout: c.Conntrack.TCPEstablishedTimeout.Duration,
+			TCPCloseWaitTimeout:   c.Conntrack.TCPCloseWaitTimeout.Duration,
+			TCPBeLiberal:          c.Conntrack.TCPBeLiberal,
+			UDPTimeout:            c.Conntrack.UDPTimeout.Duration,
+			UDPStreamTimeout:      c.Conntrack.UDPStreamTimeout.Duration,
+		},
 		OOMScoreAdj:                *c.OOMScoreAdj,
 		NodePortAddresses:          c.NodePortAddresses,
 		IPTablesLocalhostNodePorts: *c.IPTables.LocalhostNodePorts,
 		IPVSScheduler:              scheduler,
 		IPVSStrictARP:              c.IPVS.StrictARP,
+		IPVSTCPTimeout:             c.IPVS.TCPTimeout.Duration,
+		IPVSTCPFinTimeout:          c.IPVS.TCPFinTimeout.Duration,
+		IPVSUDPTimeout:             c.IPVS.UDPTimeout.Duration,
+		IPVSExcludeCIDRs:           excludeCIDRs,
 	}
 }
 

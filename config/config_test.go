@@ -53,13 +53,28 @@ clientConnection:
   qps: 20
   burst: 30
 `)
+	conntrackFile := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+conntrack:
+  tcpEstablishedTimeout: 0s
+  tcpBeLiberal: true
+  udpTimeout: 45s
+`)
+	ipvsFile := writeFile(t, `apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+ipvs:
+  tcpTimeout: 2h
+  udpTimeout: 45s
+  excludeCIDRs: [10.0.0.0/8, "fd00::/8"]
+`)
 	// fromFile is what file sets.
 	fromFile := func(c *Config) {
 		c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
 		c.MetricsBindAddress = "0.0.0.0:9999"
 		c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
 		c.MasqueradeAll = true
-		c.ConntrackMaxPerCore = 0
+		c.Conntrack.MaxPerCore = 0
 	}
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
@@ -75,7 +90,7 @@ clientConnection:
 		}, want: func(c *Config) {
 			c.Kubeconfig = "/k"
 			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
-			c.ConntrackMaxPerCore = 0
+			c.Conntrack.MaxPerCore = 0
 		}},
 		{name: "dual-stack cluster CIDR is masked", args: []string{"--hostname-override=node-a", "--cluster-cidr=10.244.1.0/16, fd00:10::/64"}, want: func(c *Config) {
 			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10::/64")}
@@ -109,9 +124,54 @@ clientConnection:
 		{name: "the flag does not override the file's localhost NodePorts", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a", "--iptables-localhost-nodeports"}, want: func(c *Config) {
 			c.IPTablesLocalhostNodePorts = false
 		}},
+		{name: "conntrack flags", args: []string{"--hostname-override=node-a", "--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-timeout-close-wait=0",
+			"--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=45s", "--conntrack-udp-timeout-stream=5m"}, want: func(c *Config) {
+			c.Conntrack.TCPEstablishedTimeout, c.Conntrack.TCPCloseWaitTimeout = 2*time.Hour, 0
+			c.Conntrack.TCPBeLiberal = true
+			c.Conntrack.UDPTimeout, c.Conntrack.UDPStreamTimeout = 45*time.Second, 5*time.Minute
+		}},
+		// A TCP timeout of 0 in the file leaves the sysctl alone; one the file does not
+		// give keeps kube-proxy's default.
+		{name: "conntrack in the file", args: []string{"--config=" + conntrackFile, "--hostname-override=node-a"}, want: func(c *Config) {
+			c.Conntrack.TCPEstablishedTimeout = 0
+			c.Conntrack.TCPBeLiberal = true
+			c.Conntrack.UDPTimeout = 45 * time.Second
+		}},
+		// As kube-proxy's, the conntrack flags are bound to the default configuration,
+		// which the file replaces.
+		{name: "with --config, the conntrack flags are ignored", args: []string{"--config=" + conntrackFile, "--hostname-override=node-a",
+			"--conntrack-tcp-timeout-established=3h", "--conntrack-tcp-be-liberal=false", "--conntrack-udp-timeout=0", "--conntrack-udp-timeout-stream=-1s"}, want: func(c *Config) {
+			c.Conntrack.TCPEstablishedTimeout = 0
+			c.Conntrack.TCPBeLiberal = true
+			c.Conntrack.UDPTimeout = 45 * time.Second
+		}},
+		{name: "IPVS timeouts by flag", args: []string{"--hostname-override=node-a", "--proxy-mode=ipvs", "--ipvs-tcp-timeout=2h", "--ipvs-tcpfin-timeout=30s", "--ipvs-udp-timeout=45s"}, want: func(c *Config) {
+			c.Mode = "ipvs"
+			c.IPVSTCPTimeout, c.IPVSTCPFinTimeout, c.IPVSUDPTimeout = 2*time.Hour, 30*time.Second, 45*time.Second
+		}},
+		// So are the IPVS ones. (ipvs.minSyncPeriod has no default: the file's mode ipvs
+		// syncs on every change.)
+		{name: "IPVS timeouts and excluded CIDRs in the file, the flags ignored", args: []string{"--config=" + ipvsFile, "--hostname-override=node-a",
+			"--ipvs-udp-timeout=0", "--ipvs-tcpfin-timeout=-1s", "--ipvs-exclude-cidrs=192.168.0.0/16"}, want: func(c *Config) {
+			c.Mode = "ipvs"
+			c.MinSyncPeriod = 0
+			c.IPVSTCPTimeout, c.IPVSUDPTimeout = 2*time.Hour, 45*time.Second
+			c.IPVSExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
+		}},
+		// As kube-proxy's sloppy parser reads them: leading zeros, IPv4-mapped IPv6.
+		{name: "excluded CIDRs by flag", args: []string{"--hostname-override=node-a", "--proxy-mode=ipvs", "--ipvs-exclude-cidrs=010.96.0.0/12,::ffff:192.168.0.0/112,fd00::/8"}, want: func(c *Config) {
+			c.Mode = "ipvs"
+			c.IPVSExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("fd00::/8")}
+		}},
+		{name: "a bad excluded CIDR outside mode ipvs", args: []string{"--hostname-override=node-a", "--ipvs-exclude-cidrs=eth0"}, want: func(*Config) {}},
+		// kube-proxy's validation checks the ipvs section in mode ipvs only.
+		{name: "a negative IPVS timeout outside mode ipvs", args: []string{"--hostname-override=node-a", "--ipvs-tcp-timeout=-1s"}, want: func(c *Config) {
+			c.IPVSTCPTimeout = -time.Second
+		}},
 		{name: "with --config, the file is the configuration and other flags are ignored", args: []string{
 			"--config=" + file, "--sync-period=50s", "--iptables-sync-period=50s", "--metrics-bind-address=1.2.3.4:5", "--proxy-mode=ipvs",
 			"--kubeconfig=/ignored", "--cluster-cidr=10.0.0.0/8", "--masquerade-all=false", "--conntrack-max-per-core=5",
+			"--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=-1s", "--ipvs-tcp-timeout=1h", "--ipvs-exclude-cidrs=eth0",
 		}, want: func(c *Config) {
 			c.NodeName = "from-file"
 			fromFile(c)
@@ -198,6 +258,8 @@ func TestParseInvalid(t *testing.T) {
 	badValue := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nclusterCIDR: nope\n")
 	badAddress := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhealthzBindAddress: localhost:10256\n")
 	badBurst := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection:\n  burst: -1\n")
+	badIPVS := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  tcpFinTimeout: -5s\n")
+	badConntrack := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nconntrack:\n  tcpCloseWaitTimeout: -1h\n  udpStreamTimeout: -2s\n")
 	tests := []struct {
 		name string
 		args []string
@@ -218,6 +280,13 @@ func TestParseInvalid(t *testing.T) {
 		{"min above max", []string{"--sync-period=1s", "--min-sync-period=2s"}, []string{"--min-sync-period", "must not exceed"}},
 		{"masquerade bit", []string{"--iptables-masquerade-bit=32"}, []string{"--iptables-masquerade-bit", "between 0 and 31"}},
 		{"negative conntrack", []string{"--conntrack-max-per-core=-1"}, []string{"--conntrack-max-per-core"}},
+		{"negative conntrack timeout", []string{"--conntrack-tcp-timeout-established=-1s"}, []string{"--conntrack-tcp-timeout-established", `"-1s"`, "0 or greater"}},
+		{"negative conntrack UDP timeout", []string{"--conntrack-udp-timeout=-30s"}, []string{"--conntrack-udp-timeout", `"-30s"`, "0 or greater"}},
+		{"negative IPVS timeout in mode ipvs", []string{"--proxy-mode=ipvs", "--ipvs-udp-timeout=-1m"}, []string{"--ipvs-udp-timeout", `"-1m0s"`, "0 or greater"}},
+		{"bad excluded CIDR in mode ipvs", []string{"--proxy-mode=ipvs", "--ipvs-exclude-cidrs=10.0.0.0/8, 11.0.0.0/8"}, []string{"--ipvs-exclude-cidrs", `" 11.0.0.0/8"`, "CIDRs"}},
+		{"negative IPVS timeout in the file of mode ipvs", []string{"--config=" + badIPVS}, []string{"ipvs.tcpFinTimeout (in " + badIPVS + ")", `"-5s"`}},
+		{"negative conntrack timeouts in file", []string{"--config=" + badConntrack}, []string{"conntrack.tcpCloseWaitTimeout (in " + badConntrack + ")", `"-1h0m0s"`,
+			"conntrack.udpStreamTimeout (in " + badConntrack + ")", `"-2s"`}},
 		{"bad nodeport address", []string{"--nodeport-addresses=10.0.0.0/8,eth0"}, []string{"--nodeport-addresses", `"eth0"`, "primary"}},
 		{"unknown scheduler", []string{"--ipvs-scheduler=fastest"}, []string{"--ipvs-scheduler", `"fastest"`, "rr, wrr"}},
 		{"negative burst", []string{"--kube-api-burst=-1"}, []string{"--kube-api-burst", `"-1"`, "between 0 and"}},

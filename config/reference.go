@@ -75,12 +75,11 @@ const (
 	localhostNPSY     = "`Config.LocalhostNodePorts` (config/config.go), modes/iptables.go."
 	schedulerKP       = "The IPVS scheduler of Services in IPVS mode. Default `rr`."
 	schedulerSY       = "`Config.IPVSScheduler` → modes/ipvs.go; checked against the kernel at startup. Difference: a name outside Linux's schedulers is refused (exit 2)."
-	excludeCIDRsKP    = "IPVS virtual servers with an address in these CIDRs are left alone when kube-proxy cleans up IPVS rules. Default none."
-	excludeCIDRsSY    = "switchyard removes only the virtual servers it made, whatever their address."
+	excludeCIDRsKP    = "In IPVS mode, a virtual server with an address in these CIDRs is never deleted by kube-proxy's syncs (`cleanLegacyService`), whoever made it; `--cleanup` flushes them all the same. A bad CIDR is refused in IPVS mode only. Default none."
+	excludeCIDRsSY    = "`Config.IPVSExcludeCIDRs` → `ipvs.Config.ExcludeCIDRs` (`deleteVirtualServer`, ipvs/backend.go): switchyard's syncs delete only its own virtual servers (node contract), and none in these CIDRs; `--cleanup` removes its own there too."
 	strictARPKP       = "In IPVS mode, sets `arp_ignore=1` and `arp_announce=2`. Default false."
 	strictARPSY       = "`Config.IPVSStrictARP` → `ipvs.PrepareNode` (modes/ipvs.go)."
-	ipvsTimeoutKP     = "In IPVS mode, sets this IPVS connection timeout (`ipvsadm --set`); 0 (default) leaves it as is."
-	ipvsTimeoutSY     = "switchyard leaves the IPVS timeouts as they are."
+	ipvsTimeoutSY     = "`Config.IPVS*Timeout` → `ipvs.PrepareNode` (modes/ipvs.go) over netlink, at startup and with `--init-only`."
 	detectLocalModeKP = "How traffic from local pods is told apart (it is not masqueraded): `ClusterCIDR` (default), `NodeCIDR`, `BridgeInterface`, `InterfaceNamePrefix`."
 	detectLocalModeSY = "switchyard always behaves as `ClusterCIDR` (with `--cluster-cidr`), whatever is given."
 	bridgeKP          = "With detect-local-mode `BridgeInterface`, traffic from this bridge is local."
@@ -91,16 +90,15 @@ const (
 	nodePortAddrsKP   = "CIDRs selecting the node addresses NodePorts answer on, or `primary` (the Node's primary IPs). Default: every address."
 	nodePortAddrsSY   = "`Config.NodePortPrefixes` → both modes. Difference: `primary` selects every non-loopback address, not only the primary IPs."
 	oomKP             = "The process's oom_score_adj, in [-1000, 1000]. Default -999."
-	oomSY             = "`tuneNode` (cmd/switchyard/main.go)."
+	oomSY             = "`setOOMScoreAdj` (cmd/switchyard/main.go)."
 	conntrackMaxKP    = "Sets nf_conntrack_max to max(maxPerCore × CPUs, min), raising the hash size too, and fails startup if it cannot (except on a read-only /sys); maxPerCore 0 leaves it alone. Defaults 32768 and 131072."
-	conntrackMaxSY    = "`tuneNode` (cmd/switchyard/main.go). Differences: never lowers the limit, leaves the hash size alone, counts CPUs with runtime.NumCPU, and a failure is only logged."
 	tcpEstablishedKP  = "Sets nf_conntrack_tcp_timeout_established; 0 leaves it alone. Default 24h, so kube-proxy sets it by default."
 	tcpCloseWaitKP    = "Sets nf_conntrack_tcp_timeout_close_wait; 0 leaves it alone. Default 1h, so kube-proxy sets it by default."
 	tcpBeLiberalKP    = "If true, sets nf_conntrack_tcp_be_liberal to 1. Default false."
-	tcpBeLiberalSY    = "switchyard only reads the sysctl (to leave out the INVALID-drop rule when it is on, as kube-proxy does)."
+	tcpBeLiberalSY    = conntrackSY + " Set before iptables mode reads it (to leave out the INVALID-drop rule when it is on), as kube-proxy does."
 	udpTimeoutKP      = "Sets nf_conntrack_udp_timeout; 0 (default) leaves it alone."
 	udpStreamKP       = "Sets nf_conntrack_udp_timeout_stream; 0 (default) leaves it alone."
-	conntrackSY       = "switchyard leaves conntrack timeouts to the kernel."
+	conntrackSY       = "`Config.Conntrack` → `conntrack.Configure` (conntrack/settings.go), at startup and with `--init-only`."
 	configSyncKP      = "The resync period of the Service, EndpointSlice and Node informers. Default 15m."
 	configSyncSY      = "`Config.ConfigSyncPeriod` → `proxier.Watch`."
 	metricsAddrKP     = "IP[:port] of the metrics server (`/metrics`, `/healthz`, `/proxyMode`); the port defaults to 10249. Default `127.0.0.1:10249`."
@@ -129,6 +127,11 @@ const (
 	cadvisorKP        = "Registered on Go's flag set by cadvisor's machine package, which kube-proxy imports to count CPUs (`machine.GetTopology`); only `machine.Info`, which kube-proxy never calls, reads it."
 	cadvisorSY        = "Accepted with cadvisor's default, and never read."
 )
+
+// ipvsTimeoutKP is what kube-proxy does with one of the IPVS timeouts.
+func ipvsTimeoutKP(of string) string {
+	return "In IPVS mode, sets IPVS's timeout of " + of + " (`ipvsadm --set`) at startup, and only logs a failure; 0 (default) leaves it as is. A negative one is refused, in IPVS mode only."
+}
 
 // Flags are kube-proxy v1.35's command-line flags on Linux, in the order kube-proxy
 // defines them (cmd/kube-proxy/app/options.go, then the logging flags of
@@ -162,24 +165,24 @@ var Flags = []Setting{
 	{"ipvs-sync-period", Implemented, "The longest time between full syncs, when `--proxy-mode` is `ipvs` (ignored otherwise). Default 30s.", syncFlagSY},
 	{"ipvs-min-sync-period", Implemented, "The shortest time between syncs, when `--proxy-mode` is `ipvs` (ignored otherwise). Default 1s.", syncFlagSY},
 	{"ipvs-scheduler", Implemented, schedulerKP, schedulerSY},
-	{"ipvs-exclude-cidrs", Unparsed, excludeCIDRsKP, ""},
+	{"ipvs-exclude-cidrs", Implemented, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs-strict-arp", Implemented, strictARPKP, strictARPSY},
-	{"ipvs-tcp-timeout", Unparsed, ipvsTimeoutKP + " (idle TCP)", ""},
-	{"ipvs-tcpfin-timeout", Unparsed, ipvsTimeoutKP + " (TCP after FIN)", ""},
-	{"ipvs-udp-timeout", Unparsed, ipvsTimeoutKP + " (UDP)", ""},
+	{"ipvs-tcp-timeout", Implemented, ipvsTimeoutKP("idle TCP connections"), ipvsTimeoutSY},
+	{"ipvs-tcpfin-timeout", Implemented, ipvsTimeoutKP("TCP connections after a FIN"), ipvsTimeoutSY},
+	{"ipvs-udp-timeout", Implemented, ipvsTimeoutKP("UDP flows"), ipvsTimeoutSY},
 	{"detect-local-mode", Unparsed, detectLocalModeKP, ""},
 	{"pod-bridge-interface", Unparsed, bridgeKP, ""},
 	{"pod-interface-name-prefix", Unparsed, prefixKP, ""},
 	{"cluster-cidr", Implemented, clusterCIDRKP, clusterCIDRSY},
 	{"nodeport-addresses", Implemented, nodePortAddrsKP, nodePortAddrsSY},
 	{"oom-score-adj", Implemented, oomKP, oomSY},
-	{"conntrack-max-per-core", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack-min", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack-tcp-timeout-established", Ignored, tcpEstablishedKP, conntrackSY},
-	{"conntrack-tcp-timeout-close-wait", Ignored, tcpCloseWaitKP, conntrackSY},
-	{"conntrack-tcp-be-liberal", Unparsed, tcpBeLiberalKP, tcpBeLiberalSY},
-	{"conntrack-udp-timeout", Ignored, udpTimeoutKP, conntrackSY},
-	{"conntrack-udp-timeout-stream", Ignored, udpStreamKP, conntrackSY},
+	{"conntrack-max-per-core", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack-min", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack-tcp-timeout-established", Implemented, tcpEstablishedKP, conntrackSY},
+	{"conntrack-tcp-timeout-close-wait", Implemented, tcpCloseWaitKP, conntrackSY},
+	{"conntrack-tcp-be-liberal", Implemented, tcpBeLiberalKP, tcpBeLiberalSY},
+	{"conntrack-udp-timeout", Implemented, udpTimeoutKP, conntrackSY},
+	{"conntrack-udp-timeout-stream", Implemented, udpStreamKP, conntrackSY},
 	{"config-sync-period", Implemented, configSyncKP, configSyncSY},
 	{"healthz-port", Implemented, "Deprecated and hidden: without `--config` and `--write-config-to`, 0 disables the health server, and another port goes to a `--healthz-bind-address` without one (an address with a port, like the default, keeps it). Default 10256.", "`addressFromDeprecatedFlags` (config/flags.go), as kube-proxy."},
 	{"metrics-port", Implemented, "Deprecated and hidden: without `--config` and `--write-config-to`, the port given to a `--metrics-bind-address` without one; 0 empties the address, which validation then refuses. Default 10249.", "`addressFromDeprecatedFlags` (config/flags.go), as kube-proxy."},
@@ -239,11 +242,11 @@ var Fields = []Setting{
 	{"ipvs.syncPeriod", Implemented, "In mode `ipvs`: the longest time between full syncs. Default 30s.", fileSyncSY},
 	{"ipvs.minSyncPeriod", Implemented, "In mode `ipvs`: the shortest time between syncs. No default: unset or 0, a file of mode `ipvs` syncs on every change.", fileSyncSY},
 	{"ipvs.scheduler", Implemented, schedulerKP, schedulerSY},
-	{"ipvs.excludeCIDRs", Ignored, excludeCIDRsKP, excludeCIDRsSY},
+	{"ipvs.excludeCIDRs", Implemented, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs.strictARP", Implemented, strictARPKP, strictARPSY},
-	{"ipvs.tcpTimeout", Ignored, ipvsTimeoutKP + " (idle TCP)", ipvsTimeoutSY},
-	{"ipvs.tcpFinTimeout", Ignored, ipvsTimeoutKP + " (TCP after FIN)", ipvsTimeoutSY},
-	{"ipvs.udpTimeout", Ignored, ipvsTimeoutKP + " (UDP)", ipvsTimeoutSY},
+	{"ipvs.tcpTimeout", Implemented, ipvsTimeoutKP("idle TCP connections"), ipvsTimeoutSY},
+	{"ipvs.tcpFinTimeout", Implemented, ipvsTimeoutKP("TCP connections after a FIN"), ipvsTimeoutSY},
+	{"ipvs.udpTimeout", Implemented, ipvsTimeoutKP("UDP flows"), ipvsTimeoutSY},
 	{"nftables.masqueradeBit", NoEffect, nftablesKP, nftablesSY},
 	{"nftables.masqueradeAll", NoEffect, nftablesKP, nftablesSY},
 	{"nftables.syncPeriod", NoEffect, nftablesKP, nftablesSY},
@@ -259,13 +262,13 @@ var Fields = []Setting{
 	{"clusterCIDR", Implemented, clusterCIDRKP, clusterCIDRSY},
 	{"nodePortAddresses", Implemented, nodePortAddrsKP, nodePortAddrsSY},
 	{"oomScoreAdj", Implemented, oomKP, oomSY},
-	{"conntrack.maxPerCore", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack.min", Implemented, conntrackMaxKP, conntrackMaxSY},
-	{"conntrack.tcpEstablishedTimeout", Ignored, tcpEstablishedKP, conntrackSY},
-	{"conntrack.tcpCloseWaitTimeout", Ignored, tcpCloseWaitKP, conntrackSY},
-	{"conntrack.tcpBeLiberal", Ignored, tcpBeLiberalKP, tcpBeLiberalSY},
-	{"conntrack.udpTimeout", Ignored, udpTimeoutKP, conntrackSY},
-	{"conntrack.udpStreamTimeout", Ignored, udpStreamKP, conntrackSY},
+	{"conntrack.maxPerCore", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack.min", Implemented, conntrackMaxKP, conntrackSY},
+	{"conntrack.tcpEstablishedTimeout", Implemented, tcpEstablishedKP, conntrackSY},
+	{"conntrack.tcpCloseWaitTimeout", Implemented, tcpCloseWaitKP, conntrackSY},
+	{"conntrack.tcpBeLiberal", Implemented, tcpBeLiberalKP, tcpBeLiberalSY},
+	{"conntrack.udpTimeout", Implemented, udpTimeoutKP, conntrackSY},
+	{"conntrack.udpStreamTimeout", Implemented, udpStreamKP, conntrackSY},
 	{"configSyncPeriod", Implemented, configSyncKP, configSyncSY},
 	{"portRange", NoEffect, "Unused since the userspace proxy was removed.", "Never read."},
 	{"windowsRunAsService", NoEffect, windowsKP, windowsSY},

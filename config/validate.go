@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	netutils "k8s.io/utils/net"
+
+	"github.com/switchyard/switchyard/internal/kubeaddr"
 )
 
 // fieldFlags are the flags that set each validated field, for errors to name what the
@@ -27,11 +29,19 @@ var fieldFlags = map[string][]string{
 	"showHiddenMetricsForVersion":         {"show-hidden-metrics-for-version"},
 	"iptables.masqueradeBit":              {"iptables-masquerade-bit"},
 	"ipvs.scheduler":                      {"ipvs-scheduler"},
+	"ipvs.excludeCIDRs":                   {"ipvs-exclude-cidrs"},
+	"ipvs.tcpTimeout":                     {"ipvs-tcp-timeout"},
+	"ipvs.tcpFinTimeout":                  {"ipvs-tcpfin-timeout"},
+	"ipvs.udpTimeout":                     {"ipvs-udp-timeout"},
 	"clusterCIDR":                         {"cluster-cidr"},
 	"nodePortAddresses":                   {"nodeport-addresses"},
 	"oomScoreAdj":                         {"oom-score-adj"},
 	"conntrack.maxPerCore":                {"conntrack-max-per-core"},
 	"conntrack.min":                       {"conntrack-min"},
+	"conntrack.tcpEstablishedTimeout":     {"conntrack-tcp-timeout-established"},
+	"conntrack.tcpCloseWaitTimeout":       {"conntrack-tcp-timeout-close-wait"},
+	"conntrack.udpTimeout":                {"conntrack-udp-timeout"},
+	"conntrack.udpStreamTimeout":          {"conntrack-udp-timeout-stream"},
 	"configSyncPeriod":                    {"config-sync-period"},
 	"logging.format":                      {"logging-format"},
 	"logging.flushFrequency":              {"log-flush-frequency"},
@@ -76,6 +86,30 @@ func (o *options) validate(modes []string) []error {
 	check(inRange(int64(*c.IPTables.MasqueradeBit), 0, 31, o.where("iptables.masqueradeBit")))
 	check(inRange(int64(*c.Conntrack.MaxPerCore), 0, math.MaxInt32, o.where("conntrack.maxPerCore")))
 	check(inRange(int64(*c.Conntrack.Min), 0, math.MaxInt32, o.where("conntrack.min")))
+	// kube-proxy checks its ipvs section (but for the scheduler, below) in mode ipvs
+	// only, the one mode that reads it.
+	ipvs := c.Mode == modeIPVS
+	for _, t := range []struct {
+		field string
+		value time.Duration
+		check bool
+	}{
+		{"conntrack.tcpEstablishedTimeout", c.Conntrack.TCPEstablishedTimeout.Duration, true},
+		{"conntrack.tcpCloseWaitTimeout", c.Conntrack.TCPCloseWaitTimeout.Duration, true},
+		{"conntrack.udpTimeout", c.Conntrack.UDPTimeout.Duration, true},
+		{"conntrack.udpStreamTimeout", c.Conntrack.UDPStreamTimeout.Duration, true},
+		{"ipvs.tcpTimeout", c.IPVS.TCPTimeout.Duration, ipvs},
+		{"ipvs.tcpFinTimeout", c.IPVS.TCPFinTimeout.Duration, ipvs},
+		{"ipvs.udpTimeout", c.IPVS.UDPTimeout.Duration, ipvs},
+	} {
+		if t.check {
+			check(nonNegative(t.value, o.where(t.field)))
+		}
+	}
+	if ipvs {
+		_, err := parseExcludeCIDRs(c.IPVS.ExcludeCIDRs, o.where("ipvs.excludeCIDRs"))
+		check(err)
+	}
 	check(inRange(int64(*c.OOMScoreAdj), -1000, 1000, o.where("oomScoreAdj")))
 	check(inRange(int64(c.ClientConnection.Burst), 0, math.MaxInt32, o.where("clientConnection.burst")))
 	check(positive(c.ConfigSyncPeriod.Duration, o.where("configSyncPeriod")))
@@ -153,6 +187,20 @@ func parseCIDRs(s, where string) ([]netip.Prefix, error) {
 		}
 		families[p.Addr().Is4()] = true
 		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// parseExcludeCIDRs reads --ipvs-exclude-cidrs as kube-proxy does (k8s.io/utils/net's
+// sloppy parser, no spaces): the CIDRs before the first bad one, and an error naming it.
+func parseExcludeCIDRs(values []string, where string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range values {
+		p, ok := kubeaddr.ParsePrefix(v)
+		if !ok {
+			return out, &InvalidValue{Where: where, Value: v, Allowed: "must be CIDRs such as 10.0.0.0/8"}
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -48,6 +48,17 @@ var kubeProxyCases = []struct {
 		// Applied over the file.
 		"--v=4", "--vmodule=informers=6", "--log-flush-frequency=3s",
 	}},
+	{name: "conntrack and IPVS flags", args: []string{
+		"--proxy-mode=ipvs", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=30m", "--conntrack-tcp-be-liberal",
+		"--conntrack-udp-timeout=45s", "--conntrack-udp-timeout-stream=5m", "--ipvs-exclude-cidrs=10.0.0.0/8,fd00::/8",
+		"--ipvs-tcp-timeout=2h", "--ipvs-tcpfin-timeout=30s", "--ipvs-udp-timeout=45s",
+	}},
+	{name: "file with conntrack and IPVS settings", args: []string{
+		"--config=testdata/kube-proxy/node-settings.conf",
+		// Ignored with --config.
+		"--conntrack-max-per-core=1", "--conntrack-tcp-timeout-established=3h", "--conntrack-tcp-be-liberal=false", "--conntrack-udp-timeout-stream=1m",
+		"--ipvs-exclude-cidrs=192.168.0.0/16", "--ipvs-tcp-timeout=1m", "--ipvs-tcpfin-timeout=1m",
+	}},
 	{name: "file and hostname flag", args: []string{"--config=testdata/kube-proxy/ipvs.conf", "--hostname-override=Node-D"}},
 	{name: "lenient file", args: []string{"--config=testdata/kube-proxy/lenient.conf"}},
 	{name: "json file with IPv6 bindAddress", args: []string{"--config=testdata/kube-proxy/ipv6.conf"}},

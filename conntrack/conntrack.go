@@ -1,7 +1,9 @@
-// Package conntrack deletes connection-tracking entries that would keep sending a
-// connectionless flow (UDP) to where the rules no longer send it: the kernel applies NAT
-// only to a flow's first packet, so a datagram flow keeps its old DNAT (or its lack of one)
-// for as long as its conntrack entry lives, whatever the rules say now.
+// Package conntrack is switchyard's part in connection tracking. At startup, Configure
+// sizes the table and sets its timeouts as kube-proxy does (settings.go). While the proxy
+// runs, Interface deletes the entries that would keep sending a connectionless flow
+// (UDP) to where the rules no longer send it: the kernel applies NAT only to a flow's
+// first packet, so a datagram flow keeps its old DNAT (or its lack of one) for as long as
+// its conntrack entry lives, whatever the rules say now.
 package conntrack
 
 import (

@@ -184,9 +184,6 @@ func probes(svc *v1.Service) []Probe {
 		}
 	}
 	for _, port := range svc.Spec.Ports {
-		if port.Protocol != v1.ProtocolTCP && port.Protocol != v1.ProtocolUDP {
-			continue // the probe speaks TCP and UDP
-		}
 		if ip := svc.Spec.ClusterIP; ip != "" && ip != v1.ClusterIPNone {
 			add(port, EntryClusterIP, ip, port.Port, pod, FromNode)
 		}

@@ -12,8 +12,7 @@ import (
 	"github.com/switchyard/switchyard/internal/lab"
 )
 
-// TestProbes: every entry point of every TCP and UDP port, from every place that can
-// reach it; the health check port once, from off the node.
+// TestProbes: every entry point of every port, from every place that can reach it; the health check port once, from off the node.
 func TestProbes(t *testing.T) {
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "s1-000"},
@@ -47,6 +46,18 @@ func TestProbes(t *testing.T) {
 		"s1-000 port dns: node-port " + lab.NodeIP + ":30100 from node (udp)",
 		"s1-000 port dns: node-port " + lab.NodeIP + ":30100 from client (udp)",
 		"s1-000 port dns: node-port-on-localhost 127.0.0.1:30100 from node (udp)",
+		"s1-000 port sctp: cluster-ip 10.96.100.1:9 from pod-7 (sctp)",
+		"s1-000 port sctp: cluster-ip 10.96.100.1:9 from node (sctp)",
+		"s1-000 port sctp: external-ip 10.253.0.1:9 from pod-7 (sctp)",
+		"s1-000 port sctp: external-ip 10.253.0.1:9 from node (sctp)",
+		"s1-000 port sctp: external-ip 10.253.0.1:9 from client (sctp)",
+		"s1-000 port sctp: load-balancer-ip 10.253.0.2:9 from pod-7 (sctp)",
+		"s1-000 port sctp: load-balancer-ip 10.253.0.2:9 from node (sctp)",
+		"s1-000 port sctp: load-balancer-ip 10.253.0.2:9 from client (sctp)",
+		"s1-000 port sctp: node-port " + lab.NodeIP + ":30101 from pod-7 (sctp)",
+		"s1-000 port sctp: node-port " + lab.NodeIP + ":30101 from node (sctp)",
+		"s1-000 port sctp: node-port " + lab.NodeIP + ":30101 from client (sctp)",
+		"s1-000 port sctp: node-port-on-localhost 127.0.0.1:30101 from node (sctp)",
 		"s1-000 port health: health-check-node-port " + lab.NodeIP + ":30103 from client (tcp)",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -233,14 +244,27 @@ func TestFlowOutcome(t *testing.T) {
 }
 
 // TestProbeBatches: a sticky Service's probes run one after the other, in their order;
-// every other probe on its own.
+// in IPVS mode (round robin) so do the probes of one address and protocol; every other
+// probe on its own.
 func TestProbeBatches(t *testing.T) {
 	probes := []Probe{
-		{Scenario: "s1-000"}, {Scenario: "s1-001", Sticky: true}, {Scenario: "s1-000"},
-		{Scenario: "s1-001", Sticky: true}, {Scenario: "s1-002", Sticky: true},
+		{Scenario: "s1-000", Protocol: "tcp", Addr: "10.96.100.1:80"}, {Scenario: "s1-001", Sticky: true, Protocol: "tcp", Addr: "10.96.100.2:80"},
+		{Scenario: "s1-000", Protocol: "tcp", Addr: "10.96.100.1:80"}, {Scenario: "s1-001", Sticky: true, Protocol: "tcp", Addr: "10.253.0.1:80"},
+		{Scenario: "s1-002", Sticky: true, Protocol: "tcp", Addr: "10.96.100.3:80"}, {Scenario: "s1-000", Protocol: "udp", Addr: "10.96.100.1:80"},
 	}
-	want := [][]int{{0}, {1, 3}, {2}, {4}}
-	if diff := cmp.Diff(want, probeBatches(probes)); diff != "" {
-		t.Errorf("batches (-want +got):\n%s", diff)
+	tests := []struct {
+		name       string
+		roundRobin bool
+		want       [][]int
+	}{
+		{"random", false, [][]int{{0}, {1, 3}, {2}, {4}, {5}}},
+		{"round robin", true, [][]int{{0, 2}, {1, 3}, {4}, {5}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, probeBatches(probes, tc.roundRobin)); diff != "" {
+				t.Errorf("batches (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

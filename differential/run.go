@@ -39,11 +39,14 @@ type RunOptions struct {
 	// KernelLab is the path of hack/kernel-lab/run.sh, for ModeIPVS.
 	KernelLab string
 	// Tries is how many requests each probe makes: enough that every endpoint of a
-	// Service answers at least once under random selection (4 endpoints, 40 tries: a miss
-	// once in 25,000 probes).
+	// Service answers at least once. Under iptables' random selection that takes 40 (4
+	// endpoints: a miss once in 25,000 probes); under IPVS's round robin, with the probes
+	// of a virtual server one after the other (probeAll), 3 rounds of 4 do.
 	Tries int
 	// ProbeTimeout is how long a request waits for its answer: longer in the kernel lab,
-	// where every syscall costs a host context switch.
+	// where every syscall costs a host context switch, and long enough there for SCTP's
+	// four-packet handshake and its answer on a loaded machine (at 3 s, one association
+	// in a few hundred timed out under either proxy).
 	ProbeTimeout time.Duration
 	// Parallel is how many probes run at once. Most of a probe's time is spent waiting
 	// (for answers, or for the timeouts of a DROP), so more than the CPUs pay off; in
@@ -59,6 +62,16 @@ func (o RunOptions) endpointSlices() map[string][]*discovery.EndpointSlice {
 		byService[sc.Name] = sc.Slices
 	}
 	return byService
+}
+
+// ProtocolsFor are the Service protocols the scenarios of mode draw from: SCTP only in
+// IPVS mode, whose kernel lab has the sctp module (the host kernel of the native modes
+// need not have it, and this project's build machine has not).
+func ProtocolsFor(mode string) []v1.Protocol {
+	if mode == benchmarks.ModeIPVS {
+		return []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP}
+	}
+	return []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP}
 }
 
 // Proxies are the proxies compared, in the order they run.
@@ -100,27 +113,45 @@ type ProxyRun struct {
 	SyncSeconds float64 `json:"syncSeconds"`
 }
 
-// Run runs every proxy in turn on a fresh node holding the scenarios, probes every
-// entry point under each, and reports the probes whose outcomes differ.
+// Run runs every proxy on a fresh node holding the scenarios, probes every entry point
+// under each, and reports the probes whose outcomes differ. Natively the proxies run in
+// turn (the native lab's names are fixed); in IPVS mode each has a kernel lab guest of
+// its own, and they run at once: a guest is one CPU-bound process, and the slow part.
 func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 	m := &ModeReport{Mode: o.Mode}
-	var services []*v1.Service
-	for _, proxy := range Proxies {
-		var run *ProxyRun
-		var err error
+	services := make([][]*v1.Service, len(Proxies))
+	runs := make([]*ProxyRun, len(Proxies))
+	errs := make([]error, len(Proxies))
+	runProxy := func(i int) {
 		if o.Mode == benchmarks.ModeIPVS {
-			services, run, err = runInKernelLab(ctx, o, proxy)
+			services[i], runs[i], errs[i] = runInKernelLab(ctx, o, Proxies[i], i)
 		} else {
-			services, run, err = runNatively(ctx, o, proxy)
+			services[i], runs[i], errs[i] = runNatively(ctx, o, Proxies[i])
 		}
-		if err != nil {
-			return nil, fmt.Errorf("%s in %s mode: %w", proxy, o.Mode, err)
-		}
-		m.Runs = append(m.Runs, *run)
 	}
-	all := allProbes(services, o.endpointSlices())
+	var wg sync.WaitGroup
+	for i := range Proxies {
+		if o.Mode != benchmarks.ModeIPVS {
+			runProxy(i)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runProxy(i)
+		}()
+	}
+	wg.Wait()
+	for i, proxy := range Proxies {
+		if errs[i] != nil {
+			return nil, fmt.Errorf("%s in %s mode: %w", proxy, o.Mode, errs[i])
+		}
+		m.Runs = append(m.Runs, *runs[i])
+	}
+	// Every run's apiserver holds the same Services: the scenarios fix their addresses.
+	all := allProbes(services[0], o.endpointSlices())
 	about := map[string][]string{}
-	for _, svc := range services {
+	for _, svc := range services[0] {
 		about[svc.Name] = needles(svc)
 	}
 	m.Probes = len(all)
@@ -128,6 +159,7 @@ func Run(ctx context.Context, o RunOptions) (*ModeReport, error) {
 	traits := map[string][]string{}
 	for _, sc := range o.Scenarios {
 		traits[sc.Name] = sc.Traits
+		m.Scenarios = append(m.Scenarios, ScenarioID{Name: sc.Name, Traits: sc.Traits})
 	}
 	explain(o.Mode, traits, m.Divergences)
 	return m, nil
@@ -222,7 +254,7 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 	}
 	// The UDP flows across a restart: once before it, and once the new proxy has synced.
 	flows := phases[PhaseRestart]
-	before, err := probeAll(ctx, l, flows, flowTries, o.ProbeTimeout, o.Parallel)
+	before, err := probeAll(ctx, l, flows, flowTries, o)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +265,7 @@ func RunProxy(ctx context.Context, l *lab.Lab, o RunOptions, proxy string, servi
 	if err := waitSynced(ctx, l); err != nil {
 		return nil, fmt.Errorf("after the restart: %w (log: %s)", err, logPath)
 	}
-	after, err := probeAll(ctx, l, flows, flowTries, o.ProbeTimeout, o.Parallel)
+	after, err := probeAll(ctx, l, flows, flowTries, o)
 	if err != nil {
 		return nil, err
 	}
@@ -267,7 +299,7 @@ const flowTries = 3
 
 // probeInto runs probes and records their outcomes in run.
 func probeInto(ctx context.Context, l *lab.Lab, run *ProxyRun, probes []Probe, o RunOptions) error {
-	results, err := probeAll(ctx, l, probes, o.Tries, o.ProbeTimeout, o.Parallel)
+	results, err := probeAll(ctx, l, probes, o.Tries, o)
 	if err != nil {
 		return err
 	}
@@ -308,13 +340,13 @@ func flavor(mode string) string {
 	return "legacy"
 }
 
-// runInKernelLab runs proxy in a kernel lab guest of its own, booted for it so that it
-// starts from a pristine kernel (kube-proxy's --cleanup does not empty an IPVS node in
-// the lab), against an apiserver on the host that holds the scenarios. The guest runs
-// `differential guest` (see GuestMain), which writes the run to a file.
-func runInKernelLab(ctx context.Context, o RunOptions, proxy string) (_ []*v1.Service, _ *ProxyRun, err error) {
+// runInKernelLab runs proxy in a kernel lab guest of its own (on guest link slot), booted
+// for it so that it starts from a pristine kernel (kube-proxy's --cleanup does not empty
+// an IPVS node in the lab), against an apiserver on the host that holds the scenarios.
+// The guest runs `differential guest` (see GuestMain), which writes the run to a file.
+func runInKernelLab(ctx context.Context, o RunOptions, proxy string, slot int) (_ []*v1.Service, _ *ProxyRun, err error) {
 	dir := filepath.Join(o.Dir, o.Mode, proxy)
-	g, err := lab.StartGuestLink(ctx, filepath.Join(dir, "link"), o.KernelLab)
+	g, err := lab.StartGuestLink(ctx, filepath.Join(dir, "link"), o.KernelLab, slot)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -463,23 +495,28 @@ func apply(ctx context.Context, client kubernetes.Interface, i int, sc Scenario)
 }
 
 // waitSynced waits until the proxy has synced everything it was told of, in every IP
-// family: each family's proxier has completed a sync, and queued none after it. Every
-// object was written before the proxy started, so its first complete syncs hold them
-// all. (Both proxies label these series by ip_family; one family's quick sync says
-// nothing of the other's.)
+// family: each family's proxier has completed at least two syncs, and queued none after
+// the last. Every object was written before the proxy started, so its first syncs hold
+// them all; but the Node's zone comes by another informer, which kube-proxy may hear of
+// only after its first sync (its topology change then queues a sync, and its periodic
+// sync follows at the latest): until then it ignores the zone hints. (Both proxies label
+// these series by ip_family; one family's quick sync says nothing of the other's.)
 func waitSynced(ctx context.Context, l *lab.Lab) error {
-	return lab.Eventually(ctx, 3*time.Minute, 250*time.Millisecond, func() error {
+	// kube-proxy's IPVS mode takes minutes for its first sync of hundreds of Services in
+	// the kernel lab (289 s at 1,000 in the benchmark).
+	return lab.Eventually(ctx, 20*time.Minute, 250*time.Millisecond, func() error {
 		out, err := l.NodeOutput(ctx, "curl", "-sf", "http://127.0.0.1:10249/metrics")
 		if err != nil {
 			return err
 		}
 		synced, queued := series(out, "kubeproxy_sync_proxy_rules_last_timestamp_seconds"), series(out, "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds")
+		syncs := series(out, "kubeproxy_sync_proxy_rules_duration_seconds_count")
 		if len(queued) == 0 {
 			return fmt.Errorf("no sync queued yet")
 		}
 		for labels, q := range queued {
-			if s := synced[labels]; s == 0 || q > s {
-				return fmt.Errorf("not synced yet %s (last sync %.3f, last queued %.3f)", labels, s, q)
+			if s := synced[labels]; s == 0 || q > s || syncs[labels] < 2 {
+				return fmt.Errorf("not synced yet %s (%.0f syncs, the last at %.3f, last queued %.3f)", labels, syncs[labels], s, q)
 			}
 		}
 		return nil
@@ -507,9 +544,11 @@ func series(scrape, name string) map[string]float64 {
 // while its requests time out), and returns their results in order. The probes of one
 // Service with ClientIP affinity run one after the other: its entry points share the
 // affinity of each endpoint (one "recent" list per endpoint, in either proxy), so a
-// probe running beside another would see the other's pick.
-func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeout time.Duration, parallel int) ([]lab.Result, error) {
-	parallel = max(parallel, 1)
+// probe running beside another would see the other's pick. In IPVS mode, the probes of
+// one virtual server run one after the other too: its round robin then hands each probe
+// every endpoint in turn, which is what lets o.Tries be small there.
+func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, o RunOptions) ([]lab.Result, error) {
+	timeout, parallel := o.ProbeTimeout, max(o.Parallel, 1)
 	results := make([]lab.Result, len(probes))
 	errs := make([]error, len(probes))
 	next := make(chan []int)
@@ -531,7 +570,7 @@ func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeou
 			}
 		}()
 	}
-	for _, batch := range probeBatches(probes) {
+	for _, batch := range probeBatches(probes, o.Mode == benchmarks.ModeIPVS) {
 		next <- batch
 	}
 	close(next)
@@ -540,19 +579,26 @@ func probeAll(ctx context.Context, l *lab.Lab, probes []Probe, tries int, timeou
 }
 
 // probeBatches groups the probes (by index) that must run one after the other: those of
-// one sticky Service together, every other probe alone.
-func probeBatches(probes []Probe) [][]int {
+// one sticky Service together; with roundRobin, those of one address and protocol (one
+// IPVS virtual server) together; every other probe alone.
+func probeBatches(probes []Probe, roundRobin bool) [][]int {
 	var batches [][]int
-	sticky := map[string]int{} // scenario -> its batch
+	together := map[string]int{} // what must run one after the other -> its batch
 	for i, p := range probes {
-		if !p.Sticky {
+		key := ""
+		switch {
+		case p.Sticky:
+			key = "sticky " + p.Scenario
+		case roundRobin:
+			key = p.Protocol + " " + p.Addr
+		default:
 			batches = append(batches, []int{i})
 			continue
 		}
-		b, ok := sticky[p.Scenario]
+		b, ok := together[key]
 		if !ok {
 			b = len(batches)
-			sticky[p.Scenario] = b
+			together[key] = b
 			batches = append(batches, nil)
 		}
 		batches[b] = append(batches[b], i)

@@ -36,6 +36,9 @@ type Config struct {
 	NodePortAddresses []netip.Prefix
 	// IPv6 is set for the backend of the IPv6 proxier.
 	IPv6 bool
+	// ExcludeCIDRs (--ipvs-exclude-cidrs) hold addresses whose virtual servers are never
+	// deleted, even ours.
+	ExcludeCIDRs []netip.Prefix
 }
 
 // vsPlan is one virtual server and the endpoints it sends traffic to.
@@ -100,6 +103,10 @@ type Backend struct {
 	// setUsers counts the ServicePorts needing each set member.
 	setUsers    map[SetEntry]int
 	terminating map[Key]map[netip.AddrPort]terminating
+	// left are the virtual servers in ExcludeCIDRs that stay in the kernel with no plan
+	// using them (deleteVirtualServer leaves them): a ServicePort that wants one again
+	// takes it over, as kube-proxy's sync, which looks each one up in the kernel, does.
+	left map[Key]*VirtualServer
 	// nodeDropUsers counts the ServicePorts needing each node drop; nodeDropsWritten are
 	// those SWYD-IPVS-OUT-FILTER holds since our last write to it, sorted.
 	nodeDropUsers    map[Key]int
@@ -141,6 +148,7 @@ func NewBackendWithKernel(ipvs Interface, ipt iptables.Interface, dev Device, se
 		setUsers:      map[SetEntry]int{},
 		nodeDropUsers: map[Key]int{},
 		terminating:   map[Key]map[netip.AddrPort]terminating{},
+		left:          map[Key]*VirtualServer{},
 		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "ipvs_operations_total",
 			Help: "IPVS, address and ipset changes made over netlink", ConstLabels: prometheus.Labels{"backend": "ipvs", "ip_family": family}}, []string{"operation"}),
 	}
@@ -355,8 +363,12 @@ func (b *Backend) fullSync(ctx context.Context, state *proxier.State) (proxier.P
 		return nil, err
 	}
 	inKernel := map[Key]*VirtualServer{}
+	clear(b.left)
 	for _, vs := range current {
 		inKernel[vs.Key()] = vs
+		if _, ok := wanted[vs.Key()]; !ok && b.excluded(vs) {
+			b.left[vs.Key()] = vs
+		}
 	}
 	for key, s := range wanted {
 		if err := b.syncVirtualServer(inKernel[key], s); err != nil {
@@ -605,6 +617,8 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan, 
 			current := old.server(s.vs.Key())
 			if recheck {
 				current = inKernel[s.vs.Key()]
+			} else if current == nil {
+				current = b.left[s.vs.Key()]
 			}
 			errs = append(errs, b.syncVirtualServer(current, s))
 		}
@@ -644,6 +658,7 @@ func (b *Backend) replacePlan(name proxier.ServicePortName, old, cur *portPlan, 
 // grace period ends; UDP and SCTP ones go at once, as kube-proxy's
 // IsRsGracefulTerminationNeeded decides.
 func (b *Backend) syncVirtualServer(current *VirtualServer, p vsPlan) error {
+	delete(b.left, p.vs.Key())
 	switch {
 	case current == nil:
 		if err := b.ipvs.AddVirtualServer(p.vs); err != nil {
@@ -711,13 +726,27 @@ func (b *Backend) syncVirtualServer(current *VirtualServer, p vsPlan) error {
 	return nil
 }
 
+// deleteVirtualServer deletes a virtual server of ours, unless its address is in
+// ExcludeCIDRs: kube-proxy never deletes those (cleanLegacyService), so that IPVS users
+// other than the proxy can keep virtual servers there. One left keeps its real servers,
+// and those draining go on draining.
 func (b *Backend) deleteVirtualServer(vs *VirtualServer) error {
+	if b.excluded(vs) {
+		b.logger.V(4).Info("Leaving a virtual server in --ipvs-exclude-cidrs", "virtualServer", vs.Key())
+		b.left[vs.Key()] = vs
+		return nil
+	}
 	delete(b.terminating, vs.Key())
 	if err := b.ipvs.DeleteVirtualServer(vs); err != nil {
 		return err
 	}
 	b.count("delete_virtual_server")
 	return nil
+}
+
+// excluded tells whether a virtual server's address is in ExcludeCIDRs.
+func (b *Backend) excluded(vs *VirtualServer) bool {
+	return slices.ContainsFunc(b.cfg.ExcludeCIDRs, func(p netip.Prefix) bool { return p.Contains(vs.Address) })
 }
 
 // DrainTerminating deletes the real servers whose connections have drained or whose

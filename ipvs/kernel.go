@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"time"
 
 	mobyipvs "github.com/moby/ipvs"
 	v1 "k8s.io/api/core/v1"
@@ -53,6 +54,15 @@ type RealServer struct {
 // Endpoint is the real server's identity within its virtual server.
 func (r *RealServer) Endpoint() netip.AddrPort { return netip.AddrPortFrom(r.Address, r.Port) }
 
+// Timeouts are IPVS's connection timeouts, which apply to every virtual server of the
+// network namespace. The kernel keeps them in whole seconds, and leaves one given as 0 as
+// it is.
+type Timeouts struct {
+	// TCP is how long an idle established TCP connection is kept, TCPFin one that has
+	// seen a FIN, UDP an idle UDP flow.
+	TCP, TCPFin, UDP time.Duration
+}
+
 // Interface is the backend's boundary to the kernel's IP Virtual Server table.
 // Implementations must be safe for concurrent use.
 type Interface interface {
@@ -73,6 +83,8 @@ type Interface interface {
 	UpdateRealServer(*VirtualServer, *RealServer) error
 	// DeleteRealServer equivalent: `ipvsadm -d -t ADDR:PORT -r RADDR:RPORT`
 	DeleteRealServer(*VirtualServer, *RealServer) error
+	// ConfigureTimeouts equivalent: `ipvsadm --set TCP TCPFIN UDP` (in seconds)
+	ConfigureTimeouts(Timeouts) error
 }
 
 // Flags of an IPVS service (include/uapi/linux/ip_vs.h).
@@ -217,6 +229,12 @@ func (k *kernel) UpdateRealServer(v *VirtualServer, r *RealServer) error {
 func (k *kernel) DeleteRealServer(v *VirtualServer, r *RealServer) error {
 	return k.do(fmt.Sprintf("deleting real server %s from %s", r.Endpoint(), v.Key()), func() error {
 		return k.handle.DelDestination(toService(v), toDestination(r))
+	})
+}
+
+func (k *kernel) ConfigureTimeouts(t Timeouts) error {
+	return k.do("setting the IPVS timeouts", func() error {
+		return k.handle.SetConfig(&mobyipvs.Config{TimeoutTCP: t.TCP, TimeoutTCPFin: t.TCPFin, TimeoutUDP: t.UDP})
 	})
 }
 

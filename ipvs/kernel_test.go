@@ -85,6 +85,23 @@ func endpoints(ips ...string) []proxier.Endpoint {
 	return eps
 }
 
+// kernelBackend is a backend over the kernel's IPVS, legacy iptables and dev, with the
+// tests' scheduler, pod network and mark; tweak sets the rest of its configuration.
+func kernelBackend(t *testing.T, dev *dummy.Device, tweak func(*Config)) (*Backend, Interface, iptables.Interface) {
+	t.Helper()
+	ipt, err := iptables.New(iptables.Legacy, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	handle, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, MasqueradeMark: "0x4000"}
+	tweak(&cfg)
+	return NewBackend(handle, ipt, dev, cfg, prometheus.NewRegistry(), klog.Background()), handle, ipt
+}
+
 // TestBackendInKernel drives the IPVS backend through full and partial syncs in a real
 // kernel and checks, with the kernel's own tools, that IPVS, kube-ipvs0 and the ipsets
 // hold exactly the desired state, while a virtual server and an address that are not ours
@@ -103,16 +120,7 @@ func TestBackendInKernel(t *testing.T) {
 	if err := dev.Bind(netip.MustParseAddr("10.96.0.99")); err != nil {
 		t.Fatal(err)
 	}
-	ipt, err := iptables.New(iptables.Legacy, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	handle, err := New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := NewBackend(handle, ipt, dev, Config{Scheduler: "rr", ResolveConfig: proxier.ResolveConfig{ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")},
-		MasqueradeMark: "0x4000", TerminationGrace: time.Minute}, prometheus.NewRegistry(), klog.Background())
+	b, handle, ipt := kernelBackend(t, dev, func(c *Config) { c.TerminationGrace = time.Minute })
 
 	web, empty, dns := svcName("web", v1.ProtocolTCP), svcName("empty", v1.ProtocolTCP), svcName("dns", v1.ProtocolUDP)
 	state := &proxier.State{
@@ -286,4 +294,109 @@ func TestBackendInKernel(t *testing.T) {
 	if out, err := exec.Command("ipset", "list", "-n").CombinedOutput(); err != nil || strings.Contains(string(out), "SWYD-") {
 		t.Errorf("cleanup: ipsets left (err %v): %s", err, out)
 	}
+}
+
+// ipvsTimeouts reads IPVS's connection timeouts back with ipvsadm.
+func ipvsTimeouts(t *testing.T) Timeouts {
+	t.Helper()
+	// "Timeout (tcp tcpfin udp): 900 120 300"
+	out := strings.TrimSpace(run(t, "ipvsadm", "-L", "--timeout"))
+	var tcp, tcpFin, udp int
+	if _, err := fmt.Sscanf(out[strings.LastIndex(out, ":")+1:], "%d %d %d", &tcp, &tcpFin, &udp); err != nil {
+		t.Fatalf("ipvsadm -L --timeout: %q: %v", out, err)
+	}
+	return Timeouts{TCP: time.Duration(tcp) * time.Second, TCPFin: time.Duration(tcpFin) * time.Second, UDP: time.Duration(udp) * time.Second}
+}
+
+// TestTimeoutsInKernel sets IPVS's connection timeouts over netlink, as kube-proxy's
+// ConfigureTimeouts does, and reads them back with ipvsadm: those given are set in whole
+// seconds, and one given as 0 is left as it was.
+func TestTimeoutsInKernel(t *testing.T) {
+	requireIPVS(t)
+	handle, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := ipvsTimeouts(t)
+	t.Cleanup(func() {
+		if err := handle.ConfigureTimeouts(before); err != nil {
+			t.Errorf("restoring the IPVS timeouts: %v", err)
+		}
+	})
+	if err := handle.ConfigureTimeouts(Timeouts{TCP: 2*time.Hour + 500*time.Millisecond, UDP: 45 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	want := Timeouts{TCP: 2 * time.Hour, TCPFin: before.TCPFin, UDP: 45 * time.Second}
+	if got := ipvsTimeouts(t); got != want {
+		t.Errorf("after setting the TCP and UDP timeouts: ipvsadm shows %+v, want %+v", got, want)
+	}
+	if err := handle.ConfigureTimeouts(Timeouts{TCPFin: 30 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	want.TCPFin = 30 * time.Second
+	if got := ipvsTimeouts(t); got != want {
+		t.Errorf("after setting the FIN timeout alone: ipvsadm shows %+v, want %+v", got, want)
+	}
+}
+
+// TestExcludeCIDRsInKernel: the virtual server of a deleted Service whose address is in
+// ExcludeCIDRs stays in the kernel with its real server, through partial and full syncs,
+// and the Service back takes it over; one outside goes.
+func TestExcludeCIDRsInKernel(t *testing.T) {
+	requireIPVS(t)
+	ctx := context.Background()
+	dev, err := dummy.Ensure(dummy.DefaultName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, handle, ipt := kernelBackend(t, dev, func(c *Config) { c.ExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.5.0/24")} })
+	t.Cleanup(func() {
+		_ = exec.Command("ipvsadm", "-D", "-t", "10.96.5.10:80").Run() // ours no more: Cleanup leaves it
+		if err := Cleanup(ctx, handle, ipt, dummy.DefaultName); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	kept, gone := svcName("kept", v1.ProtocolTCP), svcName("gone", v1.ProtocolTCP)
+	services := func() map[proxier.ServicePortName]*proxier.ServicePort {
+		return map[proxier.ServicePortName]*proxier.ServicePort{
+			kept: {Name: kept, ClusterIP: netip.MustParseAddr("10.96.5.10"), Port: 80, Protocol: v1.ProtocolTCP},
+			gone: {Name: gone, ClusterIP: netip.MustParseAddr("10.96.6.10"), Port: 80, Protocol: v1.ProtocolTCP},
+		}
+	}
+	state := &proxier.State{NodeName: testNode, Services: services(),
+		Endpoints: map[proxier.ServicePortName][]proxier.Endpoint{kept: endpoints("10.244.1.2"), gone: endpoints("10.244.1.2")}}
+	both := map[proxier.ServicePortName]struct{}{kept: {}, gone: {}}
+	expect := func(step string, want ...string) {
+		t.Helper()
+		var got []string
+		for _, line := range ipvsTable(t) {
+			if strings.HasPrefix(line, "10.96.5.") || strings.HasPrefix(line, "10.96.6.") {
+				got = append(got, line)
+			}
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: ipvsadm -Ln (-want +got):\n%s", step, diff)
+		}
+	}
+	if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err != nil {
+		t.Fatalf("full sync: %v", err)
+	}
+	delete(state.Services, kept)
+	delete(state.Services, gone)
+	if err := b.Sync(ctx, state, proxier.Changes{ServicePorts: both}); err != nil {
+		t.Fatalf("partial sync deleting both: %v", err)
+	}
+	left := []string{"10.96.5.10:80/TCP -> 10.244.1.2:8080 weight 1", "10.96.5.10:80/TCP rr"}
+	expect("both Services deleted", left...)
+	if err := b.Sync(ctx, state, proxier.Changes{Full: true}); err != nil {
+		t.Fatalf("full sync: %v", err)
+	}
+	expect("full sync after", left...)
+
+	state.Services = services()
+	if err := b.Sync(ctx, state, proxier.Changes{ServicePorts: both}); err != nil {
+		t.Fatalf("partial sync of both back: %v", err)
+	}
+	expect("both Services back",
+		"10.96.5.10:80/TCP -> 10.244.1.2:8080 weight 1", "10.96.5.10:80/TCP rr", "10.96.6.10:80/TCP -> 10.244.1.2:8080 weight 1", "10.96.6.10:80/TCP rr")
 }

@@ -1,7 +1,6 @@
 package ipvs
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard/switchyard/dummy"
 	"github.com/switchyard/switchyard/internal/sysctl"
@@ -67,15 +67,33 @@ func nodeSysctls(strictARP, ipv6 bool) []kernelParam {
 	return s
 }
 
-// PrepareNode applies the sysctls IPVS mode depends on (for IPv6 too when ipv6 is set).
-func PrepareNode(strictARP, ipv6 bool) error {
-	var errs []error
-	for _, s := range nodeSysctls(strictARP, ipv6) {
-		if err := sysctl.Ensure(s.path, s.value); err != nil {
-			errs = append(errs, err)
+// NodeConfig is what IPVS mode sets on the node for one IP family.
+type NodeConfig struct {
+	// StrictARP sets arp_ignore and arp_announce (--ipvs-strict-arp).
+	StrictARP bool
+	// IPv6 is set for the IPv6 proxier.
+	IPv6 bool
+	// Timeouts are the IPVS connection timeouts to set (--ipvs-*-timeout).
+	Timeouts Timeouts
+}
+
+// PrepareNode makes IPVS mode's node settings as kube-proxy's IPVS NewProxier does for
+// each IP family. First the sysctls: the first that cannot be set is returned, and the
+// proxy does not start; one that holds its value already is not written, so a proxy
+// whose /proc/sys is read-only starts once --init-only has set them. Then, when any is
+// given, the connection timeouts of ipvs, whose failure is only logged.
+func PrepareNode(sys sysctl.Interface, ipvs Interface, cfg NodeConfig, logger klog.Logger) error {
+	for _, s := range nodeSysctls(cfg.StrictARP, cfg.IPv6) {
+		if err := sysctl.Ensure(sys, s.path, s.value, logger); err != nil {
+			return err
 		}
 	}
-	return errors.Join(errs...)
+	if t := cfg.Timeouts; t.TCP > 0 || t.TCPFin > 0 || t.UDP > 0 {
+		if err := ipvs.ConfigureTimeouts(t); err != nil {
+			logger.Error(err, "Failed to configure IPVS timeouts")
+		}
+	}
+	return nil
 }
 
 // Device is the backend's boundary to kube-ipvs0, the dummy device Service addresses are

@@ -65,12 +65,14 @@ func initIPTablesNode(cfg config.Config, family proxier.Family, logger klog.Logg
 // needs (https://issues.k8s.io/90259); LocalnetFirewallChain guards what it opens.
 const routeLocalnet = "net/ipv4/conf/all/route_localnet"
 
-// ensureSysctl sets a kernel parameter; tests replace it.
-var ensureSysctl = sysctl.Ensure
+// ensureSysctl sets a kernel parameter of the running kernel; tests replace it.
+var ensureSysctl = func(path, value string, logger klog.Logger) error {
+	return sysctl.Ensure(sysctl.New(), path, value, logger)
+}
 
 func ensureRouteLocalnet(logger klog.Logger) error {
 	logger.Info("Setting route_localnet=1 to allow NodePorts on localhost; to change this, disable iptables.localhostNodePorts (--iptables-localhost-nodeports) or set nodePortAddresses (--nodeport-addresses) to filter loopback addresses")
-	if err := ensureSysctl(routeLocalnet, "1"); err != nil {
+	if err := ensureSysctl(routeLocalnet, "1", logger); err != nil {
 		return fmt.Errorf("NodePorts on 127.0.0.1 (iptables.localhostNodePorts): %w", err)
 	}
 	return nil

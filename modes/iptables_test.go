@@ -20,7 +20,7 @@ func sysctlCalls(t *testing.T, err error) *[]string {
 	t.Helper()
 	var calls []string
 	old := ensureSysctl
-	ensureSysctl = func(path, value string) error {
+	ensureSysctl = func(path, value string, _ klog.Logger) error {
 		calls = append(calls, path+"="+value)
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/switchyard/switchyard/config"
 	"github.com/switchyard/switchyard/dummy"
+	"github.com/switchyard/switchyard/internal/sysctl"
 	"github.com/switchyard/switchyard/ipvs"
 	"github.com/switchyard/switchyard/proxier"
 )
@@ -56,6 +57,7 @@ func newIPVSBackend(ctx context.Context, cfg config.Config, env Env) (proxier.Ba
 		TerminationGrace:  terminationGrace,
 		NodePortAddresses: cfg.NodePortPrefixes(!ipv6),
 		IPv6:              ipv6,
+		ExcludeCIDRs:      cfg.IPVSExcludeCIDRs,
 	}, env.Registerer, env.Logger)
 	if env.Use == ForProxy {
 		go b.RunDrainer(ctx, drainInterval)
@@ -63,16 +65,16 @@ func newIPVSBackend(ctx context.Context, cfg config.Config, env Env) (proxier.Ba
 	return b, nil
 }
 
-// initIPVSNode loads the ip_vs module and sets the IPVS sysctls of one IP family.
+// initIPVSNode loads the ip_vs module, sets the IPVS sysctls of one IP family and the
+// IPVS timeouts.
 func initIPVSNode(cfg config.Config, family proxier.Family, logger klog.Logger) error {
-	if _, err := prepareIPVS(cfg, family == proxier.IPv6, logger); err != nil {
-		return fmt.Errorf("IPVS is not available: %w", err)
-	}
-	return nil
+	_, err := prepareIPVS(cfg, family == proxier.IPv6, logger)
+	return err
 }
 
 // prepareIPVS opens IPVS, which loads the ip_vs module when it can, then checks the
-// scheduler and applies the sysctls that exist only once the module is loaded.
+// scheduler and applies the sysctls and timeouts that exist only once the module is
+// loaded; a sysctl that cannot be set stops the proxy, as in kube-proxy.
 func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interface, error) {
 	handle, err := ipvs.New()
 	if err != nil {
@@ -83,11 +85,13 @@ func prepareIPVS(cfg config.Config, ipv6 bool, logger klog.Logger) (ipvs.Interfa
 		// servers fails and says so on every sync.
 		logger.Error(err, "IPVS scheduler may be unavailable")
 	}
-	if err := ipvs.PrepareNode(cfg.IPVSStrictARP, ipv6); err != nil {
-		// Like kube-proxy: a sysctl that cannot be set (read-only in an unprivileged
-		// container; the DaemonSet's --init-only container sets them) is worth a loud
-		// log line, not a node without Services.
-		logger.Error(err, "Some IPVS sysctls could not be set")
+	node := ipvs.NodeConfig{
+		StrictARP: cfg.IPVSStrictARP,
+		IPv6:      ipv6,
+		Timeouts:  ipvs.Timeouts{TCP: cfg.IPVSTCPTimeout, TCPFin: cfg.IPVSTCPFinTimeout, UDP: cfg.IPVSUDPTimeout},
+	}
+	if err := ipvs.PrepareNode(sysctl.New(), handle, node, logger); err != nil {
+		return nil, fmt.Errorf("IPVS mode's sysctls: %w", err)
 	}
 	return handle, nil
 }

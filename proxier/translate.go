@@ -12,7 +12,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	netutils "k8s.io/utils/net"
+
+	"github.com/switchyard/switchyard/internal/kubeaddr"
 )
 
 // defaultSessionAffinityTimeout is the API's default for
@@ -72,7 +73,7 @@ func (f Family) String() string {
 func (f Family) primaryNodeIP(node *v1.Node) netip.Addr {
 	for _, kind := range []v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
 		for _, a := range node.Status.Addresses {
-			if ip, ok := parseIP(a.Address); a.Type == kind && ok && f.matches(ip) {
+			if ip, ok := kubeaddr.ParseIP(a.Address); a.Type == kind && ok && f.matches(ip) {
 				return ip
 			}
 		}
@@ -105,7 +106,7 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 		if s == v1.ClusterIPNone || s == "" {
 			return nil, nil // headless
 		}
-		a, ok := parseIP(s)
+		a, ok := kubeaddr.ParseIP(s)
 		if !ok {
 			bad(fmt.Sprintf("spec.clusterIPs[%d]", i), s, "not an IP address")
 			continue
@@ -138,7 +139,7 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 			// API validation trims the value before checking it, so padded ranges are
 			// valid Services: read them as kube-proxy does, trimmed, or a range that was
 			// meant to restrict would be skipped and leave the load balancer open.
-			p, ok := parsePrefix(strings.TrimSpace(s))
+			p, ok := kubeaddr.ParsePrefix(strings.TrimSpace(s))
 			if !ok {
 				bad(fmt.Sprintf("spec.loadBalancerSourceRanges[%d]", i), s, "not a CIDR")
 				continue
@@ -207,33 +208,10 @@ func ServicePorts(svc *v1.Service, family Family) ([]*ServicePort, []FieldError)
 	return ports, errs
 }
 
-// parseIP reads an IP address as kube-proxy does: the legacy forms the apiserver still
-// accepts with a warning, leading zeros ("010.1.2.3" is 10.1.2.3) and IPv4-mapped IPv6
-// ("::ffff:10.1.2.3"), are the IPv4 address they denote.
-func parseIP(s string) (netip.Addr, bool) {
-	a, ok := netip.AddrFromSlice(netutils.ParseIPSloppy(s))
-	return a.Unmap(), ok
-}
-
-// parsePrefix reads a CIDR as kube-proxy does, with parseIP's legacy forms.
-func parsePrefix(s string) (netip.Prefix, bool) {
-	_, ipnet, err := netutils.ParseCIDRSloppy(s)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	a, _ := netip.AddrFromSlice(ipnet.IP)
-	ones, _ := ipnet.Mask.Size()
-	if a.Is4In6() {
-		ones -= 96
-	}
-	p := netip.PrefixFrom(a.Unmap(), ones)
-	return p, p.IsValid()
-}
-
 func parseAddrs(values []string, family Family, field string, bad func(field, value, reason string)) []netip.Addr {
 	var out []netip.Addr
 	for i, s := range values {
-		a, ok := parseIP(s)
+		a, ok := kubeaddr.ParseIP(s)
 		if !ok {
 			path := field
 			if len(values) > 1 || field == "spec.externalIPs" {
@@ -283,7 +261,7 @@ func ServiceEndpoints(service types.NamespacedName, slicesByName map[string]*dis
 			}
 			// Like kube-proxy, only the first address is used: the API defines the
 			// others as interchangeable and they are never set in practice.
-			ip, ok := parseIP(ep.Addresses[0])
+			ip, ok := kubeaddr.ParseIP(ep.Addresses[0])
 			if !ok || !family.matches(ip) {
 				errs = append(errs, FieldError{Object: object, Field: fmt.Sprintf("endpoints[%d].addresses[0]", ei), Value: ep.Addresses[0], Reason: "not an IP address of the slice's addressType"})
 				continue

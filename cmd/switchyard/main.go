@@ -10,9 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -135,8 +133,7 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		return err
 	}
 	if cfg.InitOnly {
-		initNode(cfg, mode, flavor, logger)
-		return nil
+		return initNode(cfg, mode, flavor, logger)
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
 	// stop ends serving early with an error: a server that failed under
@@ -148,7 +145,11 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 			return err
 		}
 	}
-	tuneNode(cfg, logger)
+	setOOMScoreAdj(cfg, logger)
+	// Before any backend is made: iptables mode reads nf_conntrack_tcp_be_liberal.
+	if err := configureConntrack(cfg, logger); err != nil {
+		return err
+	}
 
 	client, err := newClient(cfg)
 	if err != nil {
@@ -339,17 +340,21 @@ const canaryInterval = 5 * time.Second
 
 // initNode makes the node settings that take full root privileges, like kube-proxy's
 // --init-only: the DaemonSet runs it in a privileged init container, so that the proxy
-// itself runs with NET_ADMIN and NET_RAW only. Each step is best effort, as at startup.
-func initNode(cfg config.Config, mode modes.Mode, flavor iptables.Flavor, logger klog.Logger) {
-	tuneNode(cfg, logger)
+// itself runs with NET_ADMIN and NET_RAW only. A setting that fails stops it, as it would
+// stop the proxy, and as kube-proxy's --init-only stops.
+func initNode(cfg config.Config, mode modes.Mode, flavor iptables.Flavor, logger klog.Logger) error {
+	if err := configureConntrack(cfg, logger); err != nil {
+		return err
+	}
 	if mode.InitNode != nil {
 		for _, family := range families(flavor, logger) {
 			if err := mode.InitNode(cfg, family, logger); err != nil {
-				logger.Error(err, "Could not prepare the node for the proxy mode", "mode", mode.Name, "ipFamily", family.String())
+				return fmt.Errorf("preparing the node for %s mode (%s): %w", mode.Name, family.String(), err)
 			}
 		}
 	}
 	logger.Info("Node initialized", "mode", mode.Name)
+	return nil
 }
 
 // cleanup removes what any proxy mode left on the node, in both IP families, so that it
@@ -466,27 +471,20 @@ func listen(ctx context.Context, name, addr string, handler http.Handler, fail f
 	}()
 }
 
-// tuneNode applies the process and kernel settings kube-proxy applies. Each is best
-// effort: inside a container or a network namespace some are read-only, which must not
-// stop the proxy.
-func tuneNode(cfg config.Config, logger klog.Logger) {
+// setOOMScoreAdj sets the process's oom_score_adj, as kube-proxy does when it starts (not
+// with --init-only). Like kube-proxy, a failure is only logged: inside a container it may
+// be refused, which must not stop the proxy.
+func setOOMScoreAdj(cfg config.Config, logger klog.Logger) {
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(int(cfg.OOMScoreAdj))), 0); err != nil {
 		logger.Info("Could not set oom_score_adj", "value", cfg.OOMScoreAdj, "err", err)
 	}
-	if cfg.ConntrackMaxPerCore == 0 {
-		return // 0 means: leave the conntrack table size alone
+}
+
+// configureConntrack applies the conntrack settings to the node as kube-proxy does at
+// startup and with --init-only: a failure stops either.
+func configureConntrack(cfg config.Config, logger klog.Logger) error {
+	if err := conntrack.Configure(conntrack.NewNode(), cfg.Conntrack, logger); err != nil {
+		return fmt.Errorf("conntrack settings (--conntrack-*): %w", err)
 	}
-	want := max(int(cfg.ConntrackMaxPerCore)*runtime.NumCPU(), int(cfg.ConntrackMin))
-	const path = "/proc/sys/net/netfilter/nf_conntrack_max"
-	cur, err := os.ReadFile(path)
-	if err != nil {
-		logger.Info("Could not read nf_conntrack_max", "err", err)
-		return
-	}
-	if n, err := strconv.Atoi(strings.TrimSpace(string(cur))); err == nil && n >= want {
-		return // never lower a limit someone raised
-	}
-	if err := os.WriteFile(path, []byte(strconv.Itoa(want)), 0); err != nil {
-		logger.Info("Could not raise nf_conntrack_max", "value", want, "err", err)
-	}
+	return nil
 }

@@ -86,7 +86,7 @@ func run(ctx context.Context, o options) error {
 // the guest.
 func showIPVS(ctx context.Context, o options, dir string) error {
 	step("Starting kube-apiserver + etcd on a tap link to the kernel lab")
-	g, err := lab.StartGuestLink(ctx, filepath.Join(dir, "guestlink"), o.runner)
+	g, err := lab.StartGuestLink(ctx, filepath.Join(dir, "guestlink"), o.runner, 0)
 	if err != nil {
 		return err
 	}

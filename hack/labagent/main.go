@@ -7,7 +7,7 @@
 //	labagent udp ADDR COUNT SRCPORT  send COUNT datagrams from local port SRCPORT, print JSON
 //	labagent sctp ADDR COUNT         make COUNT SCTP associations (IPv4), read the name, print JSON
 //	labagent probe [-timeout D] [-give-up N] [-source-port P] PROTO ADDR COUNT
-//	                                 make COUNT tcp (HTTP) or udp requests to ADDR, each a new
+//	                                 make COUNT tcp (HTTP), udp or sctp (IPv4) requests to ADDR, each a new
 //	                                 connection or flow, print JSON with the client address each
 //	                                 pod saw ("NAME saw ADDR"); stop after N failures in a row
 //	                                 without an answer. PROTO healthz asks ADDR's /healthz and
@@ -119,7 +119,7 @@ func run(args []string) error {
 			return err
 		}
 		if fs.NArg() != 3 {
-			return errors.New("usage: labagent probe [flags] tcp|udp|healthz ADDR COUNT")
+			return errors.New("usage: labagent probe [flags] tcp|udp|sctp|healthz ADDR COUNT")
 		}
 		count, err := strconv.Atoi(fs.Arg(2))
 		if err != nil {
@@ -255,6 +255,14 @@ func probe(proto, addr string, count int, timeout time.Duration, giveUp, sourceP
 			name, client, _ := strings.Cut(string(buf[:n]), " ")
 			return name, client, nil
 		}
+	case "sctp":
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil || !ap.Addr().Is4() {
+			return res, fmt.Errorf("probe: sctp: %q is not an IPv4 address:port", addr)
+		}
+		once = func() (string, string, error) {
+			return sctpOnce(unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}, timeout)
+		}
 	case "healthz":
 		once = func() (string, string, error) {
 			status, body, _, err := get("http://" + addr + "/healthz")
@@ -264,7 +272,7 @@ func probe(proto, addr string, count int, timeout time.Duration, giveUp, sourceP
 			return fmt.Sprintf("HTTP %d %s", status, withoutTimes(body)), "", nil
 		}
 	default:
-		return res, fmt.Errorf("probe: unknown protocol %q (want tcp, udp or healthz)", proto)
+		return res, fmt.Errorf("probe: unknown protocol %q (want tcp, udp, sctp or healthz)", proto)
 	}
 	failedInARow := 0
 	for range count {
@@ -381,16 +389,24 @@ func serveSCTP(addr, name string) {
 		fmt.Fprintln(os.Stderr, "labagent: SCTP bind:", err)
 		return
 	}
-	if err := unix.Listen(fd, 16); err != nil {
+	// A backlog as deep as the HTTP server's, so that a probe's parallel associations
+	// are never dropped at the listener (the client would retransmit its INIT only after
+	// SCTP's 3 s initial timeout, a probe's whole timeout in the kernel lab).
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
 		fmt.Fprintln(os.Stderr, "labagent: SCTP listen:", err)
 		return
 	}
 	for {
-		conn, _, err := unix.Accept(fd)
+		conn, peer, err := unix.Accept(fd)
 		if err != nil {
 			continue
 		}
-		_, _ = unix.Write(conn, []byte(name))
+		// The name, and the client address as the UDP server answers a probe.
+		answer := name
+		if in4, ok := peer.(*unix.SockaddrInet4); ok {
+			answer += " " + netip.AddrFrom4(in4.Addr).String()
+		}
+		_, _ = unix.Write(conn, []byte(answer))
 		_ = unix.Close(conn)
 	}
 }
@@ -404,7 +420,7 @@ func sendSCTP(addr string, count int) (Result, error) {
 	}
 	for range count {
 		start := time.Now()
-		name, err := sctpOnce(unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())})
+		name, _, err := sctpOnce(unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}, 2*time.Second)
 		if err != nil {
 			res.fail(err, start)
 			continue
@@ -414,22 +430,57 @@ func sendSCTP(addr string, count int) (Result, error) {
 	return res, nil
 }
 
-func sctpOnce(to unix.SockaddrInet4) (string, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+// sctpOnce opens one association to `to` and reads the pod's answer: its name and the
+// client address it saw. timeout bounds the whole exchange. The socket is non-blocking
+// and waited on with poll, which is retried when a signal interrupts it: the Go runtime
+// preempts goroutines with signals, and a blocking connect or read would fail with EINTR.
+func sctpOnce(to unix.SockaddrInet4, timeout time.Duration) (name, client string, err error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, unix.IPPROTO_SCTP)
 	if err != nil {
-		return "", err
+		return "", "", fmt.Errorf("SCTP socket (does the kernel have the sctp module?): %w", err)
 	}
 	defer unix.Close(fd)
-	timeout := unix.Timeval{Sec: 2}
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &timeout)
-	_ = unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &timeout)
-	if err := unix.Connect(fd, &to); err != nil {
-		return "", err
+	deadline := time.Now().Add(timeout)
+	if err := unix.Connect(fd, &to); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		return "", "", err
+	}
+	if err := pollUntil(fd, unix.POLLOUT, deadline); err != nil {
+		return "", "", err
+	}
+	if soErr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil {
+		return "", "", err
+	} else if soErr != 0 {
+		return "", "", syscall.Errno(soErr)
+	}
+	if err := pollUntil(fd, unix.POLLIN, deadline); err != nil {
+		return "", "", err
 	}
 	buf := make([]byte, 256)
 	n, err := unix.Read(fd, buf)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return string(buf[:n]), nil
+	name, client, _ = strings.Cut(string(buf[:n]), " ")
+	return name, client, nil
+}
+
+// pollUntil waits until fd is ready for events or has an error, until deadline; it
+// returns os.ErrDeadlineExceeded when the deadline passes first.
+func pollUntil(fd int, events int16, deadline time.Time) error {
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case n > 0:
+			return nil
+		}
+	}
 }

@@ -1,82 +1,71 @@
-package sysctl
+package sysctl_test
 
 import (
+	"errors"
+	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard/switchyard/internal/sysctl"
+	"github.com/switchyard/switchyard/internal/sysctl/sysctltest"
 )
 
-// fakeProc makes root a directory holding the given parameters, each as /proc/sys
-// prints it (with a newline), and returns a function that reads one back.
-func fakeProc(t *testing.T, params map[string]string) func(path string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for path, value := range params {
-		file := filepath.Join(dir, path)
-		if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(file, []byte(value+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
+const routeLocalnet = "net/ipv4/conf/all/route_localnet"
+
+// TestEnsure: a parameter is written only when it holds another value, so a read-only one
+// that already holds the value is no error; a missing or read-only one that must change
+// is, and the error names it.
+func TestEnsure(t *testing.T) {
+	tests := []struct {
+		name     string
+		holds    map[string]string
+		readOnly bool
+		want     string
+		// wantErr, when set, is what the error must say; the parameter is then unchanged.
+		wantErr string
+	}{
+		{name: "a different value is written", holds: map[string]string{routeLocalnet: "0"}, want: "1"},
+		{name: "the wanted value is left alone, even read-only", holds: map[string]string{routeLocalnet: "1"}, readOnly: true, want: "1"},
+		{name: "read-only and different", holds: map[string]string{routeLocalnet: "0"}, readOnly: true, want: "0",
+			wantErr: "setting net.ipv4.conf.all.route_localnet=1 (it is 0)"},
+		{name: "missing", holds: map[string]string{}, wantErr: "reading net.ipv4.conf.all.route_localnet"},
 	}
-	old := root
-	root = dir
-	t.Cleanup(func() { root = old })
-	return func(path string) string {
-		b, err := os.ReadFile(filepath.Join(dir, path))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return string(b)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sys := sysctltest.NewFake(tc.holds)
+			if tc.readOnly {
+				sys.SetReadOnly(routeLocalnet)
+			}
+			err := sysctl.Ensure(sys, routeLocalnet, "1", klog.Background())
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("Ensure = %v, want error %q", err, tc.wantErr)
+			}
+			if got := sys.Values()[routeLocalnet]; got != tc.want {
+				t.Errorf("%s holds %q, want %q", routeLocalnet, got, tc.want)
+			}
+		})
 	}
 }
 
-func TestEnsureWritesADifferentValue(t *testing.T) {
-	const path = "net/ipv4/conf/all/route_localnet"
-	read := fakeProc(t, map[string]string{path: "0"})
-	if err := Ensure(path, "1"); err != nil {
-		t.Fatal(err)
+// TestProcSys reads and writes the kernel's own files: a parameter is read without its
+// newline, and one the kernel lets nobody write (its mode is 0444, root included) is
+// refused without changing anything.
+func TestProcSys(t *testing.T) {
+	if _, err := os.Stat("/proc/sys/kernel/osrelease"); err != nil {
+		t.Fatalf("no /proc/sys (the test needs a Linux /proc mounted): %v", err)
 	}
-	if got := read(path); got != "1" {
-		t.Errorf("%s holds %q, want 1", path, got)
+	sys := sysctl.New()
+	release, err := sys.Get("kernel/osrelease")
+	if err != nil || release == "" || strings.HasSuffix(release, "\n") {
+		t.Errorf("Get(kernel/osrelease) = %q, %v; want the release without a newline", release, err)
 	}
-}
-
-// TestEnsureLeavesTheWantedValueAlone: a parameter that already holds the value is not
-// written, so a read-only /proc/sys is no error then.
-func TestEnsureLeavesTheWantedValueAlone(t *testing.T) {
-	const path = "net/ipv4/conf/all/route_localnet"
-	read := fakeProc(t, map[string]string{path: "1"})
-	if err := os.Chmod(filepath.Join(root, path), 0o444); err != nil {
-		t.Fatal(err)
+	if err := sys.Set("kernel/osrelease", "0.0.0-switchyard-test"); !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("Set of a read-only parameter = %v, want a permission error", err)
 	}
-	if err := Ensure(path, "1"); err != nil {
-		t.Fatalf("Ensure of the value it holds: %v", err)
+	if _, err := sys.Get("net/ipv4/vs/nope"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Get of a parameter that does not exist = %v, want not-exist", err)
 	}
-	if got := read(path); got != "1\n" {
-		t.Errorf("%s holds %q: it was written", path, got)
-	}
-}
-
-func TestEnsureErrors(t *testing.T) {
-	t.Run("missing", func(t *testing.T) {
-		fakeProc(t, map[string]string{"net/ipv4/vs/conntrack": "0"})
-		err := Ensure("net/ipv4/vs/nope", "1")
-		if err == nil || !strings.Contains(err.Error(), "reading net.ipv4.vs.nope") {
-			t.Errorf("Ensure of a parameter that does not exist = %v, want an error that names it", err)
-		}
-	})
-	t.Run("read-only", func(t *testing.T) {
-		// The kernel lets nobody write this one, root included (its mode is 0444), so
-		// the write fails without changing anything.
-		if _, err := os.Stat("/proc/sys/kernel/osrelease"); err != nil {
-			t.Fatalf("no /proc/sys (the test needs a Linux /proc mounted): %v", err)
-		}
-		err := Ensure("kernel/osrelease", "0.0.0-switchyard-test")
-		if err == nil || !strings.Contains(err.Error(), "setting kernel.osrelease=0.0.0-switchyard-test") {
-			t.Errorf("Ensure of a read-only parameter = %v, want an error that names it and the value", err)
-		}
-	})
 }

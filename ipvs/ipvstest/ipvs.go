@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -25,14 +26,19 @@ import (
 // iptablestest.IPVS, so the tracer sends connections through it. It is safe for
 // concurrent use.
 type IPVS struct {
-	mu      sync.Mutex
-	servers map[ipvs.Key]*ipvs.VirtualServer
-	reals   map[ipvs.Key]map[netip.AddrPort]*ipvs.RealServer
+	mu       sync.Mutex
+	servers  map[ipvs.Key]*ipvs.VirtualServer
+	reals    map[ipvs.Key]map[netip.AddrPort]*ipvs.RealServer
+	timeouts ipvs.Timeouts
 }
 
-// NewIPVS returns an empty table.
+// DefaultTimeouts are the connection timeouts IPVS starts with (include/net/ip_vs.h, the
+// TCP ESTABLISHED and FIN_WAIT states, and UDP).
+var DefaultTimeouts = ipvs.Timeouts{TCP: 15 * time.Minute, TCPFin: 2 * time.Minute, UDP: 5 * time.Minute}
+
+// NewIPVS returns an empty table with the kernel's default timeouts.
 func NewIPVS() *IPVS {
-	return &IPVS{servers: map[ipvs.Key]*ipvs.VirtualServer{}, reals: map[ipvs.Key]map[netip.AddrPort]*ipvs.RealServer{}}
+	return &IPVS{servers: map[ipvs.Key]*ipvs.VirtualServer{}, reals: map[ipvs.Key]map[netip.AddrPort]*ipvs.RealServer{}, timeouts: DefaultTimeouts}
 }
 
 // VirtualServers is part of ipvs.Interface. The callers get copies, as from the kernel:
@@ -146,6 +152,31 @@ func (f *IPVS) DeleteRealServer(v *ipvs.VirtualServer, r *ipvs.RealServer) error
 	}
 	delete(f.reals[v.Key()], r.Endpoint())
 	return nil
+}
+
+// ConfigureTimeouts is part of ipvs.Interface. As through moby/ipvs and the kernel, each
+// timeout is kept in whole seconds (truncated), and one that is 0 is left as it is.
+func (f *IPVS) ConfigureTimeouts(t ipvs.Timeouts) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	set := func(cur *time.Duration, given time.Duration) {
+		if whole := given.Truncate(time.Second); whole > 0 {
+			*cur = whole
+		}
+	}
+	set(&f.timeouts.TCP, t.TCP)
+	set(&f.timeouts.TCPFin, t.TCPFin)
+	set(&f.timeouts.UDP, t.UDP)
+	return nil
+}
+
+// Timeouts are the connection timeouts the table holds.
+//
+// Equivalent to: `ipvsadm -L --timeout`
+func (f *IPVS) Timeouts() ipvs.Timeouts {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timeouts
 }
 
 // Lookup is part of iptablestest.IPVS. IPVS schedules new connections to the real servers

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
@@ -157,5 +158,22 @@ func TestIPVSLookup(t *testing.T) {
 				t.Errorf("real servers (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestIPVSTimeouts: the table starts with the kernel's timeouts, keeps given ones in
+// whole seconds, and leaves one given as 0 (or under a second, which is 0 seconds) as it
+// is, as the kernel's ip_vs_set_timeout does.
+func TestIPVSTimeouts(t *testing.T) {
+	f := NewIPVS()
+	if got := f.Timeouts(); got != DefaultTimeouts {
+		t.Fatalf("a new table's timeouts are %+v, want the kernel's %+v", got, DefaultTimeouts)
+	}
+	if err := f.ConfigureTimeouts(ipvs.Timeouts{TCP: 2*time.Hour + 500*time.Millisecond, TCPFin: 0, UDP: 500 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	want := ipvs.Timeouts{TCP: 2 * time.Hour, TCPFin: DefaultTimeouts.TCPFin, UDP: DefaultTimeouts.UDP}
+	if got := f.Timeouts(); got != want {
+		t.Errorf("timeouts %+v, want %+v", got, want)
 	}
 }

@@ -573,7 +573,7 @@ func runInKernelLab(t *testing.T, pattern string) {
 	// The churn soak runs about 10 minutes in the guest; the rest take under one.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	g, err := lab.StartGuestLink(ctx, t.TempDir(), "../../hack/kernel-lab/run.sh")
+	g, err := lab.StartGuestLink(ctx, t.TempDir(), "../../hack/kernel-lab/run.sh", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

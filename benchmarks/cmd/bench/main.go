@@ -660,7 +660,7 @@ type guestProxyLab struct {
 }
 
 func startGuestProxyLab(ctx context.Context, bins map[string]string, runner, scratch string, w *workloadFlags) (*guestProxyLab, error) {
-	g, err := lab.StartGuestLink(ctx, filepath.Join(scratch, "guest-link"), runner)
+	g, err := lab.StartGuestLink(ctx, filepath.Join(scratch, "guest-link"), runner, 0)
 	if err != nil {
 		return nil, err
 	}

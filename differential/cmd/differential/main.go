@@ -11,6 +11,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -23,8 +24,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard/switchyard/benchmarks"
 	"github.com/switchyard/switchyard/differential"
@@ -49,7 +48,7 @@ func run() error {
 	out := flag.String("out", "", "directory for report.md and report.json (none: print the summary only)")
 	binDir := flag.String("bin", "bin", "directory holding switchyard, labagent and differential (make build)")
 	kernelLab := flag.String("kernel-lab", "hack/kernel-lab/run.sh", "the kernel lab runner, for ipvs")
-	tries := flag.Int("tries", 40, "requests per probe")
+	tries := flag.Int("tries", 0, "requests per probe (0: 40 natively, 12 in the kernel lab, where IPVS's round robin hands out endpoints in turn)")
 	parallel := flag.Int("parallel", 0, "probes at once (0: 4 natively, 12 in the kernel lab)")
 	keep := flag.String("scratch", "", "directory to keep the labs' logs in (each proxy's log, its rules); none: a temporary one, removed at the end")
 	flag.Parse()
@@ -79,15 +78,6 @@ func run() error {
 		return err
 	}
 
-	scenarios, err := differential.Generate(differential.Options{
-		Seed: *seed, Count: *count, Pods: differential.PodRefs(), ExternalIPs: netip.MustParsePrefix(lab.ExternalRange),
-		NodeIP: netip.MustParseAddr(lab.NodeIP), ClientIP: netip.MustParseAddr(lab.ClientIP),
-		// The kernel lab's SCTP comes with its IPVS runs.
-		Protocols: []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP}, Zone: differential.Zone,
-	})
-	if err != nil {
-		return err
-	}
 	scratch := *keep
 	if scratch == "" {
 		if scratch, err = os.MkdirTemp("", "swyd-differential-"); err != nil {
@@ -98,21 +88,27 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	report := &differential.Report{Seed: *seed, Commit: commit()}
-	for _, sc := range scenarios {
-		report.Scenarios = append(report.Scenarios, differential.ScenarioID{Name: sc.Name, Traits: sc.Traits})
-	}
 	diverged := 0
 	for _, mode := range strings.Split(*modes, ",") {
-		timeout, par := time.Second, 4
+		scenarios, err := differential.Generate(differential.Options{
+			Seed: *seed, Count: *count, Pods: differential.PodRefs(), ExternalIPs: netip.MustParsePrefix(lab.ExternalRange),
+			NodeIP: netip.MustParseAddr(lab.NodeIP), ClientIP: netip.MustParseAddr(lab.ClientIP),
+			Protocols: differential.ProtocolsFor(mode), Zone: differential.Zone,
+		})
+		if err != nil {
+			return err
+		}
+		timeout, par, n := time.Second, 4, 40
 		if mode == benchmarks.ModeIPVS {
-			// The kernel lab is slow (see RunOptions.ProbeTimeout and Parallel).
-			timeout, par = 3*time.Second, 12
+			// The kernel lab is slow (see RunOptions.ProbeTimeout and Parallel); IPVS balances
+			// round robin (see RunOptions.Tries).
+			timeout, par, n = 5*time.Second, 12, 12
 		}
 		if *parallel > 0 {
 			par = *parallel
 		}
 		m, err := differential.Run(ctx, differential.RunOptions{Mode: mode, Scenarios: scenarios, Binaries: bins, Dir: scratch, KernelLab: runner,
-			Tries: *tries, ProbeTimeout: timeout, Parallel: par, Logf: logf})
+			Tries: cmp.Or(*tries, n), ProbeTimeout: timeout, Parallel: par, Logf: logf})
 		if err != nil {
 			return err
 		}
