@@ -10,7 +10,7 @@ GO ?= go
 # user-mode-linux is the kernel lab: a Linux kernel with IPVS that runs as a process.
 DEB_PACKAGES := iptables ipset ipvsadm conntrack iproute2 procps kmod curl iputils-ping ca-certificates user-mode-linux
 
-.PHONY: all build deps controlplane lint test demo parity configdoc differential differential-ci bench bench-dataplane bench-ci image clean
+.PHONY: all build deps controlplane lint test demo parity configdoc featuregates differential differential-ci bench bench-dataplane bench-ci image clean
 
 all: build
 
@@ -69,6 +69,12 @@ parity: deps controlplane
 # config/reference.go; package config's tests fail when it is stale.
 configdoc:
 	$(GO) run ./hack/configdoc -out docs/configuration.md
+
+# featuregates regenerates config/zz_generated.featuregates.go, kube-proxy's feature gates,
+# from kube-proxy itself (the k8s.io/kubernetes hack/controlplane pins; about 8 minutes
+# cold on 2 cores); package config's tests fail when it was read from another release.
+featuregates:
+	cd hack/controlplane && GOWORK=off $(GO) run ./featuregates -out ../../config/zz_generated.featuregates.go
 
 # differential runs switchyard and upstream kube-proxy against the same generated Services
 # on the same kernel (iptables-nft and iptables-legacy natively, IPVS in the kernel lab),

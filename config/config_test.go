@@ -68,6 +68,14 @@ ipvs:
   udpTimeout: 45s
   excludeCIDRs: [10.0.0.0/8, "fd00::/8"]
 `)
+	// fromFile is what file sets.
+	fromFile := func(c *Config) {
+		c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
+		c.MetricsBindAddress = "0.0.0.0:9999"
+		c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
+		c.MasqueradeAll = true
+		c.Conntrack.MaxPerCore = 0
+	}
 	defaults := Defaults()
 	defaults.NodeName = "node-a"
 	tests := []struct {
@@ -96,11 +104,7 @@ ipvs:
 		}},
 		{name: "file is the base", args: []string{"--config=" + file}, want: func(c *Config) {
 			c.NodeName = "from-file"
-			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
-			c.MetricsBindAddress = "0.0.0.0:9999"
-			c.SyncPeriod, c.MinSyncPeriod = 45*time.Second, 2*time.Second
-			c.MasqueradeAll = true
-			c.Conntrack.MaxPerCore = 0
+			fromFile(c)
 		}},
 		{name: "apiserver client by flag", args: []string{"--hostname-override=node-a", "--kube-api-content-type=application/json", "--kube-api-qps=50.5", "--kube-api-burst=100"}, want: func(c *Config) {
 			c.KubeAPIContentType, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", 50.5, 100
@@ -108,8 +112,8 @@ ipvs:
 		{name: "apiserver client in the file", args: []string{"--config=" + clientConnection, "--hostname-override=node-a"}, want: func(c *Config) {
 			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 20, 30
 		}},
-		{name: "the flag overrides the file's QPS", args: []string{"--config=" + clientConnection, "--hostname-override=node-a", "--kube-api-qps=7"}, want: func(c *Config) {
-			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 7, 30
+		{name: "the flag does not override the file's QPS", args: []string{"--config=" + clientConnection, "--hostname-override=node-a", "--kube-api-qps=7"}, want: func(c *Config) {
+			c.KubeAPIContentType, c.KubeAPIAcceptContentTypes, c.KubeAPIQPS, c.KubeAPIBurst = "application/json", "application/json", 20, 30
 		}},
 		{name: "localhost NodePorts off by flag", args: []string{"--hostname-override=node-a", "--iptables-localhost-nodeports=false"}, want: func(c *Config) {
 			c.IPTablesLocalhostNodePorts = false
@@ -117,7 +121,9 @@ ipvs:
 		{name: "localhost NodePorts off in the file", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a"}, want: func(c *Config) {
 			c.IPTablesLocalhostNodePorts = false
 		}},
-		{name: "the flag overrides the file's localhost NodePorts", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a", "--iptables-localhost-nodeports"}, want: func(*Config) {}},
+		{name: "the flag does not override the file's localhost NodePorts", args: []string{"--config=" + noLocalhost, "--hostname-override=node-a", "--iptables-localhost-nodeports"}, want: func(c *Config) {
+			c.IPTablesLocalhostNodePorts = false
+		}},
 		{name: "conntrack flags", args: []string{"--hostname-override=node-a", "--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-timeout-close-wait=0",
 			"--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=45s", "--conntrack-udp-timeout-stream=5m"}, want: func(c *Config) {
 			c.Conntrack.TCPEstablishedTimeout, c.Conntrack.TCPCloseWaitTimeout = 2*time.Hour, 0
@@ -131,17 +137,25 @@ ipvs:
 			c.Conntrack.TCPBeLiberal = true
 			c.Conntrack.UDPTimeout = 45 * time.Second
 		}},
-		{name: "conntrack flags override the file", args: []string{"--config=" + conntrackFile, "--hostname-override=node-a",
-			"--conntrack-tcp-timeout-established=3h", "--conntrack-tcp-be-liberal=false", "--conntrack-udp-timeout=0"}, want: func(c *Config) {
-			c.Conntrack.TCPEstablishedTimeout = 3 * time.Hour
+		// As kube-proxy's, the conntrack flags are bound to the default configuration,
+		// which the file replaces.
+		{name: "with --config, the conntrack flags are ignored", args: []string{"--config=" + conntrackFile, "--hostname-override=node-a",
+			"--conntrack-tcp-timeout-established=3h", "--conntrack-tcp-be-liberal=false", "--conntrack-udp-timeout=0", "--conntrack-udp-timeout-stream=-1s"}, want: func(c *Config) {
+			c.Conntrack.TCPEstablishedTimeout = 0
+			c.Conntrack.TCPBeLiberal = true
+			c.Conntrack.UDPTimeout = 45 * time.Second
 		}},
 		{name: "IPVS timeouts by flag", args: []string{"--hostname-override=node-a", "--proxy-mode=ipvs", "--ipvs-tcp-timeout=2h", "--ipvs-tcpfin-timeout=30s", "--ipvs-udp-timeout=45s"}, want: func(c *Config) {
 			c.Mode = "ipvs"
 			c.IPVSTCPTimeout, c.IPVSTCPFinTimeout, c.IPVSUDPTimeout = 2*time.Hour, 30*time.Second, 45*time.Second
 		}},
-		{name: "IPVS timeouts and excluded CIDRs in the file, one overridden", args: []string{"--config=" + ipvsFile, "--hostname-override=node-a", "--ipvs-udp-timeout=0"}, want: func(c *Config) {
+		// So are the IPVS ones. (ipvs.minSyncPeriod has no default: the file's mode ipvs
+		// syncs on every change.)
+		{name: "IPVS timeouts and excluded CIDRs in the file, the flags ignored", args: []string{"--config=" + ipvsFile, "--hostname-override=node-a",
+			"--ipvs-udp-timeout=0", "--ipvs-tcpfin-timeout=-1s", "--ipvs-exclude-cidrs=192.168.0.0/16"}, want: func(c *Config) {
 			c.Mode = "ipvs"
-			c.IPVSTCPTimeout = 2 * time.Hour
+			c.MinSyncPeriod = 0
+			c.IPVSTCPTimeout, c.IPVSUDPTimeout = 2*time.Hour, 45*time.Second
 			c.IPVSExcludeCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
 		}},
 		// As kube-proxy's sloppy parser reads them: leading zeros, IPv4-mapped IPv6.
@@ -154,12 +168,19 @@ ipvs:
 		{name: "a negative IPVS timeout outside mode ipvs", args: []string{"--hostname-override=node-a", "--ipvs-tcp-timeout=-1s"}, want: func(c *Config) {
 			c.IPVSTCPTimeout = -time.Second
 		}},
-		{name: "explicit flags override the file", args: []string{"--config=" + file, "--hostname-override=node-a", "--sync-period=50s", "--metrics-bind-address="}, want: func(c *Config) {
-			c.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.100.0.0/16")}
-			c.MetricsBindAddress = ""
-			c.SyncPeriod, c.MinSyncPeriod = 50*time.Second, 2*time.Second
-			c.MasqueradeAll = true
-			c.Conntrack.MaxPerCore = 0
+		{name: "with --config, the file is the configuration and other flags are ignored", args: []string{
+			"--config=" + file, "--sync-period=50s", "--iptables-sync-period=50s", "--metrics-bind-address=1.2.3.4:5", "--proxy-mode=ipvs",
+			"--kubeconfig=/ignored", "--cluster-cidr=10.0.0.0/8", "--masquerade-all=false", "--conntrack-max-per-core=5",
+			"--conntrack-tcp-be-liberal", "--conntrack-udp-timeout=-1s", "--ipvs-tcp-timeout=1h", "--ipvs-exclude-cidrs=eth0",
+		}, want: func(c *Config) {
+			c.NodeName = "from-file"
+			fromFile(c)
+		}},
+		{name: "with --config, --hostname-override, --master and --service-proxy-name still apply", args: []string{
+			"--config=" + file, "--hostname-override=Node-A", "--master=https://apiserver:6443", "--service-proxy-name=mine",
+		}, want: func(c *Config) {
+			c.Master, c.ServiceProxyName = "https://apiserver:6443", "mine"
+			fromFile(c)
 		}},
 	}
 	for _, tc := range tests {
@@ -169,6 +190,11 @@ ipvs:
 				t.Fatalf("Parse: %v", err)
 			}
 			want := defaults
+			for _, a := range tc.args {
+				if path, ok := strings.CutPrefix(a, "--config="); ok {
+					want.ConfigFile = path
+				}
+			}
 			tc.want(&want)
 			if diff := cmp.Diff(want, got.Config, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
 				t.Errorf("config (-want +got):\n%s", diff)
@@ -227,9 +253,10 @@ func TestLocalhostNodePorts(t *testing.T) {
 }
 
 func TestParseInvalid(t *testing.T) {
-	badField := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmodee: ipvs\n")
 	badKind := writeFile(t, "apiVersion: v1\nkind: ConfigMap\n")
+	notYAML := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: [\n")
 	badValue := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: userspace\nclusterCIDR: nope\n")
+	badAddress := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nhealthzBindAddress: localhost:10256\n")
 	badBurst := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection:\n  burst: -1\n")
 	badIPVS := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  tcpFinTimeout: -5s\n")
 	badConntrack := writeFile(t, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nconntrack:\n  tcpCloseWaitTimeout: -1h\n  udpStreamTimeout: -2s\n")
@@ -242,8 +269,13 @@ func TestParseInvalid(t *testing.T) {
 		{"unknown mode", []string{"--proxy-mode=bogus"}, []string{`"bogus"`, "--proxy-mode", "iptables, ipvs"}},
 		{"bad cluster CIDR", []string{"--cluster-cidr=10.0.0.0/33"}, []string{"--cluster-cidr", "10.0.0.0/33", "CIDRs"}},
 		{"two CIDRs of one family", []string{"--cluster-cidr=10.0.0.0/8,11.0.0.0/8"}, []string{"--cluster-cidr", "one CIDR per IP family"}},
-		{"bad bind address", []string{"--healthz-bind-address=localhost"}, []string{"--healthz-bind-address", `"localhost"`, "IP:port"}},
-		{"port out of range", []string{"--metrics-bind-address=127.0.0.1:70000"}, []string{"--metrics-bind-address", "IP:port"}},
+		{"bad bind address", []string{"--healthz-bind-address=localhost"}, []string{"--healthz-bind-address", `"localhost"`, "ip or ip:port"}},
+		{"port out of range", []string{"--metrics-bind-address=127.0.0.1:70000"}, []string{"--metrics-bind-address", `"70000" is not a valid number`}},
+		{"port 0", []string{"--metrics-bind-address=127.0.0.1:0"}, []string{"--metrics-bind-address", `"127.0.0.1:0"`, "port from 1 to 65535"}},
+		{"no host", []string{"--healthz-bind-address=:10256"}, []string{"--healthz-bind-address", `"" is not a valid IP address`}},
+		{"metrics cannot be disabled", []string{"--metrics-port=0"}, []string{"--metrics-port", "cannot be disabled"}},
+		{"a bare IP with --write-config-to", []string{"--healthz-bind-address=127.0.0.1", "--write-config-to=/dev/null"}, []string{"--healthz-bind-address", `"127.0.0.1"`, "IP:port"}},
+		{"bad address in file", []string{"--config=" + badAddress}, []string{"healthzBindAddress (in " + badAddress + ")", `"localhost:10256"`}},
 		{"zero sync period", []string{"--sync-period=0s"}, []string{"--sync-period", "greater than 0"}},
 		{"min above max", []string{"--sync-period=1s", "--min-sync-period=2s"}, []string{"--min-sync-period", "must not exceed"}},
 		{"masquerade bit", []string{"--iptables-masquerade-bit=32"}, []string{"--iptables-masquerade-bit", "between 0 and 31"}},
@@ -263,8 +295,8 @@ func TestParseInvalid(t *testing.T) {
 		{"positional argument", []string{"iptables"}, []string{"unexpected arguments"}},
 		{"blank hostname", []string{"--hostname-override= "}, []string{"--hostname-override", "blank"}},
 		{"missing file", []string{"--config=/nonexistent/config.yaml"}, []string{"--config", "/nonexistent/config.yaml"}},
-		{"unknown field in file", []string{"--config=" + badField}, []string{badField, `unknown field "modee"`}},
-		{"wrong kind", []string{"--config=" + badKind}, []string{badKind, "KubeProxyConfiguration"}},
+		{"wrong kind", []string{"--config=" + badKind}, []string{"--config", badKind, `no kind "ConfigMap" is registered for version "v1"`}},
+		{"not YAML", []string{"--config=" + notYAML}, []string{"--config", notYAML}},
 		{"bad values in file, all reported", []string{"--config=" + badValue}, []string{"mode (in " + badValue + ")", `"userspace"`, "clusterCIDR (in " + badValue + ")"}},
 	}
 	for _, tc := range tests {

@@ -54,14 +54,15 @@ type Setting struct {
 // Shared wording of entries that a flag and a field have in common.
 const (
 	bindAddressKP     = "Overrides kube-proxy's idea of the node's primary IP (otherwise taken from the Node object): the primary IP family, and the node IP of `nodePortAddresses: primary` and of local-traffic detection; an IPv6 one also makes the default healthz and metrics addresses `[::]:10256` and `[::1]:10249`. Default `0.0.0.0`."
-	bindAddressSY     = "Parsed and never read: the node's primary IP comes from the Node object, and the default addresses stay IPv4."
-	hardFailKP        = "If true, failing to bind the healthz or metrics server stops kube-proxy; if false (default) it logs and retries."
-	hardFailSY        = "switchyard always logs and retries (`listen` in cmd/switchyard/main.go): kube-proxy's default."
-	profilingKP       = "If true, serves `/debug/pprof` on the metrics server. Default false."
-	hiddenMetricsKP   = "Re-enables the metrics hidden since the given previous minor version (`1.34`). Default empty."
-	hiddenMetricsSY   = "switchyard hides none of its metrics, but does not check the value as kube-proxy does."
-	featureGatesKP    = "Enables or disables kube-proxy's feature gates (`Name=true,...`)."
-	featureGatesSY    = "switchyard has no feature gates: it behaves as kube-proxy with every gate at its v1.35 default, whatever is given."
+	bindAddressSY     = "Parsed as kube-proxy's (an IP, `ipVar`), written by `--write-config-to`, and in the file it makes the default addresses IPv6 as kube-proxy's defaulting does (`setDefaults`); otherwise never read: the node's primary IP comes from the Node object."
+	hardFailKP        = "If true, a healthz or metrics server that fails to bind or serve stops kube-proxy, after a Warning Event on the Node (`FailedToStartProxierHealthcheck`, `FailedToStartMetricServer`); if false (default), it logs and retries every 5s."
+	hardFailSY        = "`listen` and `serve` (cmd/switchyard/main.go), as kube-proxy: the Event, then exit 1."
+	profilingKP       = "If true, serves `/debug/pprof/` (and `/debug/flags/v`, to set the log verbosity with a PUT) on the metrics server. Default false."
+	profilingSY       = "`installProfiling` (cmd/switchyard/debug.go): the same paths and handlers."
+	hiddenMetricsKP   = "Re-enables the metrics hidden since the given previous minor version; any other value than the one before kube-proxy's own (`1.34`) is refused. Default empty."
+	hiddenMetricsSY   = "`validateShowHiddenMetricsVersion` (config/featuregates.go) checks it as kube-proxy; switchyard hides none of its metrics, so there is nothing more to show."
+	featureGatesKP    = "Enables or disables kube-proxy's feature gates (`Name=true,...`); an unknown gate, a gate locked to the other value or a gate whose dependencies are off stops it."
+	featureGatesSY    = "`newFeatureGate` (config/featuregates.go): kube-proxy's own gates (generated from it by hack/controlplane/featuregates), checked with kube-proxy's errors. The gates that change kube-proxy on Linux are honoured, or refused when enabled (see Feature gates below); the others change nothing in kube-proxy either."
 	contentTypeKP     = "Content type of requests to the apiserver (client-go `rest.Config.ContentType`). Default `application/vnd.kubernetes.protobuf`."
 	qpsKP             = "Client-side rate limit of requests to the apiserver (client-go `rest.Config.QPS`). Default 5."
 	burstKP           = "Client-side burst of requests to the apiserver (client-go `rest.Config.Burst`). Default 10."
@@ -100,29 +101,31 @@ const (
 	conntrackSY       = "`Config.Conntrack` → `conntrack.Configure` (conntrack/settings.go), at startup and with `--init-only`."
 	configSyncKP      = "The resync period of the Service, EndpointSlice and Node informers. Default 15m."
 	configSyncSY      = "`Config.ConfigSyncPeriod` → `proxier.Watch`."
-	syncAliasSY       = "Sets `Config.SyncPeriod` (the proxier's full-sync bound). Difference: applied whatever the mode."
-	minSyncAliasSY    = "Sets `Config.MinSyncPeriod`. Difference: applied whatever the mode."
 	metricsAddrKP     = "IP[:port] of the metrics server (`/metrics`, `/healthz`, `/proxyMode`); the port defaults to 10249. Default `127.0.0.1:10249`."
 	healthzAddrKP     = "IP[:port] of the health server (`/healthz`, `/livez`); the port defaults to 10256. Default `0.0.0.0:10256`."
-	addrSY            = "`listen` (cmd/switchyard/main.go). Difference: an IP without a port is refused (exit 2)."
+	addrSY            = "`listen` (cmd/switchyard/main.go); parsed (`ipPortVar`), defaulted (`setDefaults`) and validated as kube-proxy's."
 	hostnameKP        = "The Node's name, trimmed and lower-cased; default the hostname."
 	hostnameSY        = "`Config.NodeName` (config/config.go)."
 	kubeconfigKP      = "The kubeconfig file; empty (default) uses the in-cluster configuration."
 	kubeconfigSY      = "`newClient` (cmd/switchyard/main.go)."
 	modeKP            = "The proxy mode: `iptables` (default), `ipvs` or `nftables`."
 	modeSY            = "`Config.Mode` → the registry of modes (package modes). `nftables` is refused (exit 2, with the valid modes)."
-	loggingFormatKP   = "Log format, `text` (default) or `json`."
+	loggingFormatKP   = "Log format, `text` (default) or `json` (JSON lines on stderr)."
 	flushKP           = "Longest time between log flushes. Default 5s."
 	verbosityKP       = "Log verbosity (klog `-v`). Default 0."
 	vmoduleKP         = "Per-file log verbosity (klog `--vmodule`)."
 	splitStreamKP     = "Alpha (gate LoggingAlphaOptions): info messages to stdout, errors to stderr. Default false."
 	infoBufferKP      = "Alpha (gate LoggingAlphaOptions): buffer for info messages of a split stream. Default 0."
-	loggingFileSY     = "The file's `logging` section is never read; only the `-v` and `--vmodule` flags set logging."
+	loggingSY         = "component-base's logs API, as kube-proxy (`logsapi.AddFlags`, validated in `options.validate`, applied by `Parsed.Apply`)."
+	loggingFileSY     = "As kube-proxy: component-base's logs API; the logging flags given on the command line win over the file's (`copyLogsFromFlags`, config/flags.go)."
 	windowsKP         = "Windows (kernelspace mode) only: no effect on Linux."
 	windowsSY         = "Never read, as on Linux kube-proxy."
 	nftablesKP        = "Read only in mode `nftables`."
 	nftablesSY        = "Never read: switchyard refuses mode `nftables`, and kube-proxy's iptables and IPVS modes do not read it."
-	logFlagsSY        = "Not defined: switchyard logs klog's text format."
+	syncFlagSY        = "`processFlags` (config/flags.go), as kube-proxy."
+	fileSyncSY        = "`internalConfig` (config/kubeproxy.go), chosen by the file's mode as kube-proxy's conversion does."
+	cadvisorKP        = "Registered on Go's flag set by cadvisor's machine package, which kube-proxy imports to count CPUs (`machine.GetTopology`); only `machine.Info`, which kube-proxy never calls, reads it."
+	cadvisorSY        = "Accepted with cadvisor's default, and never read."
 )
 
 // ipvsTimeoutKP is what kube-proxy does with one of the IPVS timeouts.
@@ -134,11 +137,12 @@ func ipvsTimeoutKP(of string) string {
 // defines them (cmd/kube-proxy/app/options.go, then the logging flags of
 // k8s.io/component-base/logs/api/v1, then those the command gets elsewhere).
 var Flags = []Setting{
-	{"config", Implemented, "Path of a KubeProxyConfiguration file. When given, kube-proxy ignores every other flag except `--hostname-override`, `--master`, `--cleanup`, `--init-only`, `--write-config-to` and the logging flags.",
-		"`loadFile`, `applyFile` (config/config.go). Difference: flags given explicitly override the file's values."},
-	{"write-config-to", Unparsed, "Writes the resolved configuration (defaults, or the `--config` file's) as YAML to this path and exits.", ""},
+	{"config", Implemented, "Path of a KubeProxyConfiguration file (YAML or JSON). When given, the file is the configuration: kube-proxy ignores every other flag except `--hostname-override`, `--master`, `--cleanup`, `--init-only`, `--write-config-to` and the logging flags, which win over the file's logging section.",
+		"`loadFile` (config/kubeproxy.go), `options.complete` (config/config.go), as kube-proxy; of switchyard's own flags, `--service-proxy-name` applies too, `--sync-period` and `--min-sync-period` do not. See Reading the file. As kube-proxy, switchyard exits (1) when the file is written (`watchConfigFile`, cmd/switchyard/main.go)."},
+	{"write-config-to", Implemented, "Writes the configuration (the defaults with the flags, or the `--config` file's) as a KubeProxyConfiguration in YAML to this path and exits, after validating it; the deprecated port flags are not applied.",
+		"`Parsed.WriteConfig` (config/config.go): byte for byte kube-proxy's YAML (`TestWriteConfigIsKubeProxys` compares with kube-proxy v1.35.4's own output), after the same validation and switchyard's (mode `nftables` is refused)."},
 	{"cleanup", Implemented, "Removes the rules of every proxy mode and exits.", "`cleanup` (cmd/switchyard/main.go)."},
-	{"feature-gates", Ignored, featureGatesKP + " Ignored with `--config`.", featureGatesSY},
+	{"feature-gates", Implemented, featureGatesKP + " Ignored with `--config`.", featureGatesSY},
 	{"kubeconfig", Implemented, kubeconfigKP, kubeconfigSY},
 	{"master", Implemented, "The apiserver's address, overriding the kubeconfig's.", kubeconfigSY},
 	{"kube-api-content-type", Implemented, contentTypeKP, clientConnSY},
@@ -146,20 +150,20 @@ var Flags = []Setting{
 	{"kube-api-qps", Implemented, qpsKP, clientConnSY},
 	{"hostname-override", Implemented, hostnameKP + " Applies even with `--config`.", hostnameSY},
 	{"bind-address", Ignored, bindAddressKP + " Ignored with `--config`.", bindAddressSY},
-	{"healthz-bind-address", Implemented, healthzAddrKP, addrSY},
-	{"metrics-bind-address", Implemented, metricsAddrKP + " Empty disables it.", addrSY},
-	{"bind-address-hard-fail", Unparsed, hardFailKP, ""},
-	{"profiling", Unparsed, profilingKP, ""},
-	{"show-hidden-metrics-for-version", Unparsed, hiddenMetricsKP, ""},
+	{"healthz-bind-address", Implemented, healthzAddrKP + " Without a port, the port of `--healthz-port`. An empty value changes nothing.", addrSY},
+	{"metrics-bind-address", Implemented, metricsAddrKP + " Without a port, the port of `--metrics-port`. An empty value changes nothing: the metrics server cannot be disabled.", addrSY},
+	{"bind-address-hard-fail", Implemented, hardFailKP, hardFailSY},
+	{"profiling", Implemented, profilingKP, profilingSY},
+	{"show-hidden-metrics-for-version", Implemented, hiddenMetricsKP, hiddenMetricsSY},
 	{"init-only", Implemented, "Makes the node settings that need full privileges, and exits.", "`initNode` (cmd/switchyard/main.go)."},
 	{"proxy-mode", Implemented, modeKP + " Ignored with `--config`.", modeSY},
 	{"iptables-masquerade-bit", Implemented, masqBitKP, masqBitSY},
 	{"masquerade-all", Implemented, masqAllKP, masqAllSY},
 	{"iptables-localhost-nodeports", Implemented, localhostNPKP, localhostNPSY},
-	{"iptables-sync-period", Implemented, "The longest time between full syncs, when the mode is not `ipvs`. Default 30s.", syncAliasSY},
-	{"iptables-min-sync-period", Implemented, "The shortest time between syncs, when the mode is not `ipvs`; 0 syncs on every change. Default 1s.", minSyncAliasSY},
-	{"ipvs-sync-period", Implemented, "The longest time between full syncs, in mode `ipvs`. Default 30s.", syncAliasSY},
-	{"ipvs-min-sync-period", Implemented, "The shortest time between syncs, in mode `ipvs`. Default 1s.", minSyncAliasSY},
+	{"iptables-sync-period", Implemented, "The longest time between full syncs, when `--proxy-mode` is not `ipvs` (ignored otherwise). Default 30s.", syncFlagSY},
+	{"iptables-min-sync-period", Implemented, "The shortest time between syncs, when `--proxy-mode` is not `ipvs` (ignored otherwise); 0 syncs on every change. Default 1s.", syncFlagSY},
+	{"ipvs-sync-period", Implemented, "The longest time between full syncs, when `--proxy-mode` is `ipvs` (ignored otherwise). Default 30s.", syncFlagSY},
+	{"ipvs-min-sync-period", Implemented, "The shortest time between syncs, when `--proxy-mode` is `ipvs` (ignored otherwise). Default 1s.", syncFlagSY},
 	{"ipvs-scheduler", Implemented, schedulerKP, schedulerSY},
 	{"ipvs-exclude-cidrs", Implemented, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs-strict-arp", Implemented, strictARPKP, strictARPSY},
@@ -180,63 +184,63 @@ var Flags = []Setting{
 	{"conntrack-udp-timeout", Implemented, udpTimeoutKP, conntrackSY},
 	{"conntrack-udp-timeout-stream", Implemented, udpStreamKP, conntrackSY},
 	{"config-sync-period", Implemented, configSyncKP, configSyncSY},
-	{"healthz-port", Unparsed, "Deprecated and hidden: without `--config`, the port of the health server; 0 disables it. Default 10256.", ""},
-	{"metrics-port", Unparsed, "Deprecated and hidden: without `--config`, the port of the metrics server; 0 disables it. Default 10249.", ""},
-	{"logging-format", Unparsed, loggingFormatKP, logFlagsSY},
-	{"log-flush-frequency", Unparsed, flushKP, logFlagsSY},
-	{"v", Implemented, verbosityKP, "klog's own flag (`bindFlags`, config/config.go)."},
-	{"vmodule", Implemented, vmoduleKP, "klog's own flag (`bindFlags`, config/config.go)."},
-	{"log-text-split-stream", Unparsed, splitStreamKP, logFlagsSY},
-	{"log-text-info-buffer-size", Unparsed, infoBufferKP, logFlagsSY},
-	{"log-json-split-stream", Unparsed, splitStreamKP + " (json format)", logFlagsSY},
-	{"log-json-info-buffer-size", Unparsed, infoBufferKP + " (json format)", logFlagsSY},
+	{"healthz-port", Implemented, "Deprecated and hidden: without `--config` and `--write-config-to`, 0 disables the health server, and another port goes to a `--healthz-bind-address` without one (an address with a port, like the default, keeps it). Default 10256.", "`addressFromDeprecatedFlags` (config/flags.go), as kube-proxy."},
+	{"metrics-port", Implemented, "Deprecated and hidden: without `--config` and `--write-config-to`, the port given to a `--metrics-bind-address` without one; 0 empties the address, which validation then refuses. Default 10249.", "`addressFromDeprecatedFlags` (config/flags.go), as kube-proxy."},
+	{"logging-format", Implemented, loggingFormatKP, loggingSY},
+	{"log-flush-frequency", Implemented, flushKP, loggingSY},
+	{"v", Implemented, verbosityKP, loggingSY},
+	{"vmodule", Implemented, vmoduleKP, loggingSY},
+	{"log-text-split-stream", Implemented, splitStreamKP, loggingSY},
+	{"log-text-info-buffer-size", Implemented, infoBufferKP, loggingSY},
+	{"log-json-split-stream", Implemented, splitStreamKP + " (json format)", loggingSY},
+	{"log-json-info-buffer-size", Implemented, infoBufferKP + " (json format)", loggingSY},
 	{"version", Implemented, "Prints the version and exits; `--version=raw` prints details.", "cmd/switchyard/main.go prints switchyard's version. Difference: a boolean, so `--version=raw` is refused."},
 	{"help", Implemented, "Prints the usage and exits.", "pflag."},
-	{"boot-id-file", Unparsed, "Registered on Go's flag set by cadvisor's machine package, which kube-proxy imports to count CPUs; kube-proxy does not read it.", ""},
-	{"machine-id-file", Unparsed, "Registered on Go's flag set by cadvisor's machine package, which kube-proxy imports to count CPUs; kube-proxy does not read it.", ""},
+	{"boot-id-file", NoEffect, cadvisorKP, cadvisorSY},
+	{"machine-id-file", NoEffect, cadvisorKP, cadvisorSY},
 }
 
 // OwnFlags are switchyard's flags that kube-proxy does not have.
 var OwnFlags = []Setting{
-	{"sync-period", Implemented, "", "The longest time between full syncs, in any mode (kube-proxy's `--iptables-sync-period`/`--ipvs-sync-period`). Default 30s."},
-	{"min-sync-period", Implemented, "", "The shortest time between syncs, in any mode. Default 1s."},
-	{"service-proxy-name", Implemented, "", "Serve only Services labelled `service.kubernetes.io/service-proxy-name` with this value; kube-proxy serves only Services without the label (the default here too)."},
+	{"sync-period", Implemented, "", "The longest time between full syncs, in any mode (kube-proxy's `--iptables-sync-period` and `--ipvs-sync-period` are each for their mode; given with them, this wins). Ignored with `--config`, as they are. Default 30s."},
+	{"min-sync-period", Implemented, "", "The shortest time between syncs, in any mode; 0 syncs on every change. Ignored with `--config`. Default 1s."},
+	{"service-proxy-name", Implemented, "", "Serve only Services labelled `service.kubernetes.io/service-proxy-name` with this value; kube-proxy serves only Services without the label (the default here too). Applies with `--config` too: the file has no such field."},
 }
 
 // Fields are the fields of kube-proxy v1.35's KubeProxyConfiguration
 // (kubeproxy.config.k8s.io/v1alpha1), in the order of the type, nested fields by path.
 var Fields = []Setting{
-	{"apiVersion", Implemented, "Must be `kubeproxy.config.k8s.io/v1alpha1`.", "`loadFile` (config/config.go)."},
-	{"kind", Implemented, "Must be `KubeProxyConfiguration`.", "`loadFile` (config/config.go)."},
-	{"featureGates", Ignored, featureGatesKP, featureGatesSY},
+	{"apiVersion", Implemented, "Must be `kubeproxy.config.k8s.io/v1alpha1`.", "`loadFile` (config/kubeproxy.go), with apimachinery's decoder as kube-proxy."},
+	{"kind", Implemented, "Must be `KubeProxyConfiguration`.", "`loadFile` (config/kubeproxy.go), with apimachinery's decoder as kube-proxy."},
+	{"featureGates", Implemented, featureGatesKP, featureGatesSY},
 	{"clientConnection.kubeconfig", Implemented, kubeconfigKP, kubeconfigSY},
 	{"clientConnection.acceptContentTypes", Implemented, "Accept header of requests to the apiserver (client-go `rest.Config.AcceptContentTypes`). Default empty.", clientConnSY},
 	{"clientConnection.contentType", Implemented, contentTypeKP, clientConnSY},
 	{"clientConnection.qps", Implemented, qpsKP, clientConnSY},
 	{"clientConnection.burst", Implemented, burstKP, clientConnSY},
-	{"logging.format", Ignored, loggingFormatKP, loggingFileSY},
-	{"logging.flushFrequency", Ignored, flushKP, loggingFileSY},
-	{"logging.verbosity", Ignored, verbosityKP, loggingFileSY},
-	{"logging.vmodule", Ignored, vmoduleKP, loggingFileSY},
-	{"logging.options.text.splitStream", Ignored, splitStreamKP, loggingFileSY},
-	{"logging.options.text.infoBufferSize", Ignored, infoBufferKP, loggingFileSY},
-	{"logging.options.json.splitStream", Ignored, splitStreamKP + " (json format)", loggingFileSY},
-	{"logging.options.json.infoBufferSize", Ignored, infoBufferKP + " (json format)", loggingFileSY},
+	{"logging.format", Implemented, loggingFormatKP, loggingFileSY},
+	{"logging.flushFrequency", Implemented, flushKP, loggingFileSY},
+	{"logging.verbosity", Implemented, verbosityKP, loggingFileSY},
+	{"logging.vmodule", Implemented, vmoduleKP, loggingFileSY},
+	{"logging.options.text.splitStream", Implemented, splitStreamKP, loggingFileSY},
+	{"logging.options.text.infoBufferSize", Implemented, infoBufferKP, loggingFileSY},
+	{"logging.options.json.splitStream", Implemented, splitStreamKP + " (json format)", loggingFileSY},
+	{"logging.options.json.infoBufferSize", Implemented, infoBufferKP + " (json format)", loggingFileSY},
 	{"hostnameOverride", Implemented, hostnameKP, hostnameSY},
-	{"bindAddress", Ignored, bindAddressKP, "Never read: the node's primary IP comes from the Node object, and the default addresses stay IPv4."},
-	{"healthzBindAddress", Implemented, healthzAddrKP, addrSY},
-	{"metricsBindAddress", Implemented, metricsAddrKP, addrSY},
-	{"bindAddressHardFail", Ignored, hardFailKP, hardFailSY},
-	{"enableProfiling", Ignored, profilingKP, "Never read: switchyard serves no `/debug/pprof`."},
-	{"showHiddenMetricsForVersion", Ignored, hiddenMetricsKP, hiddenMetricsSY},
+	{"bindAddress", Ignored, bindAddressKP, bindAddressSY},
+	{"healthzBindAddress", Implemented, healthzAddrKP + " Empty is the default.", addrSY},
+	{"metricsBindAddress", Implemented, metricsAddrKP + " Empty is the default.", addrSY},
+	{"bindAddressHardFail", Implemented, hardFailKP, hardFailSY},
+	{"enableProfiling", Implemented, profilingKP, profilingSY},
+	{"showHiddenMetricsForVersion", Implemented, hiddenMetricsKP, hiddenMetricsSY},
 	{"mode", Implemented, modeKP, modeSY},
 	{"iptables.masqueradeBit", Implemented, masqBitKP, masqBitSY},
 	{"iptables.masqueradeAll", Implemented, masqAllKP, masqAllSY},
 	{"iptables.localhostNodePorts", Implemented, localhostNPKP, localhostNPSY},
-	{"iptables.syncPeriod", Implemented, "With a mode other than `ipvs` and `nftables`: the longest time between full syncs. Default 30s.", "`fileSyncPeriods` (config/config.go), chosen by the file's mode."},
-	{"iptables.minSyncPeriod", Implemented, "With a mode other than `ipvs` and `nftables`: the shortest time between syncs. Default 1s.", "`fileSyncPeriods` (config/config.go), chosen by the file's mode."},
-	{"ipvs.syncPeriod", Implemented, "In mode `ipvs`: the longest time between full syncs. Default 30s.", "`fileSyncPeriods` (config/config.go), chosen by the file's mode (not by a `--proxy-mode` given with it)."},
-	{"ipvs.minSyncPeriod", Implemented, "In mode `ipvs`: the shortest time between syncs. No default: unset or 0, a file of mode `ipvs` syncs on every change.", "`fileSyncPeriods` (config/config.go), chosen by the file's mode (not by a `--proxy-mode` given with it). Difference: unset or 0 keeps 1s."},
+	{"iptables.syncPeriod", Implemented, "With a mode other than `ipvs` and `nftables`: the longest time between full syncs. Default 30s.", fileSyncSY},
+	{"iptables.minSyncPeriod", Implemented, "With a mode other than `ipvs` and `nftables`: the shortest time between syncs. Default 1s, which 0 also means.", fileSyncSY},
+	{"ipvs.syncPeriod", Implemented, "In mode `ipvs`: the longest time between full syncs. Default 30s.", fileSyncSY},
+	{"ipvs.minSyncPeriod", Implemented, "In mode `ipvs`: the shortest time between syncs. No default: unset or 0, a file of mode `ipvs` syncs on every change.", fileSyncSY},
 	{"ipvs.scheduler", Implemented, schedulerKP, schedulerSY},
 	{"ipvs.excludeCIDRs", Implemented, excludeCIDRsKP, excludeCIDRsSY},
 	{"ipvs.strictARP", Implemented, strictARPKP, strictARPSY},
@@ -270,13 +274,15 @@ var Fields = []Setting{
 	{"windowsRunAsService", NoEffect, windowsKP, windowsSY},
 }
 
-// FileBehaviour is how switchyard reads the file as a whole, where it differs from
-// kube-proxy (checked against the v1.35.4 binary's --write-config-to).
+// FileBehaviour is how switchyard reads the file as a whole: as kube-proxy v1.35 does
+// (TestFileDecoding, and TestWriteConfigIsKubeProxys against kube-proxy's own output).
 var FileBehaviour = []string{
-	"kube-proxy ignores almost every flag when `--config` is given (see `--config`); switchyard lets flags given explicitly override the file. So `--config` with `--proxy-mode=ipvs` runs IPVS mode in switchyard, while kube-proxy runs the file's mode; the file's sync periods are then still taken from the section of the file's mode.",
-	"An unknown field stops switchyard (strict decoding); kube-proxy falls back to lenient decoding, logs a warning and ignores the field.",
-	"Keys match case-insensitively in switchyard (`Mode: ipvs` sets the mode); kube-proxy treats a key spelled in another case as unknown and ignores it.",
-	"Only the first YAML document is read, in both (a second document is dropped silently).",
+	"With `--config`, the file is the configuration: every other flag is ignored, except `--hostname-override`, `--master`, `--cleanup`, `--init-only`, `--write-config-to`, the logging flags (which win over the file's `logging`), and switchyard's `--service-proxy-name`.",
+	"It is decoded strictly first. When only that fails (an unknown field, a key spelled in another case such as `Mode:`, a key given twice), it is decoded again leniently: those keys are ignored (of a key given twice, the last wins), and `Using lenient decoding as strict decoding failed` is logged with the reason.",
+	"Only the first YAML document is read; the others are ignored without a word.",
+	"A field left out gets kube-proxy's default, and so does a zero value, which cannot be told from a missing one: `iptables.minSyncPeriod: 0s` is 1s, an empty `healthzBindAddress` the default address. An address without a port gets the default port.",
+	"The sync periods and `masqueradeAll` are read from the section of the file's mode only: `ipvs` in IPVS mode, `nftables` in nftables mode, `iptables` otherwise, also when the file gives no mode. `ipvs.minSyncPeriod` has no default: 0 syncs on every change.",
+	"The file is watched while the proxy runs: when it is written or renamed, the process exits (1), to be restarted with the new content. The watch is on the file, through a symlink on its target, and other changes go unnoticed: a ConfigMap update, which swaps a symlink and removes the old file, does not restart kube-proxy either.",
 }
 
 // WriteReference writes docs/configuration.md: the reference tables, generated from
@@ -296,6 +302,19 @@ func WriteReference(w io.Writer) error {
 	b.WriteString("\n## Reading the file\n\n")
 	for _, s := range FileBehaviour {
 		fmt.Fprintf(&b, "- %s\n", s)
+	}
+	b.WriteString("\n## Feature gates\n\n")
+	b.WriteString("kube-proxy registers every Kubernetes gate (kubelet's, the apiserver's, client-go's, component-base's); `--feature-gates` and `featureGates` are checked against the same list, with kube-proxy's errors. These change what kube-proxy does on Linux; every other gate changes nothing in kube-proxy either, and nothing in switchyard.\n\n")
+	b.WriteString("| gate | kube-proxy | switchyard |\n|---|---|---|\n")
+	for _, g := range Gates {
+		sy := g.Switchyard
+		switch {
+		case g.Refused != "":
+			sy = "Refused when enabled (also when `AllAlpha` or `AllBeta` enables it): " + g.Refused + "."
+		case g.Locked:
+			sy = "Locked to its default, as in kube-proxy: setting the other value is refused."
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s |\n", g.Gate, cell(g.KubeProxy), cell(sy))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

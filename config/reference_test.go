@@ -84,8 +84,7 @@ func TestReferenceFlags(t *testing.T) {
 	)
 	compareNames(t, "kube-proxy flag", upstream, names(Flags))
 
-	fs := pflag.NewFlagSet("switchyard", pflag.ContinueOnError)
-	bindFlags(fs, modeNames)
+	fs := newFlagSet(newOptions(), modeNames)
 	for _, s := range Flags {
 		// pflag answers --help itself without defining it.
 		defined := fs.Lookup(s.Name) != nil || s.Name == "help"
@@ -217,4 +216,29 @@ func packageConstants(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	return consts
+}
+
+// TestGates checks the gates the reference names: kube-proxy has each, those switchyard
+// refuses enabled are off by default (or switchyard would refuse to start by default),
+// and those said locked are; and the generated gates are those of the kube-proxy this
+// repository pins (after bumping it, run hack/controlplane/featuregates again).
+func TestGates(t *testing.T) {
+	kubernetes := moduleDir(t, "../hack/controlplane", "k8s.io/kubernetes")
+	if pinned := strings.TrimPrefix(filepath.Base(kubernetes), "kubernetes@"); kubeProxyGatesSource != pinned {
+		t.Errorf("zz_generated.featuregates.go has kube-proxy %s's gates, hack/controlplane pins %s: regenerate it", kubeProxyGatesSource, pinned)
+	}
+	defaults := newFeatureGate()
+	for _, g := range Gates {
+		if _, ok := kubeProxyGates[g.Gate]; !ok {
+			t.Errorf("gate %s is not kube-proxy's", g.Gate)
+			continue
+		}
+		if g.Refused != "" && defaults.Enabled(g.Gate) {
+			t.Errorf("gate %s is refused enabled, and is enabled by default", g.Gate)
+		}
+		flipped := newFeatureGate().SetFromMap(map[string]bool{string(g.Gate): !defaults.Enabled(g.Gate)})
+		if locked := flipped != nil && strings.Contains(flipped.Error(), "is locked"); locked != g.Locked {
+			t.Errorf("gate %s: locked %t, the reference says %t", g.Gate, locked, g.Locked)
+		}
+	}
 }

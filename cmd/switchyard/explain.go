@@ -26,28 +26,43 @@ import (
 	"github.com/switchyard/switchyard/proxier"
 )
 
-const explainUsage = "usage: switchyard explain [flags] NAMESPACE/NAME (the proxy's own flags and --config)"
+// explainUsage is `switchyard explain --help`.
+const explainUsage = `Usage:
+  switchyard explain [flags] NAMESPACE/NAME
 
-// explain is `switchyard explain [flags] NAMESPACE/NAME`. It reads the Service, its
-// EndpointSlices and this Node from the apiserver, works out what this node should
-// program for the Service in the configured mode, and prints that next to what the
-// kernel holds. It takes the proxy's flags and --config, so that run in the DaemonSet's
-// pod it sees what the proxy sees, and it only needs the proxy's list permissions. It
-// exits 0 when the kernel matches, 1 when it does not, 2 on a usage error.
+Reads the Service NAMESPACE/NAME, its EndpointSlices and this Node from the apiserver,
+works out what this node should program for the Service in the configured proxy mode,
+and prints that next to what the kernel holds. It exits 0 when the kernel matches, 1 when
+it does not, 2 on a usage error.
+
+It takes the proxy's own flags and --config, so that run in the DaemonSet's pod it sees
+what the proxy sees; it needs only the proxy's list permissions.
+
+Flags:
+`
+
+// explain is `switchyard explain [flags] NAMESPACE/NAME`.
 func explain(args []string, out io.Writer) int {
 	if len(args) == 0 || strings.HasPrefix(args[len(args)-1], "-") {
-		fmt.Fprintln(os.Stderr, explainUsage)
+		// The flags are parsed first: --help prints the usage, a bad flag says so.
+		if parsed, code := parseConfig(args, explainUsage); parsed == nil {
+			return code
+		}
+		fmt.Fprintf(os.Stderr, "switchyard explain: no NAMESPACE/NAME given\nRun 'switchyard explain --help' for usage.\n")
 		return 2
 	}
 	target := args[len(args)-1]
 	ns, name, ok := strings.Cut(target, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-		fmt.Fprintf(os.Stderr, "switchyard explain: %q is not NAMESPACE/NAME\n%s\n", target, explainUsage)
+		fmt.Fprintf(os.Stderr, "switchyard explain: %q is not NAMESPACE/NAME\nRun 'switchyard explain --help' for usage.\n", target)
 		return 2
 	}
-	parsed, code := parseConfig(args[:len(args)-1])
+	parsed, code := parseConfig(args[:len(args)-1], explainUsage)
 	if parsed == nil {
 		return code
+	}
+	if !apply(parsed) {
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

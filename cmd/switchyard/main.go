@@ -14,10 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -44,7 +46,7 @@ func run(args []string) int {
 	if len(args) > 0 && args[0] == "explain" {
 		return explain(args[1:], os.Stdout)
 	}
-	parsed, code := parseConfig(args)
+	parsed, code := parseConfig(args, usage)
 	if parsed == nil {
 		return code
 	}
@@ -52,9 +54,20 @@ func run(args []string) int {
 		fmt.Println("switchyard", version)
 		return 0
 	}
+	if !apply(parsed) {
+		return 1
+	}
+	logger := klog.Background()
+	if parsed.WriteConfigTo != "" {
+		if err := parsed.WriteConfig(); err != nil {
+			logger.Error(err, "Could not write the configuration")
+			return 1
+		}
+		logger.Info("Wrote configuration", "file", parsed.WriteConfigTo)
+		return 0
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	logger := klog.Background()
 	if err := serve(ctx, parsed.Config, logger); err != nil {
 		logger.Error(err, "switchyard failed")
 		return 1
@@ -62,15 +75,32 @@ func run(args []string) int {
 	return 0
 }
 
+// usage is switchyard's --help.
+const usage = `Usage:
+  switchyard [flags]
+  switchyard explain [flags] NAMESPACE/NAME
+
+switchyard watches Services and EndpointSlices and programs this node's kernel (iptables
+or IPVS) so that traffic to a Service reaches its endpoints, as kube-proxy does, from
+kube-proxy's flags or KubeProxyConfiguration file (docs/configuration.md).
+
+switchyard explain prints what this node should program for one Service next to what the
+kernel holds (switchyard explain --help).
+
+Flags:
+`
+
 // parseConfig parses the command line; when it returns nil, the process exits with the
-// returned status (0 after --help, 2 after a usage error, which it has printed).
-func parseConfig(args []string) (*config.Parsed, int) {
+// returned status (0 after --help, which prints help and the flags, 2 after a usage
+// error, which it has printed).
+func parseConfig(args []string, help string) (*config.Parsed, int) {
 	parsed, err := config.Parse(args, modes.All.Names(), os.Stderr)
-	var usage *config.UsageError
+	var usageErr *config.UsageError
 	switch {
 	case errors.Is(err, pflag.ErrHelp):
+		fmt.Print(help + config.FlagUsages(modes.All.Names()))
 		return nil, 0
-	case errors.As(err, &usage):
+	case errors.As(err, &usageErr):
 		fmt.Fprintf(os.Stderr, "switchyard: %v\nRun 'switchyard --help' for usage.\n", err)
 		return nil, 2
 	case err != nil:
@@ -78,6 +108,16 @@ func parseConfig(args []string) (*config.Parsed, int) {
 		return nil, 2
 	}
 	return parsed, 0
+}
+
+// apply makes the configuration's logging and feature gates take effect, as kube-proxy
+// does before it does anything else; false means the process must exit (1).
+func apply(parsed *config.Parsed) bool {
+	if err := parsed.Apply(); err != nil {
+		fmt.Fprintf(os.Stderr, "switchyard: %v\n", err)
+		return false
+	}
+	return true
 }
 
 func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
@@ -96,6 +136,15 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 		return initNode(cfg, mode, flavor, logger)
 	}
 	logger.Info("Starting switchyard", "version", version, "mode", cfg.Mode, "iptablesFlavor", flavor, "node", cfg.NodeName)
+	// stop ends serving early with an error: a server that failed under
+	// --bind-address-hard-fail, or the --config file written.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	if cfg.ConfigFile != "" {
+		if err := watchConfigFile(ctx, cfg.ConfigFile, stop); err != nil {
+			return err
+		}
+	}
 	setOOMScoreAdj(cfg, logger)
 	// Before any backend is made: iptables mode reads nf_conntrack_tcp_be_liberal.
 	if err := configureConntrack(cfg, logger); err != nil {
@@ -162,19 +211,37 @@ func serve(ctx context.Context, cfg config.Config, logger klog.Logger) error {
 	metricsMux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	proxier.InstallServerHealthz(metricsMux)
 	metricsMux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, cfg.Mode) })
-	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, logger)
-	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility, metrics), logger)
+	if cfg.EnableProfiling {
+		installProfiling(metricsMux)
+	}
+	// With --bind-address-hard-fail, a server that fails stops switchyard, after a Warning
+	// Event on the Node with kube-proxy's reason and action.
+	failWith := func(reason string) func(error) {
+		if !cfg.BindAddressHardFail {
+			return nil
+		}
+		node := &v1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: cfg.NodeName}
+		return func(err error) {
+			recorder.Eventf(node, nil, v1.EventTypeWarning, reason, "StartKubeProxy", err.Error())
+			stop(err)
+		}
+	}
+	listen(ctx, "metrics", cfg.MetricsBindAddress, metricsMux, failWith("FailedToStartMetricServer"), logger)
+	listen(ctx, "healthz", cfg.HealthzBindAddress, proxier.HealthHandler(clk, healths, eligibility, metrics), failWith("FailedToStartProxierHealthcheck"), logger)
 
 	for _, p := range proxiers {
 		go p.Run(ctx)
 	}
 	if err := proxier.Watch(ctx, client, cfg.ServiceProxyName, cfg.ConfigSyncPeriod, eligibility, proxiers...); err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return stopped(ctx)
 		}
 		return err
 	}
 	<-ctx.Done()
+	if err := stopped(ctx); err != nil {
+		return err
+	}
 	// Rules stay in place on shutdown: traffic keeps flowing while switchyard restarts or
 	// is upgraded, and the next instance adopts them.
 	logger.Info("Shutting down; rules are left in place")
@@ -311,9 +378,65 @@ func cleanup(ctx context.Context, flavor iptables.Flavor, logger klog.Logger) er
 	return nil
 }
 
+// serverError is a server's failure that stopped switchyard (--bind-address-hard-fail).
+type serverError struct {
+	server string
+	err    error
+}
+
+func (e *serverError) Error() string { return fmt.Sprintf("%s server failed: %v", e.server, e.err) }
+func (e *serverError) Unwrap() error { return e.err }
+
+// stopped is the error that ended serving, or nil when a signal did.
+func stopped(ctx context.Context) error {
+	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// watchConfigFile stops switchyard when the --config file is written or renamed, as
+// kube-proxy does, so that it is restarted with the new content; so does an error of the
+// watch. Like kube-proxy's, the watch is on the file (through a symlink, on its target)
+// and other events change nothing: a ConfigMap update, which swaps the symlink and
+// removes the old file, goes unnoticed by both.
+func watchConfigFile(ctx context.Context, path string, stop context.CancelCauseFunc) error {
+	w, err := fsnotify.NewWatcher()
+	if err == nil {
+		if err = w.Add(path); err != nil {
+			w.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("watching --config %s: %w", path, err)
+	}
+	go func() {
+		defer w.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Events:
+				if ok && (e.Has(fsnotify.Write) || e.Has(fsnotify.Rename)) {
+					stop(fmt.Errorf("content of the configuration file %s (--config) was updated", path))
+					return
+				}
+			case err, ok := <-w.Errors:
+				if ok {
+					stop(fmt.Errorf("watching --config %s: %w", path, err))
+					return
+				}
+			}
+		}
+	}()
+	return nil
+}
+
 // listen serves handler on addr until ctx ends. Like kube-proxy, a server that cannot bind
-// is logged and retried rather than stopping the proxy: traffic matters more than metrics.
-func listen(ctx context.Context, name, addr string, handler http.Handler, logger klog.Logger) {
+// or stops serving is logged and retried every 5s, rather than stopping the proxy:
+// traffic matters more than metrics. With fail (--bind-address-hard-fail), it is given
+// the error instead, and the server stays down.
+func listen(ctx context.Context, name, addr string, handler http.Handler, fail func(error), logger klog.Logger) {
 	if addr == "" {
 		return
 	}
@@ -330,6 +453,11 @@ func listen(ctx context.Context, name, addr string, handler http.Handler, logger
 				err = srv.Serve(ln)
 			}
 			if ctx.Err() != nil || errors.Is(err, http.ErrServerClosed) {
+				return
+			}
+			if fail != nil {
+				logger.Error(err, "Server failed", "server", name, "address", addr)
+				fail(&serverError{server: name, err: err})
 				return
 			}
 			logger.Error(err, "Server failed; retrying in 5s", "server", name, "address", addr)
